@@ -1,0 +1,191 @@
+"""Tests for unet_keras.losses against NumPy references on small arrays."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+
+from unet_keras.losses import (
+    CombinedLoss,
+    DiceLoss,
+    WeightedCrossEntropy,
+    check_predictions,
+    split_targets,
+)
+
+EPS = keras.config.epsilon()
+
+
+def numpy(x) -> np.ndarray:
+    return keras.ops.convert_to_numpy(x)
+
+
+@pytest.fixture
+def binary():
+    """Sigmoid predictions, 0/1 labels and a non-uniform weight map for 2 images of 5x6."""
+    rng = np.random.default_rng(1)
+    probs = rng.uniform(0.02, 0.98, (2, 5, 6, 1)).astype("float32")
+    labels = rng.integers(0, 2, (2, 5, 6)).astype("float32")
+    weights = rng.uniform(0.5, 4.0, (2, 5, 6)).astype("float32")
+    return probs, labels, weights
+
+
+@pytest.fixture
+def three_class():
+    """Softmax predictions over 3 classes, labels and a non-uniform weight map."""
+    rng = np.random.default_rng(2)
+    logits = rng.normal(size=(2, 4, 5, 3))
+    probs = (np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)).astype("float32")
+    labels = rng.integers(0, 3, (2, 4, 5)).astype("float32")
+    weights = rng.uniform(0.5, 4.0, (2, 4, 5)).astype("float32")
+    return probs, labels, weights
+
+
+def targets(labels, weights):
+    return np.stack([labels, weights], axis=-1)
+
+
+def reference_ce(probs, labels, weights):
+    """Per-image mean of weight * -log(p_true)."""
+    if probs.shape[-1] == 1:
+        p = np.clip(probs[..., 0].astype("float64"), EPS, 1 - EPS)
+        pixel = -(labels * np.log(p) + (1 - labels) * np.log(1 - p))
+    else:
+        p_true = np.take_along_axis(probs, labels.astype(int)[..., None], -1)[..., 0]
+        pixel = -np.log(np.clip(p_true.astype("float64"), EPS, 1.0))
+    return (weights * pixel).mean(axis=(1, 2))
+
+
+def reference_dice_loss(probs, labels, smooth=1.0, skip_background=False):
+    """Per-image one minus the mean soft Dice over the scored classes."""
+    if probs.shape[-1] == 1:
+        truth = (labels == 1)[..., None].astype("float64")
+    else:
+        truth = np.eye(probs.shape[-1])[labels.astype(int)]
+        if skip_background:
+            truth, probs = truth[..., 1:], probs[..., 1:]
+    overlap = (probs * truth).sum(axis=(1, 2))
+    total = probs.sum(axis=(1, 2)) + truth.sum(axis=(1, 2))
+    return 1 - ((2 * overlap + smooth) / (total + smooth)).mean(axis=-1)
+
+
+def test_split_targets_layouts():
+    labels = np.array([[[0.0, 0.9999], [2.0, 1.0]]], "float32")
+    weights = np.array([[[1.0, 2.0], [3.0, 4.0]]], "float32")
+    for y_true, expected_weights in [
+        (targets(labels, weights), weights),
+        (labels, np.ones_like(weights)),
+        (labels[..., None], np.ones_like(weights)),
+    ]:
+        got_labels, got_weights = split_targets(y_true)
+        assert keras.backend.standardize_dtype(got_labels.dtype) == "int32"
+        np.testing.assert_array_equal(numpy(got_labels), [[[0, 1], [2, 1]]])
+        np.testing.assert_array_equal(numpy(got_weights), expected_weights)
+    with pytest.raises(ValueError, match=r"targets must be .*got shape \(1, 2, 2, 3\)"):
+        split_targets(np.zeros((1, 2, 2, 3), "float32"))
+
+
+def test_predictions_must_match_the_targets_size():
+    labels, _ = split_targets(np.zeros((1, 4, 4), "float32"))
+    with pytest.raises(ValueError, match="cropped to the output"):
+        check_predictions(labels, np.zeros((1, 6, 6, 1), "float32"))
+    with pytest.raises(ValueError, match=r"\[B, h, w, K\]"):
+        check_predictions(labels, np.zeros((1, 4, 4), "float32"))
+
+
+@pytest.mark.parametrize("case", ["binary", "three_class"])
+def test_weighted_cross_entropy_matches_numpy(case, request):
+    probs, labels, weights = request.getfixturevalue(case)
+    per_image = WeightedCrossEntropy(reduction=None)(targets(labels, weights), probs)
+    np.testing.assert_allclose(numpy(per_image), reference_ce(probs, labels, weights), rtol=1e-5)
+    batch = WeightedCrossEntropy()(targets(labels, weights), probs)
+    np.testing.assert_allclose(float(batch), reference_ce(probs, labels, weights).mean(), 1e-5)
+
+
+@pytest.mark.parametrize("case", ["binary", "three_class"])
+def test_weight_map_scales_the_loss(case, request):
+    probs, labels, weights = request.getfixturevalue(case)
+    loss = WeightedCrossEntropy()
+    weighted = float(loss(targets(labels, weights), probs))
+    plain = float(loss(labels, probs))
+    assert plain == pytest.approx(float(loss(targets(labels, np.ones_like(weights)), probs)))
+    assert weighted != pytest.approx(plain, rel=1e-3)
+    assert float(loss(targets(labels, 2 * weights), probs)) == pytest.approx(2 * weighted)
+
+
+def test_cross_entropy_is_finite_for_saturated_wrong_predictions():
+    probs = np.array([[[[0.0], [1.0]]]], "float32")
+    labels = np.array([[[1.0, 0.0]]], "float32")
+    value = float(WeightedCrossEntropy()(labels, probs))
+    # Both pixels are clipped to eps (float32 rounds 1 - eps a little), so about -log(eps).
+    assert np.isfinite(value) and value == pytest.approx(-np.log(EPS), rel=0.02)
+
+
+@pytest.mark.parametrize("case", ["binary", "three_class"])
+def test_dice_loss_matches_numpy(case, request):
+    probs, labels, weights = request.getfixturevalue(case)
+    got = DiceLoss(smooth=0.5, reduction=None)(targets(labels, weights), probs)
+    np.testing.assert_allclose(numpy(got), reference_dice_loss(probs, labels, 0.5), rtol=1e-5)
+
+
+def test_dice_loss_can_leave_out_the_background(three_class):
+    probs, labels, _ = three_class
+    got = numpy(DiceLoss(exclude_background=True, reduction=None)(labels, probs))
+    np.testing.assert_allclose(got, reference_dice_loss(probs, labels, 1.0, True), rtol=1e-5)
+    assert not np.allclose(got, reference_dice_loss(probs, labels, 1.0, False))
+
+
+def test_dice_loss_of_a_perfect_prediction_is_about_zero(binary, three_class):
+    labels = binary[1]
+    assert float(DiceLoss()(labels, labels[..., None])) == pytest.approx(0.0, abs=1e-6)
+    labels = three_class[1]
+    one_hot = np.eye(3, dtype="float32")[labels.astype(int)]
+    assert float(DiceLoss()(labels, one_hot)) == pytest.approx(0.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("case", ["binary", "three_class"])
+def test_combined_loss_is_the_sum(case, request):
+    probs, labels, weights = request.getfixturevalue(case)
+    y_true = targets(labels, weights)
+    combined = float(CombinedLoss(smooth=2.0)(y_true, probs))
+    parts = float(WeightedCrossEntropy()(y_true, probs)) + float(DiceLoss(2.0)(y_true, probs))
+    assert combined == pytest.approx(parts, rel=1e-6)
+
+
+@pytest.mark.parametrize("loss_class", [WeightedCrossEntropy, DiceLoss, CombinedLoss])
+def test_float16_predictions_give_a_float32_loss(loss_class, three_class):
+    probs, labels, weights = three_class
+    y_true = targets(labels, weights)
+    half = loss_class()(y_true, keras.ops.convert_to_tensor(probs, "float16"))
+    assert keras.backend.standardize_dtype(half.dtype) == "float32"
+    assert float(half) == pytest.approx(float(loss_class()(y_true, probs)), rel=1e-3)
+
+
+@pytest.mark.parametrize(
+    "loss",
+    [
+        WeightedCrossEntropy(name="wce"),
+        DiceLoss(smooth=0.25, exclude_background=True),
+        CombinedLoss(smooth=3.0, exclude_background=True, reduction="sum"),
+    ],
+)
+def test_losses_serialise(loss, three_class):
+    probs, labels, weights = three_class
+    y_true = targets(labels, weights)
+    assert type(loss).from_config(loss.get_config()).get_config() == loss.get_config()
+    serialised = keras.losses.serialize(loss)
+    assert serialised["registered_name"].startswith("unet_keras>")
+    restored = keras.losses.deserialize(serialised)
+    assert type(restored) is type(loss)
+    assert float(restored(y_true, probs)) == pytest.approx(float(loss(y_true, probs)))
+
+
+def test_dice_loss_leaves_out_pixels_of_weight_zero(binary):
+    # Weight 0 marks pixels outside the image (validation tiles at the border).
+    probs, labels, weights = binary
+    weights = weights.copy()
+    weights[:, :, 3:] = 0.0
+    got = numpy(DiceLoss()(targets(labels, weights), probs))
+    expected = reference_dice_loss(probs[:, :, :3], labels[:, :, :3]).mean()
+    assert got == pytest.approx(expected, rel=1e-5)

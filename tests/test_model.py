@@ -1,0 +1,177 @@
+"""Tests for unet_keras.model: size arithmetic, architecture, serialisation."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+
+from unet_keras.config import ModelConfig
+from unet_keras.model import (
+    build_unet,
+    check_input_size,
+    context_margin,
+    input_size_for_output,
+    output_size,
+    valid_input_size,
+)
+
+
+def run(model: keras.Model, images: np.ndarray) -> np.ndarray:
+    """Inference without `predict`'s per-call graph tracing, which dominates on tiny models."""
+    return keras.ops.convert_to_numpy(model(images, training=False))
+
+
+def simulate_valid(n: int, depth: int) -> int | None:
+    """Steps a side length through the valid-padding network; None where it breaks."""
+    for _ in range(depth):
+        n -= 4
+        if n <= 0 or n % 2:
+            return None
+        n //= 2
+    n -= 4
+    if n <= 0:
+        return None
+    for _ in range(depth):
+        n = 2 * n - 4
+    return n if n > 0 else None
+
+
+@pytest.mark.parametrize("depth", [1, 2, 3, 4])
+def test_size_helpers_agree_with_stepping_through_the_layers(depth):
+    sizes = range(1, 400)
+    workable = [n for n in sizes if simulate_valid(n, depth)]
+    assert workable
+    for n in sizes:
+        expected = next(m for m in range(n, 10_000) if simulate_valid(m, depth))
+        assert valid_input_size(n, depth) == expected
+    for n in workable:
+        out = simulate_valid(n, depth)
+        assert output_size(n, depth) == out
+        assert (n - out) // 2 == context_margin(depth)
+    for out in range(1, 200):
+        expected = next(m for m in range(1, 10_000) if (simulate_valid(m, depth) or 0) >= out)
+        assert input_size_for_output(out, depth) == expected
+
+
+def test_paper_sizes():
+    assert output_size(572) == 388
+    assert context_margin() == 92
+    assert valid_input_size(570) == 572
+    assert input_size_for_output(388) == 572
+    assert output_size(512, depth=4, padding="same") == 512
+
+
+def test_check_input_size_names_side_and_nearest_sizes():
+    check_input_size((572, 556))
+    with pytest.raises(ValueError, match=r"width 500 .*nearest workable: 492 or 508"):
+        check_input_size((572, 500))
+    with pytest.raises(ValueError, match=r"height 100 .*nearest workable: 96 or 112"):
+        check_input_size((100, 96), depth=4, padding="same")
+    with pytest.raises(ValueError, match=r"size 10 .*nearest workable: 16\b"):
+        check_input_size(10, depth=4, padding="same")
+    with pytest.raises(ValueError, match="nearest workable: 188"):
+        output_size(100)
+    with pytest.raises(ValueError, match="padding"):
+        check_input_size(64, padding="full")
+
+
+def test_tiny_valid_unet_maps_572_to_388():
+    model = build_unet(filters=2)
+    out = run(model, np.zeros((1, 572, 572, 1), "float32"))
+    assert out.shape == (1, 388, 388, 1)
+
+
+@pytest.mark.parametrize("padding", ["valid", "same"])
+def test_one_model_runs_on_several_sizes(padding):
+    model = build_unet(in_channels=2, classes=3, depth=2, filters=2, padding=padding)
+    for size in (44, 60) if padding == "valid" else (16, 32):
+        out = run(model, np.random.rand(2, size, size + 16, 2).astype("float32"))
+        expected = (output_size(size, 2, padding), output_size(size + 16, 2, padding))
+        assert out.shape == (2, *expected, 3)
+        np.testing.assert_allclose(out.sum(axis=-1), 1.0, rtol=1e-5)
+
+
+def test_layers_are_named_and_output_is_float32_probability():
+    model = build_unet(depth=2, filters=2)
+    names = {layer.name for layer in model.layers}
+    assert {"down1_conv1", "down2_pool", "bottom_conv2", "up2_upconv", "up1_crop"} <= names
+    assert {"up1_concat", "down2_dropout", "bottom_dropout", "output"} <= names
+    output = model.get_layer("output")
+    assert output.dtype_policy.compute_dtype == "float32"
+    out = run(model, np.random.rand(1, 44, 44, 1).astype("float32"))
+    assert out.min() >= 0.0 and out.max() <= 1.0
+
+
+def test_same_padding_has_no_crop_and_dropout_zero_has_no_dropout():
+    model = build_unet(depth=2, filters=2, padding="same", dropout=0.0)
+    names = [layer.name for layer in model.layers]
+    assert not [n for n in names if "crop" in n or "dropout" in n]
+
+
+def test_mixed_precision_keeps_float32_output():
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("mixed_float16")
+    try:
+        model = build_unet(depth=2, filters=2, padding="same")
+        assert model.get_layer("down1_conv1").compute_dtype == "float16"
+        out = model(np.zeros((1, 16, 16, 1), "float32"))
+        assert keras.backend.standardize_dtype(out.dtype) == "float32"
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
+def expected_params(in_channels, classes, depth, filters, batch_norm):
+    """Parameter count derived from the paper's layer list."""
+
+    def conv(cin, cout, k=3):
+        bias = 0 if batch_norm else cout
+        return k * k * cin * cout + bias + (4 * cout if batch_norm else 0)
+
+    widths = [in_channels] + [filters * 2**level for level in range(depth + 1)]
+    total = 0
+    for level in range(1, depth + 2):  # the contracting levels and the bottleneck
+        total += conv(widths[level - 1], widths[level]) + conv(widths[level], widths[level])
+    for level in range(depth, 0, -1):
+        total += 2 * 2 * widths[level + 1] * widths[level] + widths[level]  # up-convolution
+        total += conv(2 * widths[level], widths[level]) + conv(widths[level], widths[level])
+    return total + widths[1] * classes + classes
+
+
+@pytest.mark.parametrize("batch_norm", [False, True])
+def test_parameter_count_matches_formula_for_tiny_models(batch_norm):
+    model = build_unet(in_channels=3, classes=4, depth=3, filters=4, batch_norm=batch_norm)
+    assert model.count_params() == expected_params(3, 4, 3, 4, batch_norm)
+
+
+def test_default_config_is_the_papers_network():
+    model = build_unet(**ModelConfig().to_dict())
+    assert model.count_params() == expected_params(1, 1, 4, 64, False)
+    assert round(model.count_params() / 1e6) == 31  # "31 M parameters" as commonly quoted
+    assert model.get_layer("bottom_conv2").filters == 1024
+
+
+@pytest.mark.parametrize("padding,size", [("valid", 44), ("same", 16)])
+def test_keras_file_round_trip_gives_identical_outputs(tmp_path, padding, size):
+    model = build_unet(classes=2, depth=2, filters=2, padding=padding, batch_norm=True)
+    images = np.random.default_rng(0).random((2, size, size, 1), dtype="float32")
+    path = tmp_path / "unet.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    np.testing.assert_array_equal(run(loaded, images), run(model, images))
+    assert loaded.get_layer("up1_concat").name == "up1_concat"
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"padding": "full"}, "padding"),
+        ({"depth": 0}, "depth"),
+        ({"classes": 0}, "classes"),
+        ({"filters": 1.5}, "filters"),
+        ({"dropout": 1.0}, "dropout"),
+    ],
+)
+def test_bad_arguments_are_rejected_by_name(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        build_unet(**kwargs)

@@ -1,0 +1,57 @@
+"""unet-keras: the U-Net of Ronneberger, Fischer and Brox (2015) in Keras 3.
+
+Importing the package is cheap: TensorFlow loads only when a name that needs it is used.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+# Public name -> module that defines it; resolved on first use (PEP 562).
+_EXPORTS = {
+    "AugmentConfig": "unet_keras.config",
+    "MaskConfig": "unet_keras.config",
+    "ModelConfig": "unet_keras.config",
+    "NormalizationConfig": "unet_keras.config",
+    "DataError": "unet_keras.data",
+    "Sample": "unet_keras.data",
+    "load_dataset": "unet_keras.data",
+    "fit_normalization": "unet_keras.data",
+    "infer_mask_config": "unet_keras.data",
+    "synthetic_em_images": "unet_keras.data.synthetic",
+    "border_weight_map": "unet_keras.weights",
+    "elastic_deform": "unet_keras.augment",
+    "prepare_examples": "unet_keras.pipeline",
+    "split_by_image": "unet_keras.pipeline",
+    "training_dataset": "unet_keras.pipeline",
+    "validation_dataset": "unet_keras.pipeline",
+    "build_unet": "unet_keras.model",
+    "check_input_size": "unet_keras.model",
+    "context_margin": "unet_keras.model",
+    "input_size_for_output": "unet_keras.model",
+    "output_size": "unet_keras.model",
+    "valid_input_size": "unet_keras.model",
+    "WeightedCrossEntropy": "unet_keras.losses",
+    "DiceLoss": "unet_keras.losses",
+    "CombinedLoss": "unet_keras.losses",
+    "IoU": "unet_keras.metrics",
+    "Dice": "unet_keras.metrics",
+    "PixelError": "unet_keras.metrics",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    """Imports a public name's module on first access."""
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'unet_keras' has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)
+
+
+def __dir__() -> list[str]:
+    """Lists the public names next to the module's own."""
+    return sorted(set(globals()) | set(__all__))

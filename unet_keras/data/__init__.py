@@ -1,0 +1,23 @@
+"""Reading training and prediction data: files and stacks, mask classes, normalisation.
+
+No TensorFlow here: NumPy, Pillow and tifffile only.
+"""
+
+from unet_keras.data.masks import infer_mask_config, labels_to_mask, mask_to_labels
+from unet_keras.data.normalization import fit_normalization, normalize
+from unet_keras.data.readers import IMAGE_SUFFIXES, load_dataset, read_image, read_mask
+from unet_keras.data.sample import DataError, Sample
+
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "DataError",
+    "Sample",
+    "fit_normalization",
+    "infer_mask_config",
+    "labels_to_mask",
+    "load_dataset",
+    "mask_to_labels",
+    "normalize",
+    "read_image",
+    "read_mask",
+]

@@ -1,0 +1,303 @@
+"""`tf.data` pipelines: random augmented training tiles and whole-image validation tiles.
+
+Examples are prepared once (normalised image, class labels, border weight map) and cached.
+A training tile is read through a field of sampling coordinates: the tile's place in the
+image plus the elastic displacement, mirrored at the image border, so a valid-padding
+model's input tile carries real or mirrored context around a fully labelled output tile
+(the paper's overlap-tile strategy) and deformation never pulls in empty borders.
+
+Targets follow the layout the losses expect: [..., 0] class index, [..., 1] pixel weight;
+weight 0 marks pixels outside the image, which losses and metrics ignore.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from unet_keras import augment
+from unet_keras.config import AugmentConfig, MaskConfig, NormalizationConfig
+from unet_keras.data import Sample, mask_to_labels, normalize
+from unet_keras.weights import border_weight_map
+
+
+@dataclasses.dataclass(frozen=True)
+class Example:
+    """A training example ready for the pipeline: everything computed once per image."""
+
+    name: str
+    image: np.ndarray  # float32 [H, W, C], normalised
+    labels: np.ndarray  # int32 [H, W], class indices
+    weights: np.ndarray  # float32 [H, W], the paper's border weight map
+
+
+def prepare_examples(
+    samples: Sequence[Sample],
+    mask_config: MaskConfig,
+    normalization: NormalizationConfig,
+    w0: float = 10.0,
+    sigma: float = 5.0,
+) -> list[Example]:
+    """Normalises images, turns masks into class labels and computes each weight map once."""
+    examples = []
+    for sample in samples:
+        if sample.mask is None:
+            raise ValueError(f"{sample.name}: training needs a mask for every image, found none")
+        labels = mask_to_labels(sample.mask, mask_config, source=sample.name)
+        examples.append(
+            Example(
+                name=sample.name,
+                image=normalize(sample.image, normalization, source=sample.name),
+                labels=labels,
+                weights=border_weight_map(labels, w0, sigma, mask_config.num_classes),
+            )
+        )
+    return examples
+
+
+def split_by_image(
+    examples: Sequence[Example], validation: int | Sequence[str], seed: int = 0
+) -> tuple[list[Example], list[Example]]:
+    """Splits whole images into training and validation: a count drawn at random, or names.
+
+    Splitting by image, never by augmented copy, keeps validation honest: tiles of one
+    section look alike, so a split of augmented copies scores a memorised section.
+    """
+    names = [example.name for example in examples]
+    if isinstance(validation, int):
+        if not 0 <= validation < len(examples):
+            raise ValueError(
+                f"validation count must be in [0, {len(examples) - 1}] for "
+                f"{len(examples)} images, got {validation}"
+            )
+        order = np.random.default_rng(seed).permutation(len(examples))
+        chosen = {names[i] for i in order[:validation]}
+    else:
+        chosen = set(validation)
+        unknown = sorted(chosen - set(names))
+        if unknown:
+            raise ValueError(f"validation images {unknown} are not in the data set {names}")
+    training = [example for example in examples if example.name not in chosen]
+    held_out = [example for example in examples if example.name in chosen]
+    if not training:
+        raise ValueError("the validation split leaves no image for training")
+    return training, held_out
+
+
+def _example_dataset(examples: Sequence[Example]) -> tf.data.Dataset:
+    """One element per image: (image, labels, weights), cached in memory after one pass."""
+    channels = examples[0].image.shape[-1]
+    signature = (
+        tf.TensorSpec((None, None, channels), tf.float32),
+        tf.TensorSpec((None, None), tf.int32),
+        tf.TensorSpec((None, None), tf.float32),
+    )
+
+    def generate():
+        for example in examples:
+            yield example.image, example.labels, example.weights
+
+    return tf.data.Dataset.from_generator(generate, output_signature=signature)
+
+
+def _check_tiles(input_size: int, output_size: int) -> int:
+    """Returns the context margin per side of a tile pair, or raises naming both sizes."""
+    margin, odd = divmod(input_size - output_size, 2)
+    if output_size < 1 or margin < 0 or odd:
+        raise ValueError(
+            f"tile sizes must satisfy input_size >= output_size >= 1 with an even difference "
+            f"(the same context on each side); got input {input_size}, output {output_size}"
+        )
+    return margin
+
+
+def _mirrored_crop(array: tf.Tensor, top: tf.Tensor, left: tf.Tensor, size: int) -> tf.Tensor:
+    """Crops a size x size window at (top, left), mirroring rows and columns outside."""
+    rows = augment.mirror_index(top + tf.range(size), tf.shape(array)[0])
+    cols = augment.mirror_index(left + tf.range(size), tf.shape(array)[1])
+    return tf.gather(tf.gather(array, rows, axis=0), cols, axis=1)
+
+
+def _random_origin(seed: tf.Tensor, image_size: tf.Tensor, output_size: int) -> tf.Tensor:
+    """Draws where an output tile starts so that it lies in the image where it fits."""
+    low = tf.minimum(0, image_size - output_size)
+    high = tf.maximum(0, image_size - output_size)
+    return tf.random.stateless_uniform((), seed, low, high + 1, dtype=tf.int32)
+
+
+def _flip_rotate(image: tf.Tensor, targets: tf.Tensor, seed: tf.Tensor, config: AugmentConfig):
+    """Applies one of the 8 flips and rotations to a centred pair of square tiles."""
+    draws = tf.random.stateless_uniform((2,), seed, 0, 4, dtype=tf.int32)
+    if config.rotations:
+        image, targets = tf.image.rot90(image, draws[0]), tf.image.rot90(targets, draws[0])
+    if config.flips:
+        flip = draws[1] % 2 == 1
+        image = tf.cond(flip, lambda: tf.reverse(image, [1]), lambda: image)
+        targets = tf.cond(flip, lambda: tf.reverse(targets, [1]), lambda: targets)
+    return image, targets
+
+
+def _intensity(image: tf.Tensor, seed: tf.Tensor, config: AugmentConfig) -> tf.Tensor:
+    """Mild gamma and contrast changes, on normalised intensities of any sign."""
+    draws = tf.random.stateless_uniform((2,), seed, -1.0, 1.0)
+    if config.gamma > 0:
+        # Gamma needs values in [0, 1]: apply it between the tile's own extremes.
+        low, high = tf.reduce_min(image), tf.reduce_max(image)
+        span = tf.maximum(high - low, 1e-6)
+        gamma = tf.exp(draws[0] * config.gamma)
+        image = low + span * ((image - low) / span) ** gamma
+    if config.contrast > 0:
+        mean = tf.reduce_mean(image)
+        image = mean + (1.0 + draws[1] * config.contrast) * (image - mean)
+    return image
+
+
+def _elasticdeform_tile(image, labels, weights, top, left, grid, input_size, margin, order):
+    """The reference backend: elasticdeform on a mirrored window around the tile (NumPy)."""
+    import elasticdeform  # only this backend needs it
+
+    # The spline through the control points can overshoot them a little: leave room.
+    pad = int(np.ceil(2 * np.abs(grid).max())) + 2
+    rows = augment.mirror_index_numpy(np.arange(top - pad, top + input_size + pad), image.shape[0])
+    cols = augment.mirror_index_numpy(
+        np.arange(left - pad, left + input_size + pad), image.shape[1]
+    )
+    window = np.ix_(rows, cols)
+    inner = slice(pad, pad + input_size)
+    tile, tile_weights, tile_labels = elasticdeform.deform_grid(
+        [image[window], weights[window], labels[window]],
+        grid,
+        order=[order, 1, 0],
+        mode="mirror",
+        crop=(inner, inner),
+        axis=[(0, 1), (0, 1), (0, 1)],
+    )
+    crop = slice(margin, margin + input_size - 2 * margin)
+    return tile, tile_labels[crop, crop], tile_weights[crop, crop]
+
+
+def training_dataset(
+    examples: Sequence[Example],
+    input_size: int,
+    output_size: int,
+    batch_size: int,
+    config: AugmentConfig | None = None,
+    seed: int = 0,
+) -> tf.data.Dataset:
+    """Endless batches of augmented (image tile, targets) for `model.fit`.
+
+    `input_size` and `output_size` are the model's square tile sizes (equal for
+    same-padding models). Seeded: the same seed gives the same batches.
+    """
+    if not examples:
+        raise ValueError("training_dataset needs at least one example")
+    margin = _check_tiles(input_size, output_size)
+    config = config or AugmentConfig()
+    cubic = config.elastic and config.interpolation == "cubic"
+    use_tf = config.elastic and config.elastic_backend == "tensorflow"
+    channels = examples[0].image.shape[-1]
+
+    def coefficients(image, labels, weights):
+        # Cubic resampling reads B-spline coefficients: filter each image once, before caching.
+        return (augment.spline_prefilter(image) if cubic and use_tf else image), labels, weights
+
+    identity = np.stack(
+        np.meshgrid(np.arange(input_size), np.arange(input_size), indexing="ij"), -1
+    ).astype(np.float32)
+
+    def make_tile(index, element):
+        image, labels, weights = element
+        seeds = tf.random.experimental.stateless_split(
+            tf.random.experimental.stateless_fold_in([seed, 0], index), 5
+        )
+        top = _random_origin(seeds[0], tf.shape(image)[0], output_size) - margin
+        left = _random_origin(seeds[1], tf.shape(image)[1], output_size) - margin
+        if not config.elastic:
+            tile = _mirrored_crop(image, top, left, input_size)
+            inner = slice(margin, margin + output_size)
+            tile_labels = _mirrored_crop(labels, top, left, input_size)[inner, inner]
+            tile_weights = _mirrored_crop(weights, top, left, input_size)[inner, inner]
+        else:
+            grid = augment.random_displacement_grid(
+                seeds[2], config.elastic_grid, config.elastic_sigma
+            )
+            if use_tf:
+                displacement = augment.dense_displacement(grid, input_size, input_size)
+                offset = tf.cast(tf.stack([top, left]), tf.float32)
+                coords = identity + displacement + offset
+                inner_coords = coords[margin : margin + output_size, margin : margin + output_size]
+                tile = augment.sample(image, coords, config.interpolation)
+                tile_labels = augment.sample(labels[..., None], inner_coords, "nearest")[..., 0]
+                tile_weights = augment.sample(weights[..., None], inner_coords, "linear")[..., 0]
+            else:
+                order = 3 if cubic else 1
+                tile, tile_labels, tile_weights = tf.numpy_function(
+                    lambda *args: _elasticdeform_tile(*args, input_size, margin, order),
+                    [image, labels, weights, top, left, grid],
+                    [tf.float32, tf.int32, tf.float32],
+                    stateful=False,
+                )
+        targets = tf.stack([tf.cast(tile_labels, tf.float32), tile_weights], axis=-1)
+        tile, targets = _flip_rotate(tile, targets, seeds[3], config)
+        tile = _intensity(tile, seeds[4], config)
+        tile = tf.ensure_shape(tile, (input_size, input_size, channels))
+        return tile, tf.ensure_shape(targets, (output_size, output_size, 2))
+
+    images = _example_dataset(examples).map(coefficients).cache()
+    images = images.repeat().shuffle(len(examples), seed=seed)
+    return (
+        tf.data.Dataset.zip(tf.data.Dataset.counter(), images)
+        .map(make_tile, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        .batch(batch_size, drop_remainder=True)
+        .prefetch(tf.data.AUTOTUNE)
+    )
+
+
+def validation_dataset(
+    examples: Sequence[Example], input_size: int, output_size: int, batch_size: int = 1
+) -> tf.data.Dataset:
+    """Whole validation images, unaugmented, as a grid of tiles covering every pixel once.
+
+    Output tiles do not overlap; the part of a tile beyond the image has weight 0.
+    """
+    if not examples:
+        raise ValueError("validation_dataset needs at least one example")
+    margin = _check_tiles(input_size, output_size)
+
+    def tiles(image, labels, weights):
+        height, width = tf.shape(image)[0], tf.shape(image)[1]
+        rows = tf.range(0, height, output_size)
+        cols = tf.range(0, width, output_size)
+        tops, lefts = tf.meshgrid(rows, cols, indexing="ij")
+        inside = tf.cast(
+            (tf.range(output_size)[:, None] < height - tf.reshape(tops, (-1, 1, 1)))
+            & (tf.range(output_size)[None, :] < width - tf.reshape(lefts, (-1, 1, 1))),
+            tf.float32,
+        )
+
+        def one_tile(origin):
+            top, left = origin[0], origin[1]
+            tile = _mirrored_crop(image, top - margin, left - margin, input_size)
+            tile_labels = _mirrored_crop(labels, top, left, output_size)
+            tile_weights = _mirrored_crop(weights, top, left, output_size)
+            return tile, tf.stack([tf.cast(tile_labels, tf.float32), tile_weights], -1)
+
+        origins = tf.stack([tf.reshape(tops, [-1]), tf.reshape(lefts, [-1])], axis=-1)
+        tile_images, targets = tf.map_fn(
+            one_tile,
+            origins,
+            fn_output_signature=(tf.float32, tf.float32),
+        )
+        targets = tf.stack([targets[..., 0], targets[..., 1] * inside], axis=-1)
+        return tf.data.Dataset.from_tensor_slices((tile_images, targets))
+
+    return (
+        _example_dataset(examples)
+        .cache()
+        .flat_map(tiles)
+        .batch(batch_size)
+        .prefetch(tf.data.AUTOTUNE)
+    )
