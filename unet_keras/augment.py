@@ -13,15 +13,10 @@ cores. `elasticdeform_reference` wraps elasticdeform itself, the second backend.
 
 from __future__ import annotations
 
-import math
+from collections.abc import Sequence
 
 import numpy as np
 import tensorflow as tf
-
-# The cubic B-spline prefilter is an IIR filter with pole z = sqrt(3) - 2; its impulse
-# response sqrt(3) * z**|k| is below 1e-7 beyond 13 taps, so a 27-tap FIR is exact to float32.
-_SPLINE_POLE = math.sqrt(3.0) - 2.0
-_PREFILTER_TAPS = 13
 
 
 def _bspline3(t: np.ndarray) -> np.ndarray:
@@ -66,7 +61,8 @@ def dense_displacement(grid: tf.Tensor, height: int, width: int) -> tf.Tensor:
     """Interpolates a coarse displacement grid [2, gh, gw] to a per-pixel field [H, W, 2]."""
     rows = tf.constant(grid_interpolation_matrix(int(grid.shape[1]), height))
     cols = tf.constant(grid_interpolation_matrix(int(grid.shape[2]), width))
-    return tf.einsum("hg,dgk,wk->hwd", rows, tf.cast(grid, tf.float32), cols)
+    grid = tf.cast(grid, tf.float32)
+    return tf.stack([rows @ grid[axis] @ tf.transpose(cols) for axis in (0, 1)], axis=-1)
 
 
 def random_displacement_grid(
@@ -92,122 +88,110 @@ def mirror_index(index: tf.Tensor, size: tf.Tensor) -> tf.Tensor:
 
 
 _TAPS = {"linear": (0, 1), "cubic": (-1, 0, 1, 2)}
+INTERPOLATIONS = ("nearest", "linear", "cubic")
 
 
-def _taps(interpolation: str) -> tuple[int, ...]:
-    """Neighbour offsets an interpolation reads along each axis, relative to floor(c)."""
-    if interpolation not in _TAPS:
-        raise ValueError(f"interpolation must be one of {sorted(_TAPS)}, got {interpolation!r}")
-    return _TAPS[interpolation]
+def _tap_weights(frac: tf.Tensor, interpolation: str) -> list[tf.Tensor]:
+    """Interpolation weights of each tap for fractional offsets in [0, 1)."""
+    if interpolation == "linear":
+        return [1.0 - frac, frac]
+    rest = 1.0 - frac  # cubic B-spline weights of the taps -1, 0, 1, 2
+    return [rest**3 / 6, 2 / 3 - frac**2 + frac**3 / 2, 2 / 3 - rest**2 + rest**3 / 2, frac**3 / 6]
 
 
-def column_stencil(image: tf.Tensor, interpolation: str = "linear") -> tf.Tensor:
-    """Packs each pixel's horizontal neighbours: [H, W, C] -> [H, W, taps * C].
-
-    Gathers dominate resampling; with the neighbours side by side, one gather per row tap
-    reads all of them (2 gathers for linear, 4 for cubic, instead of 4 and 16).
-    """
-    width = tf.shape(image)[1]
-    neighbours = [
-        tf.gather(image, mirror_index(tf.range(width) + k, width), axis=1)
-        for k in _taps(interpolation)
-    ]
-    return tf.concat(neighbours, axis=-1)
-
-
-def gather_neighbourhood(
-    stencil: tf.Tensor, coords: tf.Tensor, interpolation: str = "linear"
-) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
-    """Reads the taps x taps neighbours of each coordinate from a `column_stencil`.
-
-    coords [h, w, 2] are float (row, col) pixel positions, mirrored into the image. Returns
-    values [h, w, taps, taps, C] and the fractional row and column offsets [h, w].
-    """
-    taps = _taps(interpolation)
-    height, width = tf.shape(stencil)[0], tf.shape(stencil)[1]
+def _resample(image: tf.Tensor, coords: tf.Tensor, modes: tuple[str, ...]) -> tf.Tensor:
+    """The body of `resample`, before XLA compilation."""
+    height, width = tf.shape(image)[0], tf.shape(image)[1]
     row = _mirror(coords[..., 0], height)
     col = _mirror(coords[..., 1], width)
     row0, col0 = tf.floor(row), tf.floor(col)
+    row_frac, col_frac = row - row0, col - col0
     first_row, first_col = tf.cast(row0, tf.int32), tf.cast(col0, tf.int32)
-    flat = tf.reshape(stencil, (height * width, -1))
-    rows = [tf.gather(flat, mirror_index(first_row + k, height) * width + first_col) for k in taps]
-    values = tf.stack(rows, axis=-2)  # [h, w, taps, taps * C]
-    shape = tf.concat([tf.shape(values)[:3], [len(taps), -1]], axis=0)
-    return tf.reshape(values, shape), row - row0, col - col0
+    # One flat plane per channel: XLA gathers single values many times faster than rows.
+    planes = tf.reshape(tf.transpose(image, (2, 0, 1)), (len(modes), -1))
+    offsets = sorted({k for mode in modes for k in _TAPS.get(mode, ())})
+    row_starts = {k: mirror_index(first_row + k, height) * width for k in offsets}
+    cols = {k: mirror_index(first_col + k, width) for k in offsets}
+    channels = []
+    for plane, mode in zip(tf.unstack(planes), modes, strict=True):
+        if mode == "nearest":
+            # Half-way points go to the next pixel, like elasticdeform's floor(c + 0.5);
+            # the next pixel exists, as a mirrored coordinate at the last pixel has frac 0.
+            nearest_row = first_row + tf.cast(row_frac >= 0.5, tf.int32)
+            nearest_col = first_col + tf.cast(col_frac >= 0.5, tf.int32)
+            channels.append(tf.gather(plane, nearest_row * width + nearest_col))
+            continue
+        taps = _TAPS[mode]
+        row_weights = _tap_weights(row_frac, mode)
+        col_weights = _tap_weights(col_frac, mode)
+        channels.append(
+            sum(
+                row_weight
+                * sum(
+                    col_weight * tf.gather(plane, row_starts[r] + cols[c])
+                    for c, col_weight in zip(taps, col_weights, strict=True)
+                )
+                for r, row_weight in zip(taps, row_weights, strict=True)
+            )
+        )
+    return tf.stack(channels, axis=-1)
 
 
-def _tap_weights(frac: tf.Tensor, interpolation: str) -> tf.Tensor:
-    """Interpolation weights [..., taps] for fractional offsets in [0, 1)."""
-    if interpolation == "linear":
-        return tf.stack([1.0 - frac, frac], axis=-1)
-    rest = 1.0 - frac  # cubic B-spline weights of the taps -1, 0, 1, 2
-    return tf.stack(
-        [rest**3 / 6, 2 / 3 - frac**2 + frac**3 / 2, 2 / 3 - rest**2 + rest**3 / 2, frac**3 / 6],
-        axis=-1,
-    )
+# XLA fuses the many element-wise steps and gathers into a few loops: on a CPU this runs
+# about 10x faster than the same ops one by one.
+_resample_compiled = tf.function(_resample, jit_compile=True)
 
 
-def interpolate(
-    values: tf.Tensor,
-    row_frac: tf.Tensor,
-    col_frac: tf.Tensor,
-    interpolation: str,
-    gathered_with: str = "linear",
-) -> tf.Tensor:
-    """Combines a `gather_neighbourhood` into [h, w, C] by "nearest", "linear" or "cubic".
+def resample(image: tf.Tensor, coords: tf.Tensor, modes: Sequence[str]) -> tf.Tensor:
+    """Resamples image [H, W, C] at float (row, col) pixel coordinates [h, w, 2] -> [h, w, C].
 
-    `gathered_with` names the interpolation the neighbourhood was gathered for: a cubic
-    neighbourhood also serves linear and nearest, so the channels of one gather can each
-    use their own interpolation.
+    `modes[c]` is channel c's interpolation: "nearest" (labels: no class is invented),
+    "linear", or "cubic" (the channel must hold B-spline coefficients, see
+    `spline_prefilter`, as elasticdeform does internally). Coordinates outside the image
+    are mirrored about its edge pixels.
     """
-    centre = _taps(gathered_with).index(0)
-    if interpolation == "cubic":
-        if gathered_with != "cubic":
-            raise ValueError("cubic interpolation needs a neighbourhood gathered for 'cubic'")
-        row_weights = _tap_weights(row_frac, "cubic")
-        col_weights = _tap_weights(col_frac, "cubic")
-        return tf.einsum("hwr,hwrtc,hwt->hwc", row_weights, values, col_weights)
-    pair = values[:, :, centre : centre + 2, centre : centre + 2]
-    if interpolation == "linear":
-        row_weights = _tap_weights(row_frac, "linear")
-        col_weights = _tap_weights(col_frac, "linear")
-        return tf.einsum("hwr,hwrtc,hwt->hwc", row_weights, pair, col_weights)
-    if interpolation == "nearest":
-        # Half-way points go to the next pixel, like elasticdeform's floor(c + 0.5).
-        row_pick = tf.where((row_frac >= 0.5)[..., None, None], pair[:, :, 1], pair[:, :, 0])
-        return tf.where((col_frac >= 0.5)[..., None], row_pick[:, :, 1], row_pick[:, :, 0])
-    raise ValueError(
-        f"interpolation must be 'nearest', 'linear' or 'cubic', got {interpolation!r}"
-    )
+    modes = tuple(modes)
+    unknown = set(modes) - set(INTERPOLATIONS)
+    if unknown or len(modes) != image.shape[-1]:
+        raise ValueError(
+            f"resample needs one interpolation of {INTERPOLATIONS} per image channel "
+            f"({image.shape[-1]}), got {modes}"
+        )
+    return _resample_compiled(tf.cast(image, tf.float32), coords, modes)
 
 
 def sample(image: tf.Tensor, coords: tf.Tensor, interpolation: str = "linear") -> tf.Tensor:
-    """Resamples image [H, W, C] at float pixel coordinates [h, w, 2] (row, col), mirroring.
+    """Resamples every channel of image [H, W, C] with one interpolation; see `resample`."""
+    return resample(image, coords, (interpolation,) * int(image.shape[-1]))
 
-    `interpolation` is "nearest", "linear" or "cubic"; for "cubic" the image must already
-    hold B-spline coefficients (`spline_prefilter`), as elasticdeform does internally.
+
+def _solve_spline_system(values: tf.Tensor) -> tf.Tensor:
+    """Solves for B-spline coefficients along axis 0 of [n, m] values (mirror boundary).
+
+    Sampling a cubic B-spline at the knots is the tridiagonal map (1, 4, 1) / 6; mirroring
+    doubles the inner neighbour at both ends.
     """
-    if interpolation == "nearest":
-        height, width = tf.shape(image)[0], tf.shape(image)[1]
-        rows = tf.cast(tf.floor(_mirror(coords[..., 0], height) + 0.5), tf.int32)
-        cols = tf.cast(tf.floor(_mirror(coords[..., 1], width) + 0.5), tf.int32)
-        return tf.gather(tf.reshape(image, (height * width, -1)), rows * width + cols)
-    stencil = column_stencil(image, interpolation)
-    values, row_frac, col_frac = gather_neighbourhood(stencil, coords, interpolation)
-    return interpolate(values, row_frac, col_frac, interpolation, interpolation)
+    size = tf.shape(values)[0]
+    sixth = tf.fill([size], 1.0 / 6.0)
+    ends = tf.one_hot([0, size - 1], size, on_value=1.0 / 6.0, off_value=0.0)
+    diagonals = tf.stack(
+        [sixth + ends[0], tf.fill([size], 4.0 / 6.0), sixth + ends[1]], axis=0
+    )  # super-diagonal (last entry unused), diagonal, sub-diagonal (first entry unused)
+    solved = tf.linalg.tridiagonal_solve(diagonals, values, diagonals_format="compact")
+    return tf.where(size > 1, solved, values)
 
 
 def spline_prefilter(image: tf.Tensor) -> tf.Tensor:
-    """Turns image [H, W, C] into cubic B-spline coefficients (mirror boundary), per channel."""
-    taps = np.arange(-_PREFILTER_TAPS, _PREFILTER_TAPS + 1)
-    kernel = (math.sqrt(3.0) * _SPLINE_POLE ** np.abs(taps)).astype(np.float32)
-    planes = tf.transpose(image, (2, 0, 1))[..., None]  # [C, H, W, 1]: channels as a batch
-    for axis, kernel_shape in ((1, (-1, 1, 1, 1)), (2, (1, -1, 1, 1))):
-        size = tf.shape(planes)[axis]
-        extended = mirror_index(tf.range(-_PREFILTER_TAPS, size + _PREFILTER_TAPS), size)
-        padded = tf.gather(planes, extended, axis=axis)
-        planes = tf.nn.conv2d(padded, kernel.reshape(kernel_shape), strides=1, padding="VALID")
-    return tf.transpose(planes[..., 0], (1, 2, 0))
+    """Turns image [H, W, C] into cubic B-spline coefficients (mirror boundary), per channel.
+
+    Sampling the coefficients with cubic B-spline weights gives the image back exactly at
+    the pixels: this is what makes cubic resampling interpolate rather than blur.
+    """
+    height, width, channels = tf.shape(image)[0], tf.shape(image)[1], tf.shape(image)[2]
+    rows = _solve_spline_system(tf.reshape(image, (height, -1)))
+    columns = tf.transpose(tf.reshape(rows, (height, width, channels)), (1, 0, 2))
+    columns = _solve_spline_system(tf.reshape(columns, (width, -1)))
+    return tf.transpose(tf.reshape(columns, (width, height, channels)), (1, 0, 2))
 
 
 def elastic_deform(image: tf.Tensor, grid: tf.Tensor, interpolation: str = "linear") -> tf.Tensor:

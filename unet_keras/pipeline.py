@@ -155,28 +155,28 @@ def _intensity(image: tf.Tensor, seed: tf.Tensor, config: AugmentConfig) -> tf.T
     return image
 
 
-def _elasticdeform_tile(image, labels, weights, top, left, grid, input_size, margin, order):
+def _elasticdeform_tile(stack, top, left, grid, input_size, margin, order):
     """The reference backend: elasticdeform on a mirrored window around the tile (NumPy)."""
     import elasticdeform  # only this backend needs it
 
     # The spline through the control points can overshoot them a little: leave room.
     pad = int(np.ceil(2 * np.abs(grid).max())) + 2
-    rows = augment.mirror_index_numpy(np.arange(top - pad, top + input_size + pad), image.shape[0])
+    rows = augment.mirror_index_numpy(np.arange(top - pad, top + input_size + pad), stack.shape[0])
     cols = augment.mirror_index_numpy(
-        np.arange(left - pad, left + input_size + pad), image.shape[1]
+        np.arange(left - pad, left + input_size + pad), stack.shape[1]
     )
-    window = np.ix_(rows, cols)
+    window = stack[np.ix_(rows, cols)]
     inner = slice(pad, pad + input_size)
-    tile, tile_weights, tile_labels = elasticdeform.deform_grid(
-        [image[window], weights[window], labels[window]],
+    image, labels, weights = elasticdeform.deform_grid(
+        [window[..., :-2], window[..., -2], window[..., -1]],
         grid,
-        order=[order, 1, 0],
+        order=[order, 0, 1],
         mode="mirror",
         crop=(inner, inner),
         axis=[(0, 1), (0, 1), (0, 1)],
     )
-    crop = slice(margin, margin + input_size - 2 * margin)
-    return tile, tile_labels[crop, crop], tile_weights[crop, crop]
+    crop = slice(margin, input_size - margin)
+    return image, np.stack([labels[crop, crop], weights[crop, crop]], axis=-1)
 
 
 def training_dataset(
@@ -196,60 +196,59 @@ def training_dataset(
         raise ValueError("training_dataset needs at least one example")
     margin = _check_tiles(input_size, output_size)
     config = config or AugmentConfig()
-    cubic = config.elastic and config.interpolation == "cubic"
-    use_tf = config.elastic and config.elastic_backend == "tensorflow"
     channels = examples[0].image.shape[-1]
+    interpolation = config.interpolation
+    in_graph = config.elastic and config.elastic_backend == "tensorflow"
+    inner = slice(margin, margin + output_size)
+    # Per channel: the image as configured, labels without inventing classes, weights smooth.
+    modes = (interpolation,) * channels + ("nearest", "linear")
 
-    def coefficients(image, labels, weights):
-        # Cubic resampling reads B-spline coefficients: filter each image once, before caching.
-        return (augment.spline_prefilter(image) if cubic and use_tf else image), labels, weights
+    def pack(image, labels, weights):
+        # One tensor per image, [image channels..., label, weight]: one gather reads it all,
+        # and its last two channels are already the targets layout.
+        if in_graph and interpolation == "cubic":
+            image = augment.spline_prefilter(image)  # B-spline coefficients, once per image
+        stack = tf.concat([image, tf.cast(labels, tf.float32)[..., None], weights[..., None]], -1)
+        return stack
 
     identity = np.stack(
         np.meshgrid(np.arange(input_size), np.arange(input_size), indexing="ij"), -1
     ).astype(np.float32)
 
-    def make_tile(index, element):
-        image, labels, weights = element
+    def make_tile(index, stack):
         seeds = tf.random.experimental.stateless_split(
             tf.random.experimental.stateless_fold_in([seed, 0], index), 5
         )
-        top = _random_origin(seeds[0], tf.shape(image)[0], output_size) - margin
-        left = _random_origin(seeds[1], tf.shape(image)[1], output_size) - margin
+        top = _random_origin(seeds[0], tf.shape(stack)[0], output_size) - margin
+        left = _random_origin(seeds[1], tf.shape(stack)[1], output_size) - margin
+        grid = augment.random_displacement_grid(
+            seeds[2], config.elastic_grid, config.elastic_sigma
+        )
         if not config.elastic:
-            tile = _mirrored_crop(image, top, left, input_size)
-            inner = slice(margin, margin + output_size)
-            tile_labels = _mirrored_crop(labels, top, left, input_size)[inner, inner]
-            tile_weights = _mirrored_crop(weights, top, left, input_size)[inner, inner]
+            window = _mirrored_crop(stack, top, left, input_size)
+            tile, targets = window[..., :channels], window[inner, inner, channels:]
+        elif in_graph:
+            displacement = augment.dense_displacement(grid, input_size, input_size)
+            coords = identity + displacement + tf.cast(tf.stack([top, left]), tf.float32)
+            moved = augment.resample(stack, coords, modes)
+            tile, targets = moved[..., :channels], moved[inner, inner, channels:]
         else:
-            grid = augment.random_displacement_grid(
-                seeds[2], config.elastic_grid, config.elastic_sigma
+            order = 3 if interpolation == "cubic" else 1
+            tile, targets = tf.numpy_function(
+                lambda *args: _elasticdeform_tile(*args, input_size, margin, order),
+                [stack, top, left, grid],
+                [tf.float32, tf.float32],
+                stateful=False,
             )
-            if use_tf:
-                displacement = augment.dense_displacement(grid, input_size, input_size)
-                offset = tf.cast(tf.stack([top, left]), tf.float32)
-                coords = identity + displacement + offset
-                inner_coords = coords[margin : margin + output_size, margin : margin + output_size]
-                tile = augment.sample(image, coords, config.interpolation)
-                tile_labels = augment.sample(labels[..., None], inner_coords, "nearest")[..., 0]
-                tile_weights = augment.sample(weights[..., None], inner_coords, "linear")[..., 0]
-            else:
-                order = 3 if cubic else 1
-                tile, tile_labels, tile_weights = tf.numpy_function(
-                    lambda *args: _elasticdeform_tile(*args, input_size, margin, order),
-                    [image, labels, weights, top, left, grid],
-                    [tf.float32, tf.int32, tf.float32],
-                    stateful=False,
-                )
-        targets = tf.stack([tf.cast(tile_labels, tf.float32), tile_weights], axis=-1)
         tile, targets = _flip_rotate(tile, targets, seeds[3], config)
         tile = _intensity(tile, seeds[4], config)
         tile = tf.ensure_shape(tile, (input_size, input_size, channels))
         return tile, tf.ensure_shape(targets, (output_size, output_size, 2))
 
-    images = _example_dataset(examples).map(coefficients).cache()
-    images = images.repeat().shuffle(len(examples), seed=seed)
+    stacks = _example_dataset(examples).map(pack).cache()
+    stacks = stacks.repeat().shuffle(len(examples), seed=seed)
     return (
-        tf.data.Dataset.zip(tf.data.Dataset.counter(), images)
+        tf.data.Dataset.zip(tf.data.Dataset.counter(), stacks)
         .map(make_tile, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         .batch(batch_size, drop_remainder=True)
         .prefetch(tf.data.AUTOTUNE)
