@@ -84,6 +84,15 @@ def measure_elasticdeform(cores: int, order: int, seconds: float, repeats: int) 
     return statistics.median(rates)
 
 
+def _single_threaded_elements():
+    """tf.data options as the training pipeline sets them (one thread per element)."""
+    import tensorflow as tf
+
+    options = tf.data.Options()
+    options.threading.max_intra_op_parallelism = 1
+    return options
+
+
 def measure_tensorflow(interpolation: str, cached: bool, seconds: float, repeats: int) -> float:
     """Median images/s of the in-graph deformation of image + mask in a tf.data map."""
     import tensorflow as tf
@@ -92,9 +101,6 @@ def measure_tensorflow(interpolation: str, cached: bool, seconds: float, repeats
 
     image, mask = _image_and_mask()
     pair = tf.constant(np.stack([image, mask], axis=-1))
-    identity = tf.constant(
-        np.stack(np.meshgrid(np.arange(SIZE), np.arange(SIZE), indexing="ij"), -1), tf.float32
-    )
 
     def coefficients(pair):
         if interpolation == "linear":
@@ -106,9 +112,8 @@ def measure_tensorflow(interpolation: str, cached: bool, seconds: float, repeats
     def deform(index):
         seed = tf.stack([index, tf.constant(0, tf.int64)])
         grid = augment.random_displacement_grid(seed, (3, 3), 10.0)
-        coords = identity + augment.dense_displacement(grid, SIZE, SIZE)
         source = coefficients(pair) if cached is None else cached
-        moved = augment.resample(source, coords, (interpolation, "nearest"))
+        moved = augment.deform(source, grid, (interpolation, "nearest"))
         return tf.reduce_sum(moved, axis=(0, 1))
 
     batch = 32
@@ -117,6 +122,7 @@ def measure_tensorflow(interpolation: str, cached: bool, seconds: float, repeats
         .map(deform, num_parallel_calls=tf.data.AUTOTUNE)
         .batch(batch)
         .prefetch(2)
+        .with_options(_single_threaded_elements())
     )
     iterator = iter(dataset)
 
@@ -157,6 +163,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=3.0, help="length of one timing")
     parser.add_argument("--repeats", type=int, default=5, help="timings per figure (median)")
+    parser.add_argument(
+        "--interpolations", nargs="+", default=list(INTERPOLATIONS), choices=INTERPOLATIONS
+    )
     parser.add_argument("--append", action="store_true", help="append to docs/benchmarks.md")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--backend", help=argparse.SUPPRESS)
@@ -168,7 +177,7 @@ def main() -> None:
 
     backends = ("elasticdeform", "tensorflow-per-call", "tensorflow-pipeline")
     rows = []
-    for interpolation in INTERPOLATIONS:
+    for interpolation in args.interpolations:
         rates = {
             (backend, cpus): _pinned(backend, interpolation, cpus, args)
             for backend in backends

@@ -155,7 +155,7 @@ def test_augmentation_runs_without_python_ops():
     # Only the source that hands over the prepared examples, once before the cache, does.
     assert with_python and all("from_generator" in name for name in with_python)
     assert any("make_tile" in name for name in functions)
-    assert any("resample" in name and "GatherV2" in ops for name, ops in functions.items())
+    assert any("deform" in name and "GatherV2" in ops for name, ops in functions.items())
 
 
 def test_validation_tiles_cover_each_pixel_once():

@@ -137,9 +137,37 @@ def _resample(image: tf.Tensor, coords: tf.Tensor, modes: tuple[str, ...]) -> tf
     return tf.stack(channels, axis=-1)
 
 
+def _deform(
+    image: tf.Tensor,
+    grid: tf.Tensor,
+    origin: tf.Tensor,
+    shape: tuple[int, int],
+    modes: tuple[str, ...],
+) -> tf.Tensor:
+    """The body of `deform`, before XLA compilation."""
+    displacement = dense_displacement(grid, *shape)
+    origin = tf.cast(origin, tf.float32)
+    rows = tf.range(shape[0], dtype=tf.float32)[:, None] + origin[0] + displacement[..., 0]
+    cols = tf.range(shape[1], dtype=tf.float32)[None, :] + origin[1] + displacement[..., 1]
+    return _resample(image, tf.stack([rows, cols], axis=-1), modes)
+
+
 # XLA fuses the many element-wise steps and gathers into a few loops: on a CPU this runs
 # about 10x faster than the same ops one by one.
 _resample_compiled = tf.function(_resample, jit_compile=True)
+_deform_compiled = tf.function(_deform, jit_compile=True)
+
+
+def _checked_modes(image: tf.Tensor, modes: Sequence[str]) -> tuple[str, ...]:
+    """Returns `modes` as a tuple after checking there is one known mode per channel."""
+    modes = tuple(modes)
+    unknown = set(modes) - set(INTERPOLATIONS)
+    if unknown or len(modes) != image.shape[-1]:
+        raise ValueError(
+            f"need one interpolation of {INTERPOLATIONS} per image channel "
+            f"({image.shape[-1]}), got {modes}"
+        )
+    return modes
 
 
 def resample(image: tf.Tensor, coords: tf.Tensor, modes: Sequence[str]) -> tf.Tensor:
@@ -150,19 +178,28 @@ def resample(image: tf.Tensor, coords: tf.Tensor, modes: Sequence[str]) -> tf.Te
     `spline_prefilter`, as elasticdeform does internally). Coordinates outside the image
     are mirrored about its edge pixels.
     """
-    modes = tuple(modes)
-    unknown = set(modes) - set(INTERPOLATIONS)
-    if unknown or len(modes) != image.shape[-1]:
-        raise ValueError(
-            f"resample needs one interpolation of {INTERPOLATIONS} per image channel "
-            f"({image.shape[-1]}), got {modes}"
-        )
+    modes = _checked_modes(image, modes)
     return _resample_compiled(tf.cast(image, tf.float32), coords, modes)
 
 
-def sample(image: tf.Tensor, coords: tf.Tensor, interpolation: str = "linear") -> tf.Tensor:
-    """Resamples every channel of image [H, W, C] with one interpolation; see `resample`."""
-    return resample(image, coords, (interpolation,) * int(image.shape[-1]))
+def deform(
+    image: tf.Tensor,
+    grid: tf.Tensor,
+    modes: Sequence[str],
+    origin: tf.Tensor | Sequence[int] = (0, 0),
+    shape: tuple[int, int] | None = None,
+) -> tf.Tensor:
+    """Elastically deforms image [H, W, C] by a displacement grid [2, gh, gw].
+
+    Output pixel (i, j) reads the image at origin + (i, j) + displacement(i, j), with the
+    grid spread over the output (`shape`, by default the image's): a window of a larger
+    image can be deformed without cutting it out first, its context mirrored at the
+    image border. `modes` as in `resample`.
+    """
+    modes = _checked_modes(image, modes)
+    shape = tuple(int(v) for v in (shape or image.shape[:2]))
+    origin = tf.convert_to_tensor(origin, tf.int32)
+    return _deform_compiled(tf.cast(image, tf.float32), grid, origin, shape, modes)
 
 
 def _solve_spline_system(values: tf.Tensor) -> tf.Tensor:
@@ -200,13 +237,5 @@ def elastic_deform(image: tf.Tensor, grid: tf.Tensor, interpolation: str = "line
     Equals `elasticdeform.deform_grid(image, grid, order, mode="mirror", axis=(0, 1))` with
     order 0, 1 or 3 for "nearest", "linear" or "cubic".
     """
-    height, width = int(image.shape[0]), int(image.shape[1])
-    identity = tf.stack(
-        tf.meshgrid(
-            tf.range(height, dtype=tf.float32), tf.range(width, dtype=tf.float32), indexing="ij"
-        ),
-        axis=-1,
-    )
-    coords = identity + dense_displacement(grid, height, width)
     source = spline_prefilter(image) if interpolation == "cubic" else image
-    return sample(source, coords, interpolation)
+    return deform(source, grid, (interpolation,) * int(image.shape[-1]))

@@ -211,10 +211,6 @@ def training_dataset(
         stack = tf.concat([image, tf.cast(labels, tf.float32)[..., None], weights[..., None]], -1)
         return stack
 
-    identity = np.stack(
-        np.meshgrid(np.arange(input_size), np.arange(input_size), indexing="ij"), -1
-    ).astype(np.float32)
-
     def make_tile(index, stack):
         seeds = tf.random.experimental.stateless_split(
             tf.random.experimental.stateless_fold_in([seed, 0], index), 5
@@ -228,9 +224,8 @@ def training_dataset(
             window = _mirrored_crop(stack, top, left, input_size)
             tile, targets = window[..., :channels], window[inner, inner, channels:]
         elif in_graph:
-            displacement = augment.dense_displacement(grid, input_size, input_size)
-            coords = identity + displacement + tf.cast(tf.stack([top, left]), tf.float32)
-            moved = augment.resample(stack, coords, modes)
+            origin = tf.stack([top, left])
+            moved = augment.deform(stack, grid, modes, origin, (input_size, input_size))
             tile, targets = moved[..., :channels], moved[inner, inner, channels:]
         else:
             order = 3 if interpolation == "cubic" else 1
