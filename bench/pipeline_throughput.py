@@ -24,6 +24,8 @@ import tensorflow as tf
 from common import machine_description
 
 import unet_keras as uk
+from unet_keras.config import ModelConfig, TrainConfig
+from unet_keras.train import compiled_model
 
 ROOT = Path(__file__).resolve().parents[1]
 ISBI = ROOT.parent / "shared" / "data" / "isbi2012" / "train"
@@ -68,8 +70,8 @@ def pipeline_rate(examples, output: int, repeats: int) -> float:
 
 def train_rates(examples, filters: int, output: int, steps: int, repeats: int):
     """(train_on_batch images/s, fit on the pipeline images/s, fit on one cached batch)."""
-    model = uk.build_unet(filters=filters)
-    model.compile(keras_optimizer(), loss=uk.WeightedCrossEntropy())
+    config = TrainConfig(model=ModelConfig(filters=filters), optimizer="sgd", learning_rate=0.01)
+    model = compiled_model(config, config.model, steps)
     pipeline = uk.training_dataset(examples, TILE, output, 1, uk.AugmentConfig(), seed=0)
     batch = next(iter(pipeline))
 
@@ -90,13 +92,6 @@ def train_rates(examples, filters: int, output: int, steps: int, repeats: int):
         return statistics.median(rates)
 
     return alone, fit_rate(pipeline), fit_rate(cached)
-
-
-def keras_optimizer():
-    """The paper's optimiser: SGD with momentum 0.99."""
-    import keras
-
-    return keras.optimizers.SGD(learning_rate=0.01, momentum=0.99)
 
 
 def main() -> None:
@@ -126,7 +121,8 @@ def main() -> None:
             f"\n## Training pipeline against the training step ({time.strftime('%Y-%m-%d')})\n",
             f"Machine: {machine_description()}. Valid padding, depth 4, "
             f"{TILE}x{TILE} input tiles ({output}x{output} output), batch 1, {source}, every "
-            f"augmentation on (elastic linear, flips, rotations, gamma, contrast). "
+            f"augmentation on (elastic linear, flips, rotations, gamma, contrast); "
+            f"SGD, weighted cross-entropy, no XLA, as `unet_keras.train` compiles it. "
             f"`bench/pipeline_throughput.py --steps {args.steps} --repeats {args.repeats}`; "
             f"medians.\n",
             "| filters | pipeline tiles/s | train step img/s | pipeline / step | "

@@ -3,10 +3,142 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
+
+from unet_keras.config import AugmentConfig, ModelConfig, TrainConfig
+
+# Help for every training setting; the flags are generated from the config dataclasses,
+# so a setting and its flag cannot drift apart.
+TRAIN_HELP = {
+    "data": "data folder (images/ + masks/), ISBI TIFF stack, or images folder with --masks; "
+    "none: the embedded synthetic EM data set",
+    "masks": "masks folder or label stack when not beside the images",
+    "class_values": "mask pixel value of each class, e.g. 0 255 (ISBI: membrane 0, cells 255) "
+    "or 255 0 (membrane drawn white); none: inferred from the masks",
+    "mask_threshold": "binary masks only: values at or above it are the larger class value "
+    "(for lossy masks)",
+    "foreground": "with inferred binary masks: which value marks the cells "
+    "(auto: the majority value, right for EM membrane masks)",
+    "normalization": "intensity normalisation learnt from the training images: "
+    "standardize (mean/std) or unit_range (divide by the dtype maximum)",
+    "validation": "whole images held out for validation",
+    "depth": "poolings in the U-Net",
+    "filters": "filters of the first level, doubled at every level (paper: 64)",
+    "padding": "valid: the paper's unpadded convolutions; same: output size = input size",
+    "classes": "output channels; 1 (sigmoid) for binary masks; must match the masks",
+    "batch_norm": "batch normalisation after every convolution",
+    "dropout": "dropout rate at the end of the contracting path (0 disables it)",
+    "tile": "input tile side in pixels (valid padding: the output is 184 px smaller at depth 4)",
+    "elastic": "elastic deformation (random displacements on a coarse grid, as in the paper)",
+    "elastic_grid": "control points of the displacement grid (rows columns)",
+    "elastic_sigma": "standard deviation of the grid displacements in pixels",
+    "elastic_backend": "tensorflow (in-graph, parallel) or elasticdeform (reference)",
+    "interpolation": "image interpolation under deformation: linear or cubic",
+    "flips": "random horizontal flips",
+    "rotations": "random 90-degree rotations",
+    "gamma": "random gamma: exp(uniform(-g, g)); 0 disables it",
+    "contrast": "random contrast factor in [1 - c, 1 + c]; 0 disables it",
+    "w0": "border weight map: weight of the gaps between cells",
+    "sigma": "border weight map: width of the gaps in pixels",
+    "loss": "cross_entropy (weighted by the border map), dice, or cross_entropy+dice",
+    "optimizer": "adam, or sgd (the paper's, with --momentum)",
+    "learning_rate": "initial learning rate",
+    "momentum": "SGD momentum (paper: 0.99)",
+    "schedule": "learning rate schedule: constant or cosine decay to 0",
+    "batch_size": "tiles per step (global, over all replicas)",
+    "epochs": "epochs to train",
+    "steps_per_epoch": "training steps per epoch",
+    "seed": "random seed: the same seed gives the same run",
+    "max_time": "stop cleanly after this many seconds, keeping the best model so far",
+    "run_dir": "directory for the model, logs and summary; rerun to resume",
+    "strategy": "default, mirrored (GPUs of one machine) or multiworker (TF_CONFIG)",
+    "precision": "float32, mixed_bfloat16 (CPUs with bf16) or mixed_float16 (GPUs)",
+    "jit_compile": "compile the training step with XLA",
+}
+_NESTED = {"model": ModelConfig, "augment": AugmentConfig}
+_DERIVED = {"in_channels"}  # taken from the data, never set by hand
+
+
+def _flag_type(annotation: str) -> Any:
+    """The argparse type for a field annotation such as 'float | None'."""
+    for name, kind in (("float", float), ("int", int), ("bool", bool)):
+        if name in annotation:
+            return kind
+    return str
+
+
+def _add_config_flags(parser: argparse.ArgumentParser, cls: type, section: str = "") -> None:
+    """Adds one flag per field of a config dataclass; unset flags stay out of the result."""
+    for field in dataclasses.fields(cls):
+        if field.name in _NESTED:
+            _add_config_flags(parser, _NESTED[field.name], field.name)
+            continue
+        if field.name in _DERIVED:
+            continue
+        default = field.default
+        if section:
+            default = getattr(getattr(TrainConfig(), section), field.name)
+        options: dict[str, Any] = {
+            "dest": f"{section}.{field.name}" if section else field.name,
+            "metavar": field.name.upper(),
+            "default": argparse.SUPPRESS,
+            "help": f"{TRAIN_HELP[field.name]} (default: {default})",
+        }
+        kind = _flag_type(str(field.type))
+        if kind is bool:
+            options["action"] = argparse.BooleanOptionalAction
+            del options["metavar"]
+        elif "tuple" in str(field.type):
+            options.update(nargs="+", type=int)
+        else:
+            options["type"] = kind
+        parser.add_argument("--" + field.name.replace("_", "-"), **options)
+
+
+def train_config(args: argparse.Namespace) -> TrainConfig:
+    """Builds the TrainConfig: defaults, then the --config file, then the flags given."""
+    values: dict[str, Any] = {}
+    if args.config:
+        values = _read_config_file(Path(args.config))
+    for key, value in vars(args).items():
+        if key in ("config", "command", "run"):
+            continue
+        section, _, name = key.rpartition(".")
+        target = values.setdefault(section, {}) if section else values
+        target[name] = value
+    return TrainConfig.from_dict(values)
+
+
+def _read_config_file(path: Path) -> dict[str, Any]:
+    """Reads a JSON or YAML settings file (same names as the flags, with underscores)."""
+    try:
+        text = path.read_text()
+    except OSError as error:
+        raise ValueError(f"--config {path}: cannot read it ({error.strerror})") from None
+    if path.suffix in (".yaml", ".yml"):
+        import yaml
+
+        values = yaml.safe_load(text)
+    else:
+        values = json.loads(text)
+    if not isinstance(values, dict):
+        raise ValueError(f"--config {path}: expected a mapping of settings")
+    return values
+
+
+def _train(args: argparse.Namespace) -> None:
+    """Trains a U-Net and prints where the results are."""
+    from unet_keras.train import run
+
+    summary = run(train_config(args))
+    print(json.dumps(summary, indent=2))
+    print(f"best model: {Path(summary['run_dir']) / 'best.keras'}")
 
 
 def _synthetic(args: argparse.Namespace) -> None:
@@ -58,6 +190,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True)
 
+    train = commands.add_parser(
+        "train",
+        help="train a U-Net (resumes when the run directory holds an unfinished run)",
+        description="Train a U-Net with model.fit. Settings come from the defaults, then "
+        "--config, then the flags given.",
+    )
+    train.add_argument("--config", help="JSON or YAML file of settings (flag names, underscored)")
+    _add_config_flags(train, TrainConfig)
+    train.set_defaults(run=_train)
+
     synthetic = commands.add_parser(
         "synthetic",
         help="write the embedded synthetic EM data set as image/mask folders",
@@ -89,6 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs `unet-keras`; bad input prints one clear line and returns exit status 2."""
     args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         args.run(args)
     except (ValueError, OSError) as error:

@@ -14,7 +14,9 @@ T = TypeVar("T")
 
 
 def _as_plain(value: Any) -> Any:
-    """Turns tuples into lists, recursively, so the result is plain JSON."""
+    """Turns tuples into lists and nested configs into dicts, so the result is plain JSON."""
+    if isinstance(value, _JsonConfig):
+        return value.to_dict()
     if isinstance(value, (list, tuple)):
         return [_as_plain(item) for item in value]
     if isinstance(value, dict):
@@ -40,10 +42,12 @@ class _JsonConfig:
             )
         converted = {}
         for name, value in values.items():
-            # JSON has no tuples: restore them where the field's default is a tuple.
+            # JSON has no tuples or nested configs: restore them from the field's default.
             default = known[name].default
             if isinstance(value, list) and isinstance(default, tuple):
                 value = tuple(value)
+            elif isinstance(value, dict) and isinstance(default, _JsonConfig):
+                value = type(default).from_dict(value)
             converted[name] = value
         return cls(**converted)
 
@@ -177,3 +181,63 @@ class ModelConfig(_JsonConfig):
     padding: str = "valid"
     batch_norm: bool = False
     dropout: float = 0.5
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig(_JsonConfig):
+    """Everything a training run needs; `train_keras.py` flags and config files set it.
+
+    `data` None trains on the embedded synthetic EM data set. `class_values` None infers
+    the mask convention from the masks (see `unet_keras.data.infer_mask_config`).
+    """
+
+    data: str | None = None
+    masks: str | None = None
+    class_values: tuple[int, ...] | None = None
+    mask_threshold: float | None = None
+    foreground: str = "auto"
+    normalization: str = "standardize"
+    validation: int = 4
+    model: ModelConfig = ModelConfig(filters=16)
+    tile: int = 316
+    augment: AugmentConfig = AugmentConfig()
+    w0: float = 10.0
+    sigma: float = 5.0
+    loss: str = "cross_entropy"
+    optimizer: str = "adam"
+    learning_rate: float = 1e-3
+    momentum: float = 0.99
+    schedule: str = "constant"
+    batch_size: int = 2
+    epochs: int = 40
+    steps_per_epoch: int = 50
+    seed: int = 0
+    max_time: float | None = None
+    run_dir: str = "runs/unet"
+    strategy: str = "default"
+    precision: str = "float32"
+    jit_compile: bool = False
+
+    def __post_init__(self) -> None:
+        choices = {
+            "loss": ("cross_entropy", "dice", "cross_entropy+dice"),
+            "optimizer": ("sgd", "adam"),
+            "schedule": ("constant", "cosine"),
+            "strategy": ("default", "mirrored", "multiworker"),
+            "precision": ("float32", "mixed_bfloat16", "mixed_float16"),
+            "foreground": ("auto", "bright", "dark"),
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        for name in ("batch_size", "epochs", "steps_per_epoch", "tile"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.validation < 0:
+            raise ValueError(f"validation must be >= 0 images, got {self.validation}")
+        if self.learning_rate <= 0:
+            raise ValueError(f"learning_rate must be positive, got {self.learning_rate}")
+        if self.max_time is not None and self.max_time <= 0:
+            raise ValueError(f"max_time must be positive seconds, got {self.max_time}")
+        if self.class_values is not None:
+            object.__setattr__(self, "class_values", tuple(int(v) for v in self.class_values))

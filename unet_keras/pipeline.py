@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+from typing import Protocol, TypeVar
 
 import numpy as np
 import tensorflow as tf
@@ -22,6 +23,13 @@ from unet_keras import augment
 from unet_keras.config import AugmentConfig, MaskConfig, NormalizationConfig
 from unet_keras.data import Sample, mask_to_labels, normalize
 from unet_keras.weights import border_weight_map
+
+
+class _HasName(Protocol):
+    name: str
+
+
+Named = TypeVar("Named", bound=_HasName)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,9 +67,11 @@ def prepare_examples(
 
 
 def split_by_image(
-    examples: Sequence[Example], validation: int | Sequence[str], seed: int = 0
-) -> tuple[list[Example], list[Example]]:
+    examples: Sequence[Named], validation: int | Sequence[str], seed: int = 0
+) -> tuple[list[Named], list[Named]]:
     """Splits whole images into training and validation: a count drawn at random, or names.
+
+    Works on anything named per image (`Sample`s before preparation, `Example`s after).
 
     Splitting by image, never by augmented copy, keeps validation honest: tiles of one
     section look alike, so a split of augmented copies scores a memorised section.
