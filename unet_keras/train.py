@@ -297,6 +297,18 @@ class ValidationImages(keras.callbacks.Callback):
         self.writer.flush()
 
 
+def _validation_steps(data: PreparedData, batch_size: int) -> int | None:
+    """Batches in one pass over the validation tiles (None without validation images)."""
+    if not data.validation:
+        return None
+    size = data.tile[1]
+    tiles = sum(
+        -(-example.labels.shape[0] // size) * -(-example.labels.shape[1] // size)
+        for example in data.validation
+    )
+    return -(-tiles // batch_size)
+
+
 def _floats(logs: dict) -> dict[str, float]:
     return {key: float(value) for key, value in logs.items()}
 
@@ -373,17 +385,19 @@ def run(config: TrainConfig) -> dict[str, Any]:
             keras.callbacks.TensorBoard(str(run_dir.file("tensorboard")), write_graph=False),
         ]
         if validation is not None:
-            tiles = [
-                (x.numpy()[0], y.numpy()[0]) for x, y in validation.unbatch().batch(1).take(3)
-            ]
-            callbacks.append(ValidationImages(run_dir.file("tensorboard"), tiles))
+            first_image = pipeline.validation_dataset(data.validation[:1], tile_in, tile_out)
+            tiles = [(x.numpy()[0], y.numpy()[0]) for x, y in first_image]
+            shown = [tiles[0], tiles[len(tiles) // 2], tiles[-1]]
+            callbacks.append(ValidationImages(run_dir.file("tensorboard"), shown))
         model.fit(
             training,
             epochs=config.epochs,
             initial_epoch=state["epoch"],
             steps_per_epoch=config.steps_per_epoch,
             validation_data=validation,
+            validation_steps=_validation_steps(data, config.batch_size),
             callbacks=callbacks,
+            shuffle=False,  # the pipeline shuffles
             verbose=2,
         )
         summary["stopped_by_time_budget"] = budget.reached
