@@ -84,6 +84,14 @@ def test_bad_settings_stop_before_training(data_dir, tmp_path, capsys, argv, mes
     assert not (tmp_path / "r" / "last.keras").exists()
 
 
+def test_multiworker_says_why_it_cannot_run_yet(data_dir, tmp_path, capsys, monkeypatch):
+    cluster = {"cluster": {"worker": ["127.0.0.1:1"]}, "task": {"type": "worker", "index": 0}}
+    monkeypatch.setenv("TF_CONFIG", json.dumps(cluster))
+    argv = ["train", "--data", str(data_dir), "--run-dir", str(tmp_path / "r")]
+    assert cli.main([*argv, "--strategy", "multiworker"]) == 2
+    assert "keras-team/keras#20585" in capsys.readouterr().err
+
+
 def test_a_run_leaves_its_files_and_a_loadable_best_model(data_dir, tmp_path):
     from unet_keras.saving import load_model
 
@@ -164,3 +172,27 @@ def test_a_run_directory_refuses_other_settings(data_dir, tmp_path, capsys):
     code = cli.main(["train", "--data", str(data_dir), "--run-dir", str(run), *TINY])
     assert code == 2
     assert "holds a run with other settings" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_mirrored_strategy_trains_over_two_logical_cpus(data_dir, tmp_path):
+    run = tmp_path / "run"
+    script = (
+        "import sys, tensorflow as tf\n"
+        "cpu = tf.config.list_physical_devices('CPU')[0]\n"
+        "two = [tf.config.LogicalDeviceConfiguration()] * 2\n"
+        "tf.config.set_logical_device_configuration(cpu, two)\n"
+        "from unet_keras.cli import main\n"
+        "sys.exit(main(['train', *sys.argv[1:]]))\n"
+    )  # fmt: skip
+    argv = ["--data", str(data_dir), "--run-dir", str(run), "--epochs", "1", *TINY]
+    result = subprocess.run(
+        [sys.executable, "-c", script, *argv, "--strategy", "mirrored"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "strategy mirrored: 2 replica(s)" in result.stderr
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["epochs"] == 1 and np.isfinite(summary["best_validation"]["val_loss"])

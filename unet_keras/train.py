@@ -135,14 +135,23 @@ def _model_config(model: ModelConfig, mask: MaskConfig, channels: int) -> ModelC
 def _strategy(name: str) -> tf.distribute.Strategy:
     """The distribution strategy; multiworker needs TF_CONFIG, and says so."""
     if name == "mirrored":
-        return tf.distribute.MirroredStrategy()
+        # All GPUs, or else every logical CPU device (one unless configured otherwise).
+        devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
+        return tf.distribute.MirroredStrategy([device.name for device in devices])
     if name == "multiworker":
         if "TF_CONFIG" not in os.environ:
             raise ValueError(
                 "--strategy multiworker needs the TF_CONFIG environment variable (cluster "
                 "and task of this worker); use --strategy mirrored for the GPUs of one machine"
             )
-        return tf.distribute.MultiWorkerMirroredStrategy()
+        # Keras 3's fit reduces a per-replica data batch with the strategy before the
+        # first step, which MultiWorkerMirroredStrategy rejects (keras-team/keras#20585,
+        # tensorflow/tensorflow#72388): say so now rather than after loading the data.
+        raise ValueError(
+            "--strategy multiworker: Keras 3 model.fit does not run under "
+            "MultiWorkerMirroredStrategy yet (keras-team/keras#20585); train on one machine "
+            "with --strategy mirrored"
+        )
     return tf.distribute.get_strategy()
 
 
@@ -333,9 +342,11 @@ def _check_resumable(run: RunDirectory, resolved: dict) -> None:
 def run(config: TrainConfig) -> dict[str, Any]:
     """Trains (or resumes) the run described by `config`; returns the summary."""
     started = time.monotonic()
+    # First: a multi-worker strategy must configure TensorFlow before anything runs.
+    strategy = _strategy(config.strategy)
+    log.info("strategy %s: %d replica(s)", config.strategy, strategy.num_replicas_in_sync)
     keras.mixed_precision.set_global_policy(config.precision)
     keras.utils.set_random_seed(config.seed)
-    strategy = _strategy(config.strategy)
     data = prepare_data(config)
     resolved = {
         **config.to_dict(),
