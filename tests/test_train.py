@@ -196,3 +196,15 @@ def test_mirrored_strategy_trains_over_two_logical_cpus(data_dir, tmp_path):
     assert "strategy mirrored: 2 replica(s)" in result.stderr
     summary = json.loads((run / "summary.json").read_text())
     assert summary["epochs"] == 1 and np.isfinite(summary["best_validation"]["val_loss"])
+
+
+@pytest.mark.slow
+def test_bfloat16_with_xla_trains_to_a_finite_loss(data_dir, tmp_path):
+    run = tmp_path / "run"
+    result = _train(
+        "--data", str(data_dir), "--run-dir", str(run), "--epochs", "1", *TINY,
+        "--precision", "mixed_bfloat16", "--jit-compile",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((run / "summary.json").read_text())
+    assert np.isfinite(summary["best_validation"]["val_loss"])
