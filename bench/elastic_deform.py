@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from common import machine_description
+from common import publish
 
 ROOT = Path(__file__).resolve().parents[1]
 ISBI_IMAGE = ROOT.parent / "shared" / "data" / "isbi2012" / "train" / "images" / "00.png"
@@ -193,23 +193,17 @@ def main() -> None:
             )
             print(rows[-1], flush=True)
 
-    table = "\n".join(
+    publish(
+        "Elastic deformation, 512x512 image + mask",
+        f"`bench/elastic_deform.py --seconds {args.seconds} --repeats {args.repeats}`; "
+        f"medians of {args.repeats} timings.",
         [
-            "| interpolation | backend | 1 core img/s | 2 cores img/s | 2 vs 1 core | "
-            "vs elasticdeform, 1 core | vs elasticdeform, 2 cores |",
-            "| --- | --- | --- | --- | --- | --- | --- |",
-            *rows,
-        ]
-    )
-    report = (
-        f"\n## Elastic deformation, 512x512 image + mask ({time.strftime('%Y-%m-%d')})\n\n"
-        f"Machine: {machine_description()}. `bench/elastic_deform.py --seconds {args.seconds} "
-        f"--repeats {args.repeats}`; medians of {args.repeats} timings.\n\n{table}\n"
-    )
-    print(report)
-    if args.append:
-        with open(ROOT / "docs" / "benchmarks.md", "a") as log:
-            log.write(report)
+            "interpolation", "backend", "1 core img/s", "2 cores img/s", "2 vs 1 core",
+            "vs elasticdeform, 1 core", "vs elasticdeform, 2 cores",
+        ],
+        rows,
+        args.append,
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

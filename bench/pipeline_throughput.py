@@ -21,7 +21,7 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import tensorflow as tf
-from common import machine_description
+from common import publish
 
 import unet_keras as uk
 from unet_keras.config import ModelConfig, TrainConfig
@@ -116,25 +116,20 @@ def main() -> None:
         )
         print(rows[-1], flush=True)
 
-    report = "\n".join(
+    publish(
+        "Training pipeline against the training step",
+        f"Valid padding, depth 4, {TILE}x{TILE} input tiles ({output}x{output} output), "
+        f"batch 1, {source}, every augmentation on (elastic linear, flips, rotations, gamma, "
+        "contrast); SGD, weighted cross-entropy, no XLA, as `unet_keras.train` compiles it. "
+        f"`bench/pipeline_throughput.py --steps {args.steps} --repeats {args.repeats}`; "
+        "medians.",
         [
-            f"\n## Training pipeline against the training step ({time.strftime('%Y-%m-%d')})\n",
-            f"Machine: {machine_description()}. Valid padding, depth 4, "
-            f"{TILE}x{TILE} input tiles ({output}x{output} output), batch 1, {source}, every "
-            f"augmentation on (elastic linear, flips, rotations, gamma, contrast); "
-            f"SGD, weighted cross-entropy, no XLA, as `unet_keras.train` compiles it. "
-            f"`bench/pipeline_throughput.py --steps {args.steps} --repeats {args.repeats}`; "
-            f"medians.\n",
-            "| filters | pipeline tiles/s | train step img/s | pipeline / step | "
-            "fit on pipeline img/s | fit on cached batch img/s | slowdown from the pipeline |",
-            "| --- | --- | --- | --- | --- | --- | --- |",
-            *rows,
-        ]
-    )
-    print(report)
-    if args.append:
-        with open(ROOT / "docs" / "benchmarks.md", "a") as log:
-            log.write(report + "\n")
+            "filters", "pipeline tiles/s", "train step img/s", "pipeline / step",
+            "fit on pipeline img/s", "fit on cached batch img/s", "slowdown from the pipeline",
+        ],
+        rows,
+        args.append,
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

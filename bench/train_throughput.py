@@ -18,9 +18,7 @@ import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
 MODELS = {"paper (64 filters)": (64, 572, 1), "default (16 filters)": (16, 316, 2)}
 PRECISIONS = {
     "fp32": ("float32", False),
@@ -32,6 +30,7 @@ PRECISIONS = {
 def training_flops(model, tile: int) -> float:
     """FLOPs of one training step for one image: 3x the forward convolutions."""
     import keras
+    import numpy as np
 
     convolutions = [
         layer
@@ -39,8 +38,6 @@ def training_flops(model, tile: int) -> float:
         if isinstance(layer, (keras.layers.Conv2D, keras.layers.Conv2DTranspose))
     ]
     probe = keras.Model(model.inputs, [layer.output for layer in convolutions])
-    import numpy as np
-
     outputs = probe.predict(np.zeros((1, tile, tile, 1), np.float32), verbose=0)
     forward = 0.0
     for layer, output in zip(convolutions, outputs, strict=True):
@@ -56,6 +53,7 @@ def training_flops(model, tile: int) -> float:
 
 def _worker(name: str, precision: str, steps: int) -> None:
     """Measures one configuration in this process; prints a JSON line."""
+    import keras
     import numpy as np
 
     from unet_keras.config import ModelConfig, TrainConfig
@@ -64,8 +62,6 @@ def _worker(name: str, precision: str, steps: int) -> None:
 
     filters, tile, batch = MODELS[name]
     policy, jit = PRECISIONS[precision]
-    import keras
-
     keras.mixed_precision.set_global_policy(policy)
     config = TrainConfig(model=ModelConfig(filters=filters), jit_compile=jit)
     model = compiled_model(config, config.model, steps)
@@ -108,7 +104,7 @@ def main() -> None:
     if args.worker:
         _worker(*args.worker, args.steps)
         return
-    from common import machine_description
+    from common import publish
 
     rows = []
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
@@ -138,21 +134,15 @@ def main() -> None:
                 f"{figures['flops'] / figures['step'] / 1e9:.0f} | {figures['peak_gib']:.1f} |"
             )
             print(rows[-1], flush=True)
-    report = "\n".join(
-        [
-            f"\n## Training step throughput ({time.strftime('%Y-%m-%d')})\n",
-            f"Machine: {machine_description()}. Valid padding, depth 4, weighted "
-            f"cross-entropy, Adam; `bench/train_throughput.py --steps {args.steps}`; median "
-            "step time. GFLOP/s counts the convolutions (3x forward per training step).\n",
-            "| model | precision | s/step | images/s | GFLOP/s | peak RSS GiB |",
-            "| --- | --- | --- | --- | --- | --- |",
-            *rows,
-        ]
+    publish(
+        "Training step throughput",
+        "Valid padding, depth 4, weighted cross-entropy, Adam; "
+        f"`bench/train_throughput.py --steps {args.steps}`; median step time. GFLOP/s counts "
+        "the convolutions (3x forward per training step).",
+        ["model", "precision", "s/step", "images/s", "GFLOP/s", "peak RSS GiB"],
+        rows,
+        args.append,
     )
-    print(report)
-    if args.append:
-        with open(ROOT / "docs" / "benchmarks.md", "a") as log:
-            log.write(report + "\n")
 
 
 if __name__ == "__main__":

@@ -100,7 +100,7 @@ def _tap_weights(frac: tf.Tensor, interpolation: str) -> list[tf.Tensor]:
 
 
 def _resample(image: tf.Tensor, coords: tf.Tensor, modes: tuple[str, ...]) -> tf.Tensor:
-    """The body of `resample`, before XLA compilation."""
+    """Resamples image [H, W, C] at float (row, col) coordinates [h, w, 2], mirroring."""
     height, width = tf.shape(image)[0], tf.shape(image)[1]
     row = _mirror(coords[..., 0], height)
     col = _mirror(coords[..., 1], width)
@@ -154,7 +154,6 @@ def _deform(
 
 # XLA fuses the many element-wise steps and gathers into a few loops: on a CPU this runs
 # about 10x faster than the same ops one by one.
-_resample_compiled = tf.function(_resample, jit_compile=True)
 _deform_compiled = tf.function(_deform, jit_compile=True)
 
 
@@ -170,18 +169,6 @@ def _checked_modes(image: tf.Tensor, modes: Sequence[str]) -> tuple[str, ...]:
     return modes
 
 
-def resample(image: tf.Tensor, coords: tf.Tensor, modes: Sequence[str]) -> tf.Tensor:
-    """Resamples image [H, W, C] at float (row, col) pixel coordinates [h, w, 2] -> [h, w, C].
-
-    `modes[c]` is channel c's interpolation: "nearest" (labels: no class is invented),
-    "linear", or "cubic" (the channel must hold B-spline coefficients, see
-    `spline_prefilter`, as elasticdeform does internally). Coordinates outside the image
-    are mirrored about its edge pixels.
-    """
-    modes = _checked_modes(image, modes)
-    return _resample_compiled(tf.cast(image, tf.float32), coords, modes)
-
-
 def deform(
     image: tf.Tensor,
     grid: tf.Tensor,
@@ -194,7 +181,9 @@ def deform(
     Output pixel (i, j) reads the image at origin + (i, j) + displacement(i, j), with the
     grid spread over the output (`shape`, by default the image's): a window of a larger
     image can be deformed without cutting it out first, its context mirrored at the
-    image border. `modes` as in `resample`.
+    image border. `modes[c]` is channel c's interpolation: "nearest" (labels: no class is
+    invented), "linear", or "cubic" (the channel must hold B-spline coefficients, see
+    `spline_prefilter`, as elasticdeform does internally).
     """
     modes = _checked_modes(image, modes)
     shape = tuple(int(v) for v in (shape or image.shape[:2]))

@@ -182,6 +182,15 @@ class ModelConfig(_JsonConfig):
     batch_norm: bool = False
     dropout: float = 0.5
 
+    def __post_init__(self) -> None:
+        if self.padding not in ("valid", "same"):
+            raise ValueError(f"padding must be 'valid' or 'same', got {self.padding!r}")
+        for name in ("in_channels", "classes", "depth", "filters"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig(_JsonConfig):

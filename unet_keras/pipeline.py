@@ -214,8 +214,8 @@ def training_dataset(
     modes = (interpolation,) * channels + ("nearest", "linear")
 
     def pack(image, labels, weights):
-        # One tensor per image, [image channels..., label, weight]: one gather reads it all,
-        # and its last two channels are already the targets layout.
+        # One tensor per image, [image channels..., label, weight]: one deformation moves
+        # all of it, and its last two channels are already the targets layout.
         if in_graph and interpolation == "cubic":
             image = augment.spline_prefilter(image)  # B-spline coefficients, once per image
         stack = tf.concat([image, tf.cast(labels, tf.float32)[..., None], weights[..., None]], -1)
@@ -258,6 +258,15 @@ def training_dataset(
         .batch(batch_size, drop_remainder=True)
         .prefetch(tf.data.AUTOTUNE)
     )
+
+
+def validation_steps(examples: Sequence[Example], output_size: int, batch_size: int) -> int:
+    """Batches in one pass of `validation_dataset`: its tile grid, counted up front."""
+    tiles = sum(
+        -(-example.labels.shape[0] // output_size) * -(-example.labels.shape[1] // output_size)
+        for example in examples
+    )
+    return -(-tiles // batch_size)
 
 
 def validation_dataset(

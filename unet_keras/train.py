@@ -39,7 +39,7 @@ from unet_keras.files import atomic_path
 from unet_keras.losses import CombinedLoss, DiceLoss, WeightedCrossEntropy
 from unet_keras.metrics import Dice, IoU, PixelError
 from unet_keras.model import build_unet, check_input_size, output_size
-from unet_keras.saving import model_metadata, save_model
+from unet_keras.saving import load_model, model_metadata, save_model
 
 log = logging.getLogger("unet_keras.train")
 
@@ -71,6 +71,7 @@ def tile_sizes(model: ModelConfig, tile: int) -> tuple[int, int]:
 
 def prepare_data(config: TrainConfig) -> PreparedData:
     """Loads the data, settles the mask convention and normalisation, splits by image."""
+    tile = tile_sizes(config.model, config.tile)  # a bad tile fails before any loading
     if config.data is None:
         samples = synthetic_em_images(24, (512, 512), seed=config.seed)
         log.info("no --data given: training on 24 synthetic EM sections of 512x512")
@@ -94,7 +95,7 @@ def prepare_data(config: TrainConfig) -> PreparedData:
         mask=mask,
         normalization=normalization,
         model=model,
-        tile=tile_sizes(model, config.tile),
+        tile=tile,
     )
 
 
@@ -306,18 +307,6 @@ class ValidationImages(keras.callbacks.Callback):
         self.writer.flush()
 
 
-def _validation_steps(data: PreparedData, batch_size: int) -> int | None:
-    """Batches in one pass over the validation tiles (None without validation images)."""
-    if not data.validation:
-        return None
-    size = data.tile[1]
-    tiles = sum(
-        -(-example.labels.shape[0] // size) * -(-example.labels.shape[1] // size)
-        for example in data.validation
-    )
-    return -(-tiles // batch_size)
-
-
 def _floats(logs: dict) -> dict[str, float]:
     return {key: float(value) for key, value in logs.items()}
 
@@ -372,11 +361,11 @@ def run(config: TrainConfig) -> dict[str, Any]:
     with strategy.scope():
         if state["epoch"] > 0:
             log.info("resuming %s after epoch %d", run_dir.path, state["epoch"])
-            model = keras.models.load_model(run_dir.file("last.keras"))
+            model, _ = load_model(run_dir.file("last.keras"))
         else:
             model = compiled_model(config, data.model, total_steps)
 
-    summary = {"epochs": state["epoch"], "stopped_by_time_budget": False}
+    stopped_by_time_budget = False
     if state["epoch"] < config.epochs:
         tile_in, tile_out = data.tile
         # A resumed run draws fresh tiles: the seed moves on with the epoch.
@@ -406,22 +395,27 @@ def run(config: TrainConfig) -> dict[str, Any]:
             initial_epoch=state["epoch"],
             steps_per_epoch=config.steps_per_epoch,
             validation_data=validation,
-            validation_steps=_validation_steps(data, config.batch_size),
+            validation_steps=(
+                pipeline.validation_steps(data.validation, tile_out, config.batch_size)
+                if validation is not None
+                else None
+            ),
             callbacks=callbacks,
             shuffle=False,  # the pipeline shuffles
             verbose=2,
         )
-        summary["stopped_by_time_budget"] = budget.reached
+        stopped_by_time_budget = budget.reached
     if state["best"] is None and state["epoch"] > 0:
         # No validation images: the last model is the best one known.
         save_model(model, run_dir.file("best.keras"), metadata)
-    summary.update(
-        epochs=state["epoch"],
-        best_epoch=state["best_epoch"],
-        best_validation={k: v for k, v in state["best_logs"].items() if k.startswith("val_")},
-        wall_seconds=round(state["seconds"], 1),
-        training_images_per_second=round(state["images"] / max(state["seconds"], 1e-9), 3),
-        run_dir=str(run_dir.path),
-    )
+    summary = {
+        "epochs": state["epoch"],
+        "stopped_by_time_budget": stopped_by_time_budget,
+        "best_epoch": state["best_epoch"],
+        "best_validation": {k: v for k, v in state["best_logs"].items() if k.startswith("val_")},
+        "wall_seconds": round(state["seconds"], 1),
+        "training_images_per_second": round(state["images"] / max(state["seconds"], 1e-9), 3),
+        "run_dir": str(run_dir.path),
+    }
     run_dir.write_json("summary.json", summary)
     return summary
