@@ -181,6 +181,91 @@ def _inspect(args: argparse.Namespace) -> None:
     print(json.dumps(report, indent=2))
 
 
+def _segmenter(args: argparse.Namespace) -> Any:
+    """The Segmenter that --model and the inference flags describe."""
+    from unet_keras.inference import Segmenter
+
+    return Segmenter.from_path(
+        args.model,
+        tile=args.tile,
+        batch_size=args.batch_size,
+        overlap=args.overlap,
+        tta=args.tta,
+        threshold=args.threshold,
+    )
+
+
+def _predict(args: argparse.Namespace) -> int:
+    """Segments images; exits 1 when any input could not be processed."""
+    from unet_keras.predict import predict_path
+
+    report = predict_path(
+        _segmenter(args),
+        args.input,
+        args.output,
+        probabilities=args.probabilities,
+        overlays=args.overlay,
+        progress=True,
+    )
+    print(f"wrote {len(report.written)} files to {args.output}")
+    if report.failed:
+        print(f"{len(report.failed)} input(s) failed:", file=sys.stderr)
+        for name, reason in report.failed:
+            print(f"  {name}: {reason}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> None:
+    """Scores a model on labelled images and prints the mean scores as JSON."""
+    from unet_keras.predict import evaluate_path
+
+    report = evaluate_path(
+        _segmenter(args),
+        args.data,
+        args.masks,
+        output=args.output,
+        sweep=args.sweep,
+        progress=True,
+    )
+    summary = {key: report[key] for key in ("threshold", "tta", "mean")}
+    if "best_threshold" in report:
+        summary["best_threshold"] = report["best_threshold"]
+    print(json.dumps(summary, indent=2))
+    if args.output:
+        print(f"per-image scores and figures: {args.output}")
+
+
+def _add_inference_flags(parser: argparse.ArgumentParser) -> None:
+    """Flags shared by predict and evaluate: the model and how it tiles."""
+    parser.add_argument(
+        "--model", required=True, help="model: a .keras file or a training run directory"
+    )
+    parser.add_argument(
+        "--tile",
+        type=int,
+        help="input tile side in pixels (default: 572 for valid padding, 512 for same)",
+    )
+    parser.add_argument("--batch-size", type=int, default=2, help="tiles per model call")
+    parser.add_argument(
+        "--overlap",
+        type=int,
+        help="same padding: overlap of neighbouring tiles in pixels "
+        "(default: a quarter of the tile)",
+    )
+    parser.add_argument(
+        "--tta",
+        action="store_true",
+        help="test-time augmentation: average the 8 flips and rotations (8x slower)",
+    )
+    parser.add_argument(
+        "--threshold",
+        type=float,
+        default=0.5,
+        help="one-channel models: probability at or above which a pixel is foreground",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of `unet-keras`, every flag with its default in --help."""
     parser = argparse.ArgumentParser(
@@ -225,6 +310,45 @@ def build_parser() -> argparse.ArgumentParser:
         help="which mask value marks the objects (auto: the majority value, as in EM)",
     )
     inspect.set_defaults(run=_inspect)
+
+    predict = commands.add_parser(
+        "predict",
+        help="segment images of any size (overlap-tile), writing masks in the training "
+        "masks' convention",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    _add_inference_flags(predict)
+    predict.add_argument(
+        "--input", required=True, help="image file, multi-page TIFF stack, or folder of images"
+    )
+    predict.add_argument("--output", required=True, help="folder for the masks (DIR/<stem>.png)")
+    predict.add_argument(
+        "--probabilities",
+        choices=("png", "tiff"),
+        help="also write probability maps: 16-bit PNG or float32 TIFF",
+    )
+    predict.add_argument(
+        "--overlay", action="store_true", help="also write the images with predicted outlines"
+    )
+    predict.set_defaults(run=_predict)
+
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="score a model on labelled images: pixel error, IoU, Dice, adapted Rand, VI",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    _add_inference_flags(evaluate)
+    evaluate.add_argument(
+        "--data", required=True, help="data folder (images/ + masks/) or ISBI TIFF stack"
+    )
+    evaluate.add_argument("--masks", help="masks folder or label stack, if not beside the images")
+    evaluate.add_argument("--output", help="folder for evaluation.json and one figure per image")
+    evaluate.add_argument(
+        "--sweep",
+        action="store_true",
+        help="also score thresholds 0.1..0.9 and report the best by adapted Rand error",
+    )
+    evaluate.set_defaults(run=_evaluate)
     return parser
 
 
@@ -233,11 +357,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        args.run(args)
+        status = args.run(args)
     except (ValueError, OSError) as error:
         print(f"unet-keras {args.command}: error: {error}", file=sys.stderr)
         return 2
-    return 0
+    return status or 0
 
 
 if __name__ == "__main__":

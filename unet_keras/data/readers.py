@@ -50,6 +50,11 @@ def read_mask(path: str | os.PathLike) -> np.ndarray:
     return _single_channel(pages[0], path)
 
 
+def read_pages(path: str | os.PathLike) -> tuple[np.ndarray, bool]:
+    """Reads an image file or stack as (pages, H, W, C), and whether it is a multi-page stack."""
+    return _read_pages(Path(path), keep_palette=False)
+
+
 def load_dataset(
     images: str | os.PathLike,
     masks: str | os.PathLike | None = None,
@@ -98,8 +103,8 @@ def load_dataset(
 
 def _load_folders(image_dir: Path, mask_dir: Path | None) -> list[Sample]:
     """Reads the images of a folder with the masks of the same stems from another."""
-    image_files = _list_images(image_dir)
-    mask_files = {} if mask_dir is None else _list_images(mask_dir)
+    image_files = list_images(image_dir)
+    mask_files = {} if mask_dir is None else list_images(mask_dir)
     if mask_dir is not None:
         lonely_images = [p.name for s, p in image_files.items() if s not in mask_files]
         lonely_masks = [p.name for s, p in mask_files.items() if s not in image_files]
@@ -143,8 +148,9 @@ def _load_stack(image_path: Path, mask_path: Path | None) -> list[Sample]:
     return [Sample(n, image, mask) for n, image, mask in zip(names, images, masks, strict=True)]
 
 
-def _list_images(folder: Path) -> dict[str, Path]:
+def list_images(folder: str | os.PathLike) -> dict[str, Path]:
     """Maps the stem of each image file in `folder` to its path, in natural order of stems."""
+    folder = Path(folder)
     if not folder.is_dir():
         raise DataError(f"{folder}: no such folder")
     files: dict[str, Path] = {}

@@ -37,3 +37,18 @@ def write_image(path: str | os.PathLike, array: np.ndarray) -> None:
             Image.fromarray(array).save(temporary, format="PNG")
         else:
             tifffile.imwrite(temporary, array)
+
+
+def write_stack(path: str | os.PathLike, pages: np.ndarray) -> None:
+    """Writes (N, H, W) or (N, H, W, C) pages as one multi-page TIFF, atomically."""
+    path = Path(path)
+    if path.suffix.lower() not in (".tif", ".tiff"):
+        raise ValueError(f"{path}: stacks are written as .tif or .tiff, not {path.suffix!r}")
+    pages = np.asarray(pages)
+    if pages.ndim == 4 and pages.shape[-1] == 1:
+        pages = pages[..., 0]
+    if pages.ndim not in (3, 4):
+        raise ValueError(f"{path}: a stack is (N, H, W) or (N, H, W, C), got {pages.shape}")
+    photometric = "rgb" if pages.ndim == 4 and pages.shape[-1] == 3 else "minisblack"
+    with atomic_path(path) as temporary:
+        tifffile.imwrite(temporary, pages, photometric=photometric)

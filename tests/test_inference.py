@@ -1,0 +1,164 @@
+"""Tests for unet_keras.inference: overlap-tile prediction, blending and test-time augmentation."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+
+from unet_keras.config import MaskConfig, ModelConfig, NormalizationConfig
+from unet_keras.data.sample import DataError
+from unet_keras.inference import DIHEDRAL, Segmenter, dihedral, plan_axis
+from unet_keras.model import build_unet, context_margin, input_size_for_output
+from unet_keras.saving import model_metadata
+
+NORMALIZATION = NormalizationConfig("standardize", (120.0,), (40.0,), "uint8")
+
+
+def tiny_segmenter(padding: str, depth: int = 2, **options: object) -> Segmenter:
+    """A seeded tiny U-Net (4 filters) wrapped with ISBI-style metadata."""
+    keras.utils.set_random_seed(3)
+    config = ModelConfig(filters=4, depth=depth, padding=padding, dropout=0.0)
+    model = build_unet(**config.to_dict())
+    metadata = model_metadata(MaskConfig((0, 255)), NORMALIZATION, config, (92, 52))
+    return Segmenter(model, metadata, **options)
+
+
+def smooth_image(height: int, width: int, seed: int = 0) -> np.ndarray:
+    """A uint8 image of random blobs: smooth enough that tile seams would stand out."""
+    rng = np.random.default_rng(seed)
+    coarse = rng.uniform(0, 255, (height // 16 + 2, width // 16 + 2))
+    image = np.kron(coarse, np.ones((16, 16)))[:height, :width]
+    from scipy.ndimage import gaussian_filter
+
+    return gaussian_filter(image, 6).astype(np.uint8)[..., None]
+
+
+def whole_image_prediction(segmenter: Segmenter, image: np.ndarray) -> np.ndarray:
+    """The valid-padding model run once on the whole mirror-padded image."""
+    depth = segmenter.model_config.depth
+    margin = context_margin(depth)
+    height, width = image.shape[:2]
+    in_h, in_w = input_size_for_output(height, depth), input_size_for_output(width, depth)
+    padded = np.pad(
+        image,
+        ((margin, in_h - height - margin), (margin, in_w - width - margin), (0, 0)),
+        mode="reflect",
+    )
+    normalised = (padded.astype(np.float32) - 120.0) / 40.0
+    model = segmenter._forward
+    return np.asarray(model(normalised[None]))[0, :height, :width]
+
+
+@pytest.mark.parametrize("size", [1, 2, 7, 100, 388, 389, 512, 1000, 4096])
+def test_valid_tiles_cover_each_pixel_once(size: int) -> None:
+    axis = plan_axis(size, ModelConfig(depth=4))
+    covered = np.zeros(size, int)
+    for start, (low, high) in zip(axis.starts, axis.spans, strict=True):
+        assert start <= low < high <= start + axis.tile_out and start % 16 == 0
+        covered[low:high] += 1
+    assert np.all(covered == 1)
+    assert axis.tile_in - axis.tile_out == 2 * context_margin(4) == 184
+    assert axis.tile_out <= 388
+
+
+def test_valid_plan_shrinks_tiles_to_fit_the_image() -> None:
+    # Two tiles of 260 cover 512 pixels; two of 388 would compute 50% more.
+    axis = plan_axis(512, ModelConfig(depth=4))
+    assert (len(axis.starts), axis.tile_out, axis.tile_in) == (2, 260, 444)
+
+
+def test_same_plan_overlaps_and_covers() -> None:
+    axis = plan_axis(1000, ModelConfig(depth=4, padding="same"), 256, 64)
+    assert axis.starts[0] == -32 and axis.starts[-1] + 256 == 1000 + 32
+    steps = np.diff(axis.starts)
+    assert np.all(steps <= 256 - 64) and np.all(steps > 0)
+    weight_sum = np.zeros(1000)
+    for (low, high), weights in zip(axis.spans, axis.weights, strict=True):
+        weight_sum[low:high] += weights
+    np.testing.assert_allclose(weight_sum, 1.0, rtol=1e-6)
+
+
+def test_tiled_valid_prediction_equals_whole_image() -> None:
+    # Odd sizes that take several tiles on both axes (output tiles of 36 pixels).
+    segmenter = tiny_segmenter("valid", tile=76, batch_size=3)
+    image = np.random.default_rng(1).integers(0, 256, (157, 211, 1), dtype=np.uint8)
+    assert len(plan_axis(157, segmenter.model_config, 76).starts) >= 4
+    tiled = segmenter.probabilities(image)
+    assert tiled.shape == (157, 211, 1) and tiled.dtype == np.float32
+    np.testing.assert_allclose(tiled, whole_image_prediction(segmenter, image), atol=1e-5)
+
+
+def test_image_smaller_than_a_tile() -> None:
+    segmenter = tiny_segmenter("valid")
+    image = np.random.default_rng(2).integers(0, 256, (5, 9, 1), dtype=np.uint8)
+    np.testing.assert_allclose(
+        segmenter.probabilities(image), whole_image_prediction(segmenter, image), atol=1e-5
+    )
+
+
+def seam_ratio(probabilities: np.ndarray, borders: list[int]) -> float:
+    """Mean jump between neighbouring columns at `borders`, over the mean jump anywhere."""
+    jumps = np.abs(np.diff(probabilities[..., 0], axis=1)).mean(axis=0)
+    return float(jumps[[b - 1 for b in borders]].mean() / jumps.mean())
+
+
+def test_same_padding_blending_leaves_no_seam() -> None:
+    image = smooth_image(96, 320)
+    blended = tiny_segmenter("same", tile=64, overlap=32).probabilities(image)
+    naive = tiny_segmenter("same", tile=64, overlap=0).probabilities(image)
+    whole = tiny_segmenter("same", tile=320, overlap=0).probabilities(image)
+    naive_borders = [64, 128, 192, 256]
+    # Tiling without overlap shows its tile edges; blended tiling does not.
+    assert seam_ratio(naive, naive_borders) > 1.5
+    assert seam_ratio(whole, naive_borders) < 1.2
+    cols = plan_axis(320, ModelConfig(depth=2, padding="same"), 64, 32)
+    assert 0 < np.diff(cols.starts).max() < 64
+    blended_edges = [s for s in cols.starts if 0 < s < 320] + [
+        s + 64 for s in cols.starts if 0 < s + 64 < 320
+    ]
+    assert seam_ratio(blended, blended_edges) < 1.2
+
+
+def test_dihedral_gives_the_8_symmetries_as_views() -> None:
+    image = np.arange(3 * 5).reshape(3, 5, 1)
+    views = [dihedral(image, turns, flip) for turns, flip in DIHEDRAL]
+    assert len({v.tobytes() for v in views}) == 8
+    assert all(np.shares_memory(v, image) for v in views)
+
+
+def test_tta_is_the_mean_of_transformed_predictions() -> None:
+    image = np.random.default_rng(4).integers(0, 256, (90, 70, 1), dtype=np.uint8)
+    plain = tiny_segmenter("valid", tile=76)
+    expected = np.zeros((90, 70, 1), np.float32)
+    for turns, flip in DIHEDRAL:
+        transformed = np.ascontiguousarray(dihedral(image, turns, flip))
+        # Writing through the same view undoes the transform.
+        dihedral(expected, turns, flip)[...] += plain.probabilities(transformed) / 8
+    augmented = tiny_segmenter("valid", tile=76, tta=True).probabilities(image)
+    np.testing.assert_allclose(augmented, expected, atol=1e-5)
+    assert np.abs(augmented - plain.probabilities(image)).max() > 1e-3
+
+
+def test_labels_and_mask_follow_the_training_convention() -> None:
+    segmenter = tiny_segmenter("valid", threshold=0.4)
+    probabilities = np.array([[[0.1], [0.4]], [[0.9], [0.39]]], np.float32)
+    labels = segmenter.labels(probabilities)
+    np.testing.assert_array_equal(labels, [[0, 1], [1, 0]])
+    mask = segmenter.mask(labels)
+    assert mask.dtype == np.uint8
+    np.testing.assert_array_equal(mask, [[0, 255], [255, 0]])
+
+
+def test_bad_images_and_settings_are_named() -> None:
+    segmenter = tiny_segmenter("valid")
+    with pytest.raises(DataError, match=r"scan\.png: shape \(8, 8, 3\).*\(H, W, 1\)"):
+        segmenter.probabilities(np.zeros((8, 8, 3), np.uint8), source="scan.png")
+    with pytest.raises(DataError, match=r"scan\.tif: dtype uint16.*uint8"):
+        segmenter.probabilities(np.zeros((8, 8, 1), np.uint16), source="scan.tif")
+    with pytest.raises(ValueError, match="nearest workable: 68 or 72"):
+        tiny_segmenter("valid", tile=70)  # depth 2: every 4th size
+    with pytest.raises(ValueError, match="multiple of 4"):
+        tiny_segmenter("same", tile=30)
+    with pytest.raises(ValueError, match="batch_size"):
+        tiny_segmenter("valid", batch_size=0)

@@ -1,0 +1,273 @@
+"""Overlap-tile prediction for images of any size (Ronneberger et al. 2015, Fig. 2).
+
+A valid-padding U-Net predicts the centre of each input tile; the `context_margin` around
+it is context. Output tiles are laid edge to edge, so every pixel is predicted exactly once
+with its full context, and where the context falls outside the image it is mirrored, as in
+the paper. A same-padding U-Net predicts its whole tile but worse near the tile's edges
+(zero padding), so its tiles overlap and are blended with Gaussian weights that fade
+towards the edges.
+
+Tiles are cut from the image through mirrored indices, one batch at a time: no padded or
+normalised copy of the whole image is made, so memory beyond the image and the result is
+bounded by the tile and batch sizes, not by the image size.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable, Iterator
+
+import numpy as np
+import tensorflow as tf
+from tqdm.auto import tqdm
+
+from unet_keras.augment import mirror_index_numpy
+from unet_keras.config import MaskConfig, ModelConfig, NormalizationConfig
+from unet_keras.data.masks import labels_to_mask
+from unet_keras.data.normalization import normalize
+from unet_keras.data.sample import DataError
+from unet_keras.model import context_margin, input_size_for_output, output_size
+
+# Default output tile side for valid padding: the paper's 388 (572-pixel input tiles at
+# depth 4). Larger tiles waste less of each tile on context than training's small tiles.
+DEFAULT_OUTPUT_TILE = 388
+# Default tile side for same padding, and the share of it that neighbouring tiles overlap.
+DEFAULT_SAME_TILE = 512
+DEFAULT_OVERLAP = 0.25
+
+# The 8 symmetries of the square: (quarter turns, flip left-right).
+DIHEDRAL = tuple((turns, flip) for flip in (False, True) for turns in range(4))
+
+
+@dataclasses.dataclass(frozen=True)
+class AxisTiles:
+    """Where the tiles sit along one image axis.
+
+    Output tile i starts at pixel `starts[i]` and is predicted from the input span that
+    starts `margin` pixels before it and is `tile_in` long. It writes the pixels
+    `[spans[i][0], spans[i][1])`, each times its weight in `weights[i]` (None: 1). The
+    weights of every tile at a pixel add up to 1, so blended tiles need no final division.
+    """
+
+    size: int
+    tile_in: int
+    tile_out: int
+    margin: int
+    starts: tuple[int, ...]
+    spans: tuple[tuple[int, int], ...]
+    weights: tuple[np.ndarray, ...] | None = None
+
+
+def plan_axis(
+    size: int, model: ModelConfig, tile: int | None = None, overlap: int = 0
+) -> AxisTiles:
+    """Plans the tiles along an axis of `size` pixels; `tile` is the input tile side."""
+    if size < 1:
+        raise ValueError(f"image side must be at least 1 pixel, got {size}")
+    if model.padding == "valid":
+        return _plan_valid(size, model.depth, tile)
+    return _plan_same(size, model.depth, tile, overlap)
+
+
+def _plan_valid(size: int, depth: int, tile: int | None) -> AxisTiles:
+    """Output tiles edge to edge, each pixel written once, as few tiles as the size allows."""
+    scale = 2**depth
+    largest = output_size(tile, depth) if tile else DEFAULT_OUTPUT_TILE
+    # Tiles start at multiples of 2**depth so that every tile pools on the grid that a
+    # whole-image pass would use: the result is then exactly the whole-image prediction.
+    # Workable output sides all leave the same remainder modulo 2**depth, which
+    # neighbouring tiles overlap by.
+    remainder = largest % scale
+    count = 1 if size <= largest else -(-(size - largest) // (largest - remainder)) + 1
+    # The smallest workable tile that covers the axis with `count` tiles: an image of 512
+    # pixels takes two 260-pixel tiles rather than two of 388.
+    needed = -(-(size + (count - 1) * remainder) // count)
+    tile_in = input_size_for_output(needed, depth)
+    tile_out = output_size(tile_in, depth)
+    starts = tuple(i * (tile_out - remainder) for i in range(count))
+    spans = tuple(zip(starts, (*starts[1:], size), strict=True))
+    return AxisTiles(size, tile_in, tile_out, context_margin(depth), starts, spans)
+
+
+def _plan_same(size: int, depth: int, tile: int | None, overlap: int) -> AxisTiles:
+    """Overlapping tiles spread evenly over the axis, mirrored `overlap / 2` beyond it."""
+    scale = 2**depth
+    tile = tile or DEFAULT_SAME_TILE
+    if tile % scale:
+        raise ValueError(f"same-padding tiles must be a multiple of {scale}, got {tile}")
+    if not 0 <= overlap < tile:
+        raise ValueError(f"overlap must be in [0, {tile}) pixels for tile {tile}, got {overlap}")
+    # Reaching overlap/2 beyond each border keeps the image's own edges off tile edges.
+    span = size + overlap
+    if span <= tile:
+        tile = max(scale, -(-span // scale) * scale)
+        starts = ((size - tile) // 2,)
+    else:
+        count = -(-(span - tile) // (tile - overlap)) + 1
+        first, last = -(overlap // 2), size + overlap - overlap // 2 - tile
+        starts = tuple(first + round(i * (last - first) / (count - 1)) for i in range(count))
+    # Gaussian with sigma = tile / 8 as in nnU-Net: the edges weigh exp(-8) of the centre,
+    # little but never zero, so a pixel seen by one tile only is still defined.
+    centre = (tile - 1) / 2
+    gaussian = np.exp(-0.5 * ((np.arange(tile) - centre) / (tile / 8)) ** 2)
+    spans = tuple((max(start, 0), min(start + tile, size)) for start in starts)
+    coverage = np.zeros(size)
+    for start, (low, high) in zip(starts, spans, strict=True):
+        coverage[low:high] += gaussian[low - start : high - start]
+    weights = tuple(
+        (gaussian[low - start : high - start] / coverage[low:high]).astype(np.float32)
+        for start, (low, high) in zip(starts, spans, strict=True)
+    )
+    return AxisTiles(size, tile, tile, 0, starts, spans, weights)
+
+
+def dihedral(image: np.ndarray, turns: int, flip: bool) -> np.ndarray:
+    """A view of an (H, W, ...) array under a symmetry of the square (flip, then turns)."""
+    if flip:
+        image = image[:, ::-1]
+    return np.rot90(image, turns, axes=(0, 1))
+
+
+class Segmenter:
+    """Segments images of any size with a U-Net and the preprocessing it was trained with.
+
+    `metadata` is the record `unet_keras.saving` stores with a model (normalisation, mask
+    convention, model shape). `tile` is the input tile side (default: 572 for valid
+    padding at depth 4, 512 for same padding); `batch_size` tiles go through the model
+    at once; `overlap` (same padding only) is the overlap of neighbouring tiles in pixels;
+    `tta` averages the predictions of the image's 8 flips and rotations;
+    `threshold` turns a one-channel (sigmoid) model's probability into class 1.
+    """
+
+    def __init__(
+        self,
+        model: Callable,
+        metadata: dict,
+        *,
+        tile: int | None = None,
+        batch_size: int = 2,
+        overlap: int | None = None,
+        tta: bool = False,
+        threshold: float = 0.5,
+    ) -> None:
+        self.model_config = ModelConfig.from_dict(metadata["model"])
+        self.normalization = NormalizationConfig.from_dict(metadata["normalization"])
+        self.mask_config = MaskConfig.from_dict(metadata["mask"])
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        if not 0.0 < threshold < 1.0:
+            raise ValueError(f"threshold must be in (0, 1), got {threshold}")
+        self.tile, self.batch_size, self.tta, self.threshold = tile, batch_size, tta, threshold
+        if overlap is None:
+            overlap = int((tile or DEFAULT_SAME_TILE) * DEFAULT_OVERLAP)
+        self.overlap = overlap
+        if tile is not None:
+            plan_axis(tile, self.model_config, tile, overlap)  # rejects unworkable tiles now
+        # One graph for every tile shape: tracing again per shape costs more than it gains.
+        signature = tf.TensorSpec([None, None, None, self.model_config.in_channels], tf.float32)
+        self._forward = tf.function(
+            lambda x: model(x, training=False), input_signature=[signature]
+        )
+
+    @classmethod
+    def from_path(cls, path: str | os.PathLike, **options: object) -> Segmenter:
+        """Loads a `.keras` model file or a run directory's best model."""
+        from unet_keras.saving import load_model
+
+        model, metadata = load_model(path, compile=False)
+        return cls(model, metadata, **options)
+
+    @property
+    def classes(self) -> int:
+        """Channels of the probability maps: 1 (the foreground's) or the number of classes."""
+        return self.model_config.classes
+
+    def probabilities(
+        self, image: np.ndarray, source: str = "image", progress: bool = False
+    ) -> np.ndarray:
+        """Predicts an (H, W, C) image in its raw dtype; returns (H, W, classes) float32."""
+        self._check_image(image, source)
+        result = np.zeros((*image.shape[:2], self.classes), np.float32)
+        symmetries = DIHEDRAL if self.tta else DIHEDRAL[:1]
+        plans = [self._plan(dihedral(image, *symmetry).shape) for symmetry in symmetries]
+        total = sum(len(rows.starts) * len(cols.starts) for rows, cols in plans)
+        with tqdm(total=total, disable=not progress, unit="tile", desc=source, leave=False) as bar:
+            for symmetry, (rows, cols) in zip(symmetries, plans, strict=True):
+                # Predicting the transformed image into the same view of `result` undoes
+                # the transform for free: views of one array, no copies.
+                self._predict_into(
+                    dihedral(image, *symmetry), dihedral(result, *symmetry), rows, cols, bar
+                )
+        if self.tta:
+            result /= len(symmetries)
+        return result
+
+    def _plan(self, shape: tuple[int, ...]) -> tuple[AxisTiles, AxisTiles]:
+        """The tiles along the rows and the columns of an image of `shape`."""
+        return (
+            plan_axis(shape[0], self.model_config, self.tile, self.overlap),
+            plan_axis(shape[1], self.model_config, self.tile, self.overlap),
+        )
+
+    def _predict_into(
+        self,
+        image: np.ndarray,
+        result: np.ndarray,
+        rows: AxisTiles,
+        cols: AxisTiles,
+        bar: tqdm,
+    ) -> None:
+        """Adds the tiled prediction of `image` into `result`, one batch of tiles at a time."""
+        tiles = [(i, j) for i in range(len(rows.starts)) for j in range(len(cols.starts))]
+        for batch in _chunks(tiles, self.batch_size):
+            inputs = np.stack([self._cut(image, rows, cols, i, j) for i, j in batch])
+            outputs = np.asarray(self._forward(normalize(inputs, self.normalization)))
+            for (i, j), output in zip(batch, outputs, strict=False):
+                (top, bottom), (left, right) = rows.spans[i], cols.spans[j]
+                row_offset, col_offset = top - rows.starts[i], left - cols.starts[j]
+                output = output[
+                    row_offset : row_offset + bottom - top, col_offset : col_offset + right - left
+                ]
+                if rows.weights is not None:
+                    output = output * (rows.weights[i][:, None] * cols.weights[j])[..., None]
+                result[top:bottom, left:right] += output
+            bar.update(len(batch))
+
+    def labels(self, probabilities: np.ndarray) -> np.ndarray:
+        """Class indices (H, W) int32 from `probabilities`."""
+        if probabilities.shape[-1] == 1:
+            return (probabilities[..., 0] >= self.threshold).astype(np.int32)
+        return np.argmax(probabilities, axis=-1).astype(np.int32)
+
+    def mask(self, labels: np.ndarray) -> np.ndarray:
+        """Mask pixel values in the training masks' convention (ISBI: 255 = cell interior)."""
+        dtype = np.uint8 if max(self.mask_config.class_values) <= 255 else np.uint16
+        return labels_to_mask(labels, self.mask_config, dtype)
+
+    def _check_image(self, image: np.ndarray, source: str) -> None:
+        """Raises a DataError naming `source` unless the image is like the training images."""
+        channels = self.model_config.in_channels
+        if image.ndim != 3 or image.shape[-1] != channels:
+            raise DataError(
+                f"{source}: shape {image.shape}, but the model takes (H, W, {channels}) images"
+            )
+        normalize(image[:1, :1], self.normalization, source)  # checks the dtype
+
+    def _cut(
+        self, image: np.ndarray, rows: AxisTiles, cols: AxisTiles, i: int, j: int
+    ) -> np.ndarray:
+        """The input of tile (i, j), mirrored where it reaches beyond the image."""
+        row_index = np.arange(rows.tile_in) + rows.starts[i] - rows.margin
+        col_index = np.arange(cols.tile_in) + cols.starts[j] - cols.margin
+        return image[
+            np.ix_(
+                mirror_index_numpy(row_index, rows.size), mirror_index_numpy(col_index, cols.size)
+            )
+        ]
+
+
+def _chunks(items: list, size: int) -> Iterator[list]:
+    """Consecutive slices of `items` of `size` (the last may be shorter)."""
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
