@@ -415,6 +415,7 @@ def run(config: TrainConfig) -> dict[str, Any]:
         "best_validation": {k: v for k, v in state["best_logs"].items() if k.startswith("val_")},
         "wall_seconds": round(state["seconds"], 1),
         "training_images_per_second": round(state["images"] / max(state["seconds"], 1e-9), 3),
+        "validation_images": [example.name for example in data.validation],
         "run_dir": str(run_dir.path),
     }
     run_dir.write_json("summary.json", summary)

@@ -1,0 +1,123 @@
+"""Accuracy under a fixed training budget on ISBI 2012, scored on held-out sections.
+
+Trains with `train_keras.py` on sections 00-19 of ../shared/data/isbi2012/train (two of
+them, chosen by the seed, select the best epoch) for `--max-time` seconds, then scores
+the best model on sections 20-23, which training never sees: pixel error, membrane IoU,
+adapted Rand error and variation of information, with and without test-time
+augmentation, plus a threshold sweep. An all-cell prediction is the trivial baseline.
+
+    .venv/bin/python bench/isbi_accuracy.py [--max-time 900] [--append] [-- TRAIN FLAGS...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data" / "isbi2012" / "train"
+HELD_OUT = ("20", "21", "22", "23")
+FIGURE = ROOT / "docs" / "isbi_held_out_20.png"
+
+
+def split(folder: Path) -> tuple[Path, Path]:
+    """Links the training and held-out sections into two data folders under `folder`."""
+    parts = {"train": folder / "train20", "held_out": folder / "held_out4"}
+    for image in sorted((DATA / "images").glob("*.png")):
+        target = parts["held_out" if image.stem in HELD_OUT else "train"]
+        for kind in ("images", "masks"):
+            (target / kind).mkdir(parents=True, exist_ok=True)
+            (target / kind / image.name).symlink_to(DATA / kind / image.name)
+    return parts["train"], parts["held_out"]
+
+
+def score_row(name: str, scores: dict, seconds: float | None = None) -> str:
+    """One table row of the headline scores."""
+    cells = [
+        name,
+        f"{scores['pixel_error']:.4f}",
+        f"{scores['iou_0']:.3f}",
+        f"{scores['adapted_rand_error']:.4f}",
+        f"{scores['vi_split']:.3f}",
+        f"{scores['vi_merge']:.3f}",
+        "" if seconds is None else f"{seconds:.2f}",
+    ]
+    return "| " + " | ".join(cells) + " |"
+
+
+def main() -> None:
+    """Trains, scores and reports."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--max-time", type=float, default=900)
+    parser.add_argument("--run-dir", help="keep the run here (default: a temporary folder)")
+    parser.add_argument("--append", action="store_true", help="append to docs/benchmarks.md")
+    parser.add_argument("--figure", action="store_true", help=f"write {FIGURE.name} to docs/")
+    parser.add_argument("train_flags", nargs="*", help="extra train_keras.py flags, after --")
+    args = parser.parse_args()
+
+    from common import publish
+
+    from unet_keras.evaluation import mean_scores, segmentation_scores
+    from unet_keras.inference import Segmenter
+    from unet_keras.predict import evaluate_path
+
+    work = Path(tempfile.mkdtemp(prefix="isbi_accuracy_"))
+    train, held_out = split(work)
+    run_dir = Path(args.run_dir) if args.run_dir else work / "run"
+    command = [
+        sys.executable, str(ROOT / "train_keras.py"), "--data", str(train),
+        "--run-dir", str(run_dir), "--max-time", str(args.max_time), "--validation", "2",
+        *args.train_flags,
+    ]  # fmt: skip
+    print(" ".join(command), flush=True)
+    subprocess.run(command, check=True)
+    summary = json.loads((run_dir / "summary.json").read_text())
+
+    rows = []
+    truths = [np.asarray(_read(held_out / "masks" / f"{n}.png")) == 255 for n in HELD_OUT]
+    trivial = mean_scores([segmentation_scores(np.ones_like(t, int), t, 2) for t in truths])
+    rows.append(score_row("all cell (trivial)", trivial))
+    for tta in (False, True):
+        segmenter = Segmenter.from_path(run_dir, tta=tta)
+        started = time.perf_counter()
+        report = evaluate_path(
+            segmenter, held_out, output=work / f"evaluation_tta{int(tta)}", sweep=True
+        )
+        seconds = (time.perf_counter() - started) / len(HELD_OUT)
+        name = "U-Net + TTA" if tta else "U-Net"
+        rows.append(score_row(f"{name}, threshold 0.5", report["mean"], seconds))
+        best = report["best_threshold"]
+        rows.append(score_row(f"{name}, best threshold {best['threshold']:.2f}", best))
+        if args.figure and not tta:
+            FIGURE.write_bytes((work / "evaluation_tta0" / "20_evaluation.png").read_bytes())
+    flags = " ".join(args.train_flags) or "defaults"
+    publish(
+        f"ISBI 2012 accuracy after {args.max_time:.0f} s of training ({flags})",
+        f"Trained on sections 00-19 (2 of them select the best epoch), scored on 20-23; "
+        f"{summary['epochs']} epochs in {summary['wall_seconds']} s, "
+        f"{summary['training_images_per_second']} training tiles/s, best epoch "
+        f"{summary['best_epoch']}. Membrane IoU is class 0's. Seconds: evaluation time per "
+        "512x512 section (prediction and scoring). Best threshold: by adapted Rand error, "
+        "chosen on these same sections (an optimistic figure).",
+        ["model", "pixel error", "membrane IoU", "adapted Rand", "VI split", "VI merge", "s"],
+        rows,
+        args.append,
+    )
+
+
+def _read(path: Path) -> np.ndarray:
+    """Reads a mask file."""
+    from unet_keras.data import read_mask
+
+    return read_mask(path)
+
+
+if __name__ == "__main__":
+    main()
