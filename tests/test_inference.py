@@ -21,7 +21,7 @@ def tiny_segmenter(padding: str, depth: int = 2, **options: object) -> Segmenter
     config = ModelConfig(filters=4, depth=depth, padding=padding, dropout=0.0)
     model = build_unet(**config.to_dict())
     metadata = model_metadata(MaskConfig((0, 255)), NORMALIZATION, config, (92, 52))
-    return Segmenter(model, metadata, **options)
+    return Segmenter.from_model(model, metadata, **options)
 
 
 def smooth_image(height: int, width: int, seed: int = 0) -> np.ndarray:
@@ -59,13 +59,16 @@ def test_valid_tiles_cover_each_pixel_once(size: int) -> None:
         covered[low:high] += 1
     assert np.all(covered == 1)
     assert axis.tile_in - axis.tile_out == 2 * context_margin(4) == 184
-    assert axis.tile_out <= 388
+    assert axis.tile_out <= 516
 
 
 def test_valid_plan_shrinks_tiles_to_fit_the_image() -> None:
-    # Two tiles of 260 cover 512 pixels; two of 388 would compute 50% more.
-    axis = plan_axis(512, ModelConfig(depth=4))
-    assert (len(axis.starts), axis.tile_out, axis.tile_in) == (2, 260, 444)
+    # Two tiles of 308 cover 600 pixels; two of 516 would compute 2.2x as much.
+    axis = plan_axis(600, ModelConfig(depth=4))
+    assert (len(axis.starts), axis.tile_out, axis.tile_in) == (2, 308, 492)
+    # ISBI's 512 x 512 sections take one tile; 4096 takes 8, 512 pixels apart.
+    assert plan_axis(512, ModelConfig(depth=4)).starts == (0,)
+    assert plan_axis(4096, ModelConfig(depth=4)).starts == tuple(range(0, 4096, 512))
 
 
 def test_same_plan_overlaps_and_covers() -> None:

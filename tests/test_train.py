@@ -113,6 +113,10 @@ def test_a_run_leaves_its_files_and_a_loadable_best_model(data_dir, tmp_path):
     assert config["class_values"] == [0, 255] and config["model"]["classes"] == 1
     assert list((run / "tensorboard").rglob("events.out.tfevents.*"))
     model, metadata = load_model(run)
+    # The threshold is chosen on the validation images and stored with the model.
+    assert summary["threshold"]["images"] == summary["validation_images"]
+    assert len(summary["validation_images"]) == 2
+    assert metadata["threshold"]["value"] == summary["threshold"]["value"]
     assert metadata["mask"]["class_values"] == [0, 255]
     assert metadata["tile"] == {"input": 60, "output": 20}
     assert model.predict(np.zeros((1, 60, 60, 1)), verbose=0).shape == (1, 20, 20, 1)

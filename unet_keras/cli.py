@@ -133,12 +133,18 @@ def _read_config_file(path: Path) -> dict[str, Any]:
 
 
 def _train(args: argparse.Namespace) -> None:
-    """Trains a U-Net and prints where the results are."""
-    from unet_keras.train import run
+    """Trains a U-Net, chooses its threshold on the validation images, prints the results."""
+    from unet_keras.calibration import calibrate_threshold
+    from unet_keras.train import RunDirectory, load_samples, run
 
-    summary = run(train_config(args))
+    config = train_config(args)
+    summary = run(config)
+    validation = [s for s in load_samples(config) if s.name in summary["validation_images"]]
+    run_dir = RunDirectory(summary["run_dir"])
+    summary["threshold"] = calibrate_threshold(run_dir.file("best.keras"), validation)
+    run_dir.write_json("summary.json", summary)
     print(json.dumps(summary, indent=2))
-    print(f"best model: {Path(summary['run_dir']) / 'best.keras'}")
+    print(f"best model: {run_dir.file('best.keras')}")
 
 
 def _synthetic(args: argparse.Namespace) -> None:
@@ -236,6 +242,16 @@ def _evaluate(args: argparse.Namespace) -> None:
         print(f"per-image scores and figures: {args.output}")
 
 
+def _export(args: argparse.Namespace) -> None:
+    """Exports a model as the next SavedModel version; prints its directory last."""
+    from unet_keras.export import export_model
+
+    options = {"tile": args.tile, "threshold": args.threshold, "max_pixels": args.max_pixels}
+    target = export_model(args.model, args.base_path, args.version, **options)
+    print(f"exported {args.model} for TensorFlow Serving; version directory:")
+    print(target)
+
+
 def _add_inference_flags(parser: argparse.ArgumentParser) -> None:
     """Flags shared by predict and evaluate: the model and how it tiles."""
     parser.add_argument(
@@ -244,7 +260,7 @@ def _add_inference_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--tile",
         type=int,
-        help="input tile side in pixels (default: 572 for valid padding, 512 for same)",
+        help="input tile side in pixels (default: 700 for valid padding at depth 4, 512 for same)",
     )
     parser.add_argument("--batch-size", type=int, default=2, help="tiles per model call")
     parser.add_argument(
@@ -261,8 +277,8 @@ def _add_inference_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--threshold",
         type=float,
-        default=0.5,
-        help="one-channel models: probability at or above which a pixel is foreground",
+        help="one-channel models: probability at or above which a pixel is foreground "
+        "(default: the one chosen on the validation images after training, else 0.5)",
     )
 
 
@@ -349,6 +365,40 @@ def build_parser() -> argparse.ArgumentParser:
         help="also score thresholds 0.1..0.9 and report the best by adapted Rand error",
     )
     evaluate.set_defaults(run=_evaluate)
+
+    export = commands.add_parser(
+        "export",
+        help="export a model as a SavedModel version that TensorFlow Serving serves as is",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    export.add_argument(
+        "--model", required=True, help="model: a .keras file or a training run directory"
+    )
+    export.add_argument(
+        "--base-path", required=True, help="model base path; versions go to BASE/<n>/"
+    )
+    export.add_argument(
+        "--version", type=int, help="version number (default: one more than the latest)"
+    )
+    export.add_argument(
+        "--tile",
+        type=int,
+        help="largest input tile the graph runs at once (default: 700 for valid padding "
+        "at depth 4); bounds the server's memory per request",
+    )
+    export.add_argument(
+        "--threshold",
+        type=float,
+        help="one-channel models: probability at or above which the mask is foreground "
+        "(default: the one chosen on the validation images after training, else 0.5)",
+    )
+    export.add_argument(
+        "--max-pixels",
+        type=int,
+        default=16384 * 16384,
+        help="largest image (H x W) a request may carry; larger ones get INVALID_ARGUMENT",
+    )
+    export.set_defaults(run=_export)
     return parser
 
 

@@ -19,6 +19,8 @@ import numpy as np
 from skimage.measure import label as connected_components
 from skimage.metrics import contingency_table, variation_of_information
 
+# The thresholds a sweep scores by default: 0.10, 0.15, ..., 0.90.
+SWEEP_THRESHOLDS = tuple(round(0.05 * i, 2) for i in range(2, 19))
 FIGURE_SEPARATOR = 4
 FALSE_POSITIVE_COLOUR = (255, 0, 255)  # magenta: object predicted on truth boundary
 FALSE_NEGATIVE_COLOUR = (0, 255, 0)  # green: boundary predicted inside a truth object
@@ -158,7 +160,7 @@ def evaluation_figure(image: np.ndarray, truth: np.ndarray, predicted: np.ndarra
         if labels.size and labels.min() < 0:
             raise ValueError(f"{name} holds negative class index {labels.min()}")
 
-    grey = _image_to_rgb(image)
+    grey = image_to_rgb(image)
     top_class = max(int(truth.max(initial=0)), int(predicted.max(initial=0)), 1)
     errors = (grey // 2).astype(np.uint8)  # dimmed so the error colours stand out
     truth_object, predicted_object = truth > 0, predicted > 0
@@ -281,7 +283,7 @@ def _ratio(numerator: float, denominator: float) -> float:
     return float(numerator) / float(denominator) if denominator else 1.0
 
 
-def _image_to_rgb(image: np.ndarray) -> np.ndarray:
+def image_to_rgb(image: np.ndarray) -> np.ndarray:
     """Scales an (H, W) or (H, W, C) image by its min/max to RGB uint8; grey is replicated."""
     values = image.astype(np.float64)
     if values.ndim == 3:

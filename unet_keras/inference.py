@@ -18,6 +18,7 @@ import dataclasses
 import os
 from collections.abc import Callable, Iterator
 
+import keras
 import numpy as np
 import tensorflow as tf
 from tqdm.auto import tqdm
@@ -28,10 +29,12 @@ from unet_keras.data.masks import labels_to_mask
 from unet_keras.data.normalization import normalize
 from unet_keras.data.sample import DataError
 from unet_keras.model import context_margin, input_size_for_output, output_size
+from unet_keras.saving import load_network
 
-# Default output tile side for valid padding: the paper's 388 (572-pixel input tiles at
-# depth 4). Larger tiles waste less of each tile on context than training's small tiles.
-DEFAULT_OUTPUT_TILE = 388
+# Default largest output tile side for valid padding (700-pixel input tiles at depth 4):
+# a 512 x 512 section in one tile, and larger images in 512-pixel steps with no waste.
+# Larger tiles also spend less of each tile on context than training's small tiles.
+DEFAULT_OUTPUT_TILE = 516
 # Default tile side for same padding, and the share of it that neighbouring tiles overlap.
 DEFAULT_SAME_TILE = 512
 DEFAULT_OVERLAP = 0.25
@@ -80,8 +83,8 @@ def _plan_valid(size: int, depth: int, tile: int | None) -> AxisTiles:
     # neighbouring tiles overlap by.
     remainder = largest % scale
     count = 1 if size <= largest else -(-(size - largest) // (largest - remainder)) + 1
-    # The smallest workable tile that covers the axis with `count` tiles: an image of 512
-    # pixels takes two 260-pixel tiles rather than two of 388.
+    # The smallest workable tile that covers the axis with `count` tiles: an image of 600
+    # pixels takes two 308-pixel tiles rather than two of 516.
     needed = -(-(size + (count - 1) * remainder) // count)
     tile_in = input_size_for_output(needed, depth)
     tile_out = output_size(tile_in, depth)
@@ -102,7 +105,7 @@ def _plan_same(size: int, depth: int, tile: int | None, overlap: int) -> AxisTil
     span = size + overlap
     if span <= tile:
         tile = max(scale, -(-span // scale) * scale)
-        starts = ((size - tile) // 2,)
+        starts = (-((tile - size) // 2),)  # centred; the odd pixel goes below
     else:
         count = -(-(span - tile) // (tile - overlap)) + 1
         first, last = -(overlap // 2), size + overlap - overlap // 2 - tile
@@ -122,6 +125,11 @@ def _plan_same(size: int, depth: int, tile: int | None, overlap: int) -> AxisTil
     return AxisTiles(size, tile, tile, 0, starts, spans, weights)
 
 
+def stored_threshold(metadata: dict) -> float:
+    """The threshold chosen after training and stored with the model, else 0.5."""
+    return float(metadata.get("threshold", {}).get("value", 0.5))
+
+
 def dihedral(image: np.ndarray, turns: int, flip: bool) -> np.ndarray:
     """A view of an (H, W, ...) array under a symmetry of the square (flip, then turns)."""
     if flip:
@@ -132,30 +140,35 @@ def dihedral(image: np.ndarray, turns: int, flip: bool) -> np.ndarray:
 class Segmenter:
     """Segments images of any size with a U-Net and the preprocessing it was trained with.
 
-    `metadata` is the record `unet_keras.saving` stores with a model (normalisation, mask
-    convention, model shape). `tile` is the input tile side (default: 572 for valid
-    padding at depth 4, 512 for same padding); `batch_size` tiles go through the model
-    at once; `overlap` (same padding only) is the overlap of neighbouring tiles in pixels;
-    `tta` averages the predictions of the image's 8 flips and rotations;
-    `threshold` turns a one-channel (sigmoid) model's probability into class 1.
+    `network` maps normalised float32 tiles [N, h, w, C] to probabilities (see
+    `from_model` and `from_path`); `metadata` is the record `unet_keras.saving` stores with
+    a model (normalisation, mask convention, model shape). `tile` is the input tile side
+    (default: 700 for valid padding at depth 4, 512 for same padding); `batch_size` tiles
+    go through the model at once; `overlap` (same padding only) is the overlap of
+    neighbouring tiles in pixels; `tta` averages the predictions of the image's 8 flips
+    and rotations; `threshold` turns a one-channel (sigmoid) model's probability into
+    class 1 (default: the one chosen on the validation images after training, see
+    `unet_keras.calibration`, else 0.5).
     """
 
     def __init__(
         self,
-        model: Callable,
+        network: Callable,
         metadata: dict,
         *,
         tile: int | None = None,
         batch_size: int = 2,
         overlap: int | None = None,
         tta: bool = False,
-        threshold: float = 0.5,
+        threshold: float | None = None,
     ) -> None:
         self.model_config = ModelConfig.from_dict(metadata["model"])
         self.normalization = NormalizationConfig.from_dict(metadata["normalization"])
         self.mask_config = MaskConfig.from_dict(metadata["mask"])
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        if threshold is None:
+            threshold = stored_threshold(metadata)
         if not 0.0 < threshold < 1.0:
             raise ValueError(f"threshold must be in (0, 1), got {threshold}")
         self.tile, self.batch_size, self.tta, self.threshold = tile, batch_size, tta, threshold
@@ -166,17 +179,18 @@ class Segmenter:
             plan_axis(tile, self.model_config, tile, overlap)  # rejects unworkable tiles now
         # One graph for every tile shape: tracing again per shape costs more than it gains.
         signature = tf.TensorSpec([None, None, None, self.model_config.in_channels], tf.float32)
-        self._forward = tf.function(
-            lambda x: model(x, training=False), input_signature=[signature]
-        )
+        self._forward = tf.function(network, input_signature=[signature], autograph=False)
 
     @classmethod
     def from_path(cls, path: str | os.PathLike, **options: object) -> Segmenter:
-        """Loads a `.keras` model file or a run directory's best model."""
-        from unet_keras.saving import load_model
+        """Loads a `.keras` file, a run directory's best model or an exported version."""
+        network, metadata = load_network(path)
+        return cls(network, metadata, **options)
 
-        model, metadata = load_model(path, compile=False)
-        return cls(model, metadata, **options)
+    @classmethod
+    def from_model(cls, model: keras.Model, metadata: dict, **options: object) -> Segmenter:
+        """Wraps a Keras model (in inference mode) and its preprocessing record."""
+        return cls(lambda tiles: model(tiles, training=False), metadata, **options)
 
     @property
     def classes(self) -> int:

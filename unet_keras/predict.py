@@ -30,8 +30,10 @@ from unet_keras.data import (
 )
 from unet_keras.data.writers import write_image, write_stack
 from unet_keras.evaluation import (
+    SWEEP_THRESHOLDS,
     best_threshold,
     evaluation_figure,
+    image_to_rgb,
     mean_scores,
     segmentation_scores,
     threshold_sweep,
@@ -43,7 +45,6 @@ log = logging.getLogger(__name__)
 
 PROBABILITY_FORMATS = ("png", "tiff")
 OVERLAY_COLOUR = (255, 48, 48)
-SWEEP_THRESHOLDS = tuple(round(t, 2) for t in np.arange(0.1, 0.91, 0.05))
 
 
 @dataclasses.dataclass
@@ -144,7 +145,7 @@ def evaluate_path(
 
 def boundary_overlay(image: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """The image as 8-bit RGB with the predicted objects' outlines drawn in red."""
-    rgb = _to_uint8_rgb(image)
+    rgb = image_to_rgb(image)
     edges = np.zeros(labels.shape, bool)
     # An object pixel is on an outline when a 4-neighbour belongs to another class.
     vertical, horizontal = labels[1:] != labels[:-1], labels[:, 1:] != labels[:, :-1]
@@ -204,17 +205,6 @@ def _predict_file(
         else:
             write_image(target, array[0])
     return list(outputs)
-
-
-def _to_uint8_rgb(image: np.ndarray) -> np.ndarray:
-    """Scales an (H, W, C) image by its own range to 8-bit RGB."""
-    image = image.astype(np.float32)
-    low, high = float(image.min()), float(image.max())
-    scaled = (image - low) * (255.0 / (high - low) if high > low else 0.0)
-    scaled = np.round(scaled).astype(np.uint8)
-    if scaled.shape[-1] == 1:
-        return np.repeat(scaled, 3, axis=-1)
-    return np.ascontiguousarray(scaled[..., :3])
 
 
 def _safe_stem(name: str) -> str:

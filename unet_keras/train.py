@@ -33,7 +33,7 @@ import tensorflow as tf
 
 from unet_keras import pipeline
 from unet_keras.config import MaskConfig, ModelConfig, NormalizationConfig, TrainConfig
-from unet_keras.data import fit_normalization, infer_mask_config, load_dataset
+from unet_keras.data import Sample, fit_normalization, infer_mask_config, load_dataset
 from unet_keras.data.synthetic import synthetic_em_images
 from unet_keras.files import atomic_path
 from unet_keras.losses import CombinedLoss, DiceLoss, WeightedCrossEntropy
@@ -69,14 +69,18 @@ def tile_sizes(model: ModelConfig, tile: int) -> tuple[int, int]:
     return tile, output_size(tile, model.depth, model.padding)
 
 
+def load_samples(config: TrainConfig) -> list[Sample]:
+    """The labelled samples a run trains on: `config.data`, or the embedded synthetic set."""
+    if config.data is None:
+        log.info("no --data given: training on 24 synthetic EM sections of 512x512")
+        return synthetic_em_images(24, (512, 512), seed=config.seed)
+    return load_dataset(config.data, config.masks, require_masks=True)
+
+
 def prepare_data(config: TrainConfig) -> PreparedData:
     """Loads the data, settles the mask convention and normalisation, splits by image."""
     tile = tile_sizes(config.model, config.tile)  # a bad tile fails before any loading
-    if config.data is None:
-        samples = synthetic_em_images(24, (512, 512), seed=config.seed)
-        log.info("no --data given: training on 24 synthetic EM sections of 512x512")
-    else:
-        samples = load_dataset(config.data, config.masks, require_masks=True)
+    samples = load_samples(config)
     mask = _mask_config(config, [s.mask for s in samples])
     held_out = config.validation
     if held_out >= len(samples):

@@ -1,0 +1,65 @@
+"""Tests for unet_keras.calibration: the threshold chosen on validation images."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from unet_keras.calibration import calibrate_threshold
+from unet_keras.config import MaskConfig, ModelConfig, NormalizationConfig
+from unet_keras.data import Sample
+from unet_keras.export import ServingModule
+from unet_keras.inference import Segmenter
+from unet_keras.model import build_unet
+from unet_keras.saving import load_model, model_metadata, save_model
+
+
+def test_the_threshold_that_reproduces_the_masks_is_chosen_and_stored(tmp_path: Path) -> None:
+    keras.utils.set_random_seed(11)
+    config = ModelConfig(filters=4, depth=2, dropout=0.0)
+    metadata = model_metadata(
+        MaskConfig((255, 0)),
+        NormalizationConfig("standardize", (120.0,), (40.0,), "uint8"),
+        config,
+        (92, 52),
+    )
+    model = build_unet(**config.to_dict())
+    # Steeper output weights spread the probabilities over (0, 1), so that the masks made
+    # at 0.45 below differ from those at 0.4 and 0.5.
+    output = model.get_layer("output")
+    kernel, bias = output.get_weights()
+    output.set_weights([kernel * 3, bias - 0.5])
+    path = tmp_path / "best.keras"
+    save_model(model, path, metadata)
+    untouched = Segmenter.from_path(path)
+    assert untouched.threshold == 0.5
+    rng = np.random.default_rng(0)
+    samples = []
+    for index in range(2):
+        image = rng.integers(0, 256, (48, 56, 1), dtype=np.uint8)
+        # Masks that are exactly the model's own prediction at 0.45, in the (255, 0) convention.
+        labels = (untouched.probabilities(image)[..., 0] >= 0.45).astype(np.int32)
+        samples.append(Sample(f"v{index}", image, np.where(labels == 1, 0, 255)))
+        probabilities = untouched.probabilities(image)
+        assert np.any((probabilities >= 0.4) & (probabilities < 0.45))
+        assert np.any((probabilities >= 0.45) & (probabilities < 0.5))
+
+    record = calibrate_threshold(path, samples)
+    assert record["value"] == 0.45
+    assert record["images"] == ["v0", "v1"]
+    assert record["scores"]["pixel_error"] == 0 and record["scores"]["adapted_rand_error"] == 0
+    assert record["scores_at_0.5"]["pixel_error"] > 0
+
+    # Prediction and export default to it; the model itself is unchanged.
+    calibrated = Segmenter.from_path(path)
+    assert calibrated.threshold == 0.45
+    np.testing.assert_array_equal(
+        calibrated.mask(calibrated.labels(calibrated.probabilities(samples[0].image))),
+        samples[0].mask,
+    )
+    model, stored = load_model(path)
+    assert stored["threshold"]["value"] == 0.45 and stored["mask"] == metadata["mask"]
+    assert ServingModule(model, stored)._threshold == 0.45
+    assert Segmenter.from_path(path, threshold=0.6).threshold == 0.6

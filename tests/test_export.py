@@ -1,0 +1,203 @@
+"""Tests for unet_keras.export: signatures, parity with tiled prediction, ops, versions."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from tensorflow.core.protobuf import saved_model_pb2
+
+from unet_keras import export
+from unet_keras.cli import main
+from unet_keras.config import MaskConfig, ModelConfig, NormalizationConfig
+from unet_keras.data import read_image
+from unet_keras.inference import Segmenter
+from unet_keras.model import build_unet
+from unet_keras.saving import model_metadata, save_model
+
+ISBI = Path(__file__).resolve().parents[2] / "shared" / "data" / "isbi2012"
+FORBIDDEN_OPS = {"PyFunc", "PyFuncStateless", "EagerPyFunc"}
+
+
+def saved_tiny_model(folder: Path, padding: str) -> Path:
+    """A seeded tiny U-Net with ISBI-style metadata saved as `folder/model.keras`."""
+    keras.utils.set_random_seed(7)
+    config = ModelConfig(filters=4, depth=2, padding=padding, dropout=0.0)
+    metadata = model_metadata(
+        MaskConfig((0, 255)),
+        NormalizationConfig("standardize", (120.0,), (40.0,), "uint8"),
+        config,
+        (92, 52) if padding == "valid" else (64, 64),
+    )
+    path = folder / "model.keras"
+    save_model(build_unet(**config.to_dict()), path, metadata)
+    return path
+
+
+@pytest.fixture(scope="module")
+def valid_export(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(model file, version directory) of a valid-padding model with 76-pixel tiles."""
+    folder = tmp_path_factory.mktemp("valid")
+    model = saved_tiny_model(folder, "valid")
+    return model, export.export_model(model, folder / "base", tile=76, max_pixels=10**6)
+
+
+def serve(version: Path, image: np.ndarray) -> dict[str, np.ndarray]:
+    """Calls serving_default on one (H, W, C) image."""
+    signature = tf.saved_model.load(str(version)).signatures["serving_default"]
+    return {k: v.numpy()[0] for k, v in signature(image=tf.constant(image[None])).items()}
+
+
+def test_signatures_as_saved_model_cli_shows_them(valid_export: tuple[Path, Path]) -> None:
+    _, version = valid_export
+    shown = subprocess.run(
+        [sys.executable, "-m", "tensorflow.python.tools.saved_model_cli", "show", "--all",
+         "--dir", str(version)],
+        capture_output=True, text=True, check=True,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+    ).stdout  # fmt: skip
+    blocks = shown.split("signature_def[")
+    default = next(b for b in blocks if b.startswith("'serving_default'"))
+    assert (
+        "inputs['image'] tensor_info:\n        dtype: DT_UINT8\n        shape: (-1, -1, -1, 1)"
+        in (default)
+    )
+    assert "outputs['probabilities'] tensor_info:\n        dtype: DT_FLOAT" in default
+    assert (
+        "outputs['mask'] tensor_info:\n        dtype: DT_UINT8\n        shape: (-1, -1, -1)"
+        in (default)
+    )
+    png = next(b for b in blocks if b.startswith("'segment_png'"))
+    assert "inputs['image_png'] tensor_info:\n        dtype: DT_STRING" in png
+    assert "outputs['mask_png']" in png
+    assert any(b.startswith("'metadata'") and "outputs['metadata']" in b for b in blocks)
+    assert any(b.startswith("'tiles'") and "inputs['tiles']" in b for b in blocks)
+
+
+def test_outputs_equal_tiled_prediction_on_odd_sizes(valid_export: tuple[Path, Path]) -> None:
+    model, version = valid_export
+    segmenter = Segmenter.from_path(model, tile=76)
+    for shape in ((157, 211), (5, 9), (76, 300)):
+        image = np.random.default_rng(sum(shape)).integers(0, 256, (*shape, 1), np.uint8)
+        expected = segmenter.probabilities(image)
+        served = serve(version, image)
+        np.testing.assert_allclose(served["probabilities"], expected, atol=1e-5)
+        np.testing.assert_array_equal(served["mask"], segmenter.mask(segmenter.labels(expected)))
+
+
+@pytest.mark.slow
+def test_outputs_equal_tiled_prediction_on_isbi(valid_export: tuple[Path, Path]) -> None:
+    if not ISBI.is_dir():
+        pytest.skip(f"{ISBI} is absent")
+    model, version = valid_export
+    image = read_image(ISBI / "train" / "images" / "00.png")
+    expected = Segmenter.from_path(model, tile=76).probabilities(image)
+    np.testing.assert_allclose(serve(version, image)["probabilities"], expected, atol=1e-5)
+    # A model loads from its export too, with the same outputs.
+    from_export = Segmenter.from_path(version, tile=76).probabilities(image)
+    np.testing.assert_allclose(from_export, expected, atol=1e-5)
+
+
+def test_same_padding_export_matches_one_tile(tmp_path: Path) -> None:
+    model = saved_tiny_model(tmp_path, "same")
+    version = export.export_model(model, tmp_path / "base")
+    image = np.random.default_rng(3).integers(0, 256, (101, 70, 1), np.uint8)
+    expected = Segmenter.from_path(model, tile=128, overlap=0).probabilities(image)
+    np.testing.assert_allclose(serve(version, image)["probabilities"], expected, atol=1e-5)
+
+
+def test_png_signature_and_its_guards(valid_export: tuple[Path, Path]) -> None:
+    _, version = valid_export
+    signature = tf.saved_model.load(str(version)).signatures["segment_png"]
+    image = np.random.default_rng(5).integers(0, 256, (40, 33, 1), np.uint8)
+    png8 = tf.io.encode_png(image)
+    # A 16-bit PNG is scaled to the 8-bit range the model was trained on.
+    png16 = tf.io.encode_png(image.astype(np.uint16) * 257)
+    masks = signature(image_png=tf.stack([png8, png16]))["mask_png"].numpy()
+    expected = serve(version, image)["mask"]
+    for data in masks:
+        np.testing.assert_array_equal(tf.io.decode_png(data).numpy()[..., 0], expected)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="not PNG data"):
+        signature(image_png=tf.constant([b"GIF89a garbage bytes here......"]))
+    # A header that claims 100000 x 100000 pixels is refused before decoding.
+    bomb = png8.numpy()[:16] + (100000).to_bytes(4, "big") * 2 + png8.numpy()[24:]
+    with pytest.raises(tf.errors.InvalidArgumentError, match="more pixels than"):
+        signature(image_png=tf.constant([bomb]))
+
+
+def test_metadata_signature_and_asset(valid_export: tuple[Path, Path]) -> None:
+    _, version = valid_export
+    signature = tf.saved_model.load(str(version)).signatures["metadata"]
+    served = json.loads(signature()["metadata"].numpy())
+    stored = json.loads((version / "assets" / "unet_keras.json").read_text())
+    assert served == stored
+    assert served["mask"]["class_values"] == [0, 255]
+    assert served["normalization"]["offset"] == [120.0]
+
+
+def test_only_core_tensorflow_ops(valid_export: tuple[Path, Path]) -> None:
+    _, version = valid_export
+    saved = saved_model_pb2.SavedModel()
+    saved.ParseFromString((version / "saved_model.pb").read_bytes())
+    graph = saved.meta_graphs[0].graph_def
+    ops = {node.op for node in graph.node}
+    for function in graph.library.function:
+        ops |= {node.op for node in function.node_def}
+    library = {function.signature.name for function in graph.library.function}
+    core = set(dir(tf.raw_ops))
+    assert {"Conv2D", "GatherV2", "DecodePng", "EncodePng"} <= ops
+    assert not ops & FORBIDDEN_OPS
+    # Calls into the graph's own functions are fine; everything else must be a core op.
+    assert sorted(ops - core - library) == []
+
+
+def test_variables_are_saved_once(valid_export: tuple[Path, Path]) -> None:
+    model_file, version = valid_export
+    model = keras.models.load_model(model_file, compile=False)
+    stored = tf.train.load_checkpoint(str(version / "variables" / "variables"))
+    shapes = stored.get_variable_to_shape_map()
+    shapes.pop("_CHECKPOINTABLE_OBJECT_GRAPH")
+    assert sum(int(np.prod(s)) for s in shapes.values()) == model.count_params()
+
+
+def test_versions_count_up_and_are_never_overwritten(
+    valid_export: tuple[Path, Path], capsys: pytest.CaptureFixture
+) -> None:
+    model, version = valid_export
+    base = version.parent
+    status = main(["export", "--model", str(model), "--base-path", str(base), "--tile", "76"])
+    assert status == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1] == str(base / "2")
+    status = main(["export", "--model", str(model), "--base-path", str(base), "--version", "1"])
+    assert status == 2
+    assert "version 1 exists and is never overwritten; export as version 3" in (
+        capsys.readouterr().err
+    )
+    assert sorted(p.name for p in base.iterdir()) == ["1", "2"]
+
+
+def test_failed_export_leaves_nothing(
+    valid_export: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model, _ = valid_export
+
+    def crash(*args: object, **kwargs: object) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(tf.saved_model, "save", crash)
+    with pytest.raises(OSError, match="disk full"):
+        export.export_model(model, tmp_path / "base")
+    assert list((tmp_path / "base").iterdir()) == []
+
+
+def test_oversized_image_is_refused(valid_export: tuple[Path, Path]) -> None:
+    _, version = valid_export
+    with pytest.raises(tf.errors.InvalidArgumentError, match="limit of 1000000 pixels"):
+        serve(version, np.zeros((1001, 1000, 1), np.uint8))

@@ -1,0 +1,63 @@
+"""Choosing a binary model's threshold on its validation images, after training.
+
+Class-balancing weights (the paper's w_c) and the border term make a trained model's
+probabilities lean towards the rarer class, so 0.5 is rarely the best threshold: on ISBI
+2012 it leaves twice the adapted Rand error of the best one. After training, the
+threshold that scores best on the run's validation images (never the training images) is
+stored with the model; prediction, evaluation and export use it unless told otherwise.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from typing import Any
+
+from unet_keras.data import Sample, mask_to_labels
+from unet_keras.evaluation import (
+    SWEEP_THRESHOLDS,
+    best_threshold,
+    mean_scores,
+    threshold_sweep,
+)
+from unet_keras.inference import Segmenter
+from unet_keras.saving import update_metadata
+
+log = logging.getLogger(__name__)
+
+METRIC = "adapted_rand_error"
+
+
+def calibrate_threshold(
+    model_path: str | os.PathLike, samples: Sequence[Sample], metric: str = METRIC
+) -> dict[str, Any] | None:
+    """Stores in the model file the threshold that scores best on `samples`; returns it.
+
+    Returns None, changing nothing, for multi-class models or without samples.
+    """
+    segmenter = Segmenter.from_path(model_path, threshold=0.5)
+    if segmenter.classes != 1 or not samples:
+        return None
+    sweeps = []
+    for sample in samples:
+        truth = mask_to_labels(sample.mask, segmenter.mask_config, sample.name)
+        probabilities = segmenter.probabilities(sample.image, sample.name)[..., 0]
+        sweeps.append(threshold_sweep(probabilities, truth, SWEEP_THRESHOLDS))
+    by_threshold = [mean_scores(list(entries)) for entries in zip(*sweeps, strict=True)]
+    best = best_threshold(by_threshold, metric)
+    at_half = next(entry for entry in by_threshold if entry["threshold"] == 0.5)
+    record = {
+        "value": best["threshold"],
+        "chosen_by": metric,
+        "images": [sample.name for sample in samples],
+        "scores": {key: best[key] for key in ("pixel_error", METRIC, "vi_split", "vi_merge")},
+        "scores_at_0.5": {key: at_half[key] for key in ("pixel_error", METRIC)},
+    }
+    update_metadata(model_path, {"threshold": record})
+    log.info(
+        "threshold %.2f chosen on the %d validation image(s) by %s: %.4f (at 0.5: %.4f); "
+        "stored in %s for predict, evaluate and export",
+        best["threshold"], len(samples), metric, best[metric], at_half[metric], model_path,
+    )  # fmt: skip
+    return record
