@@ -1,0 +1,208 @@
+"""Requests and responses of the calls the clients make, and the tiling arithmetic.
+
+Everything here is free of I/O, so the blocking and the asyncio client share it and
+differ only in how they wait.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from unet_keras.client import messages
+from unet_keras.client.config import ChannelConfig
+from unet_keras.client.tensors import dtype_name, make_ndarray, make_tensor_proto
+from unet_keras.client.tiling import Tile, plan_tiles, receptive_context, stitch, whole
+
+# Room for everything in a request or response besides the pixels: model spec, names,
+# shape, framing. Real overhead is a few hundred bytes.
+MESSAGE_SLACK = 4096
+# The mask is uint8, or uint16 for class values above 255.
+MASK_BYTES = 2
+Version = int | str | None
+
+
+@dataclass(frozen=True)
+class Segmentation:
+    """One image's result: its mask, and its class probabilities when asked for.
+
+    `mask` is [H, W] in the training masks' values (uint8, or uint16 above 255);
+    `probabilities` is float32 [H, W, classes], or None.
+    """
+
+    mask: np.ndarray
+    probabilities: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class Layout:
+    """What tiling needs from the model: context per side, grid, and number of classes."""
+
+    context: int
+    grid: int
+    classes: int
+
+
+def model_spec(name: str, version: Version, signature: str = "") -> Any:
+    """A ModelSpec: an int version is a number, a str one a label, None the latest."""
+    if isinstance(version, bool) or not isinstance(version, int | str | None):
+        raise TypeError(f"version must be an int, a label (str) or None, got {version!r}")
+    spec = messages.ModelSpec(name=name, signature_name=signature)
+    if isinstance(version, int):
+        spec.version.value = version
+    elif isinstance(version, str):
+        spec.version_label = version
+    return spec
+
+
+def predict_request(spec: Any, inputs: dict[str, Any], output_filter: Sequence[str] = ()) -> Any:
+    """A PredictRequest with each input converted to a TensorProto."""
+    request = messages.PredictRequest(model_spec=spec, output_filter=list(output_filter))
+    for name, value in inputs.items():
+        request.inputs[name].CopyFrom(make_tensor_proto(value))
+    return request
+
+
+def outputs(response: Any) -> dict[str, np.ndarray]:
+    """A PredictResponse's outputs as numpy arrays, by alias."""
+    return {name: make_ndarray(tensor) for name, tensor in response.outputs.items()}
+
+
+def metadata_request(spec: Any) -> Any:
+    """A GetModelMetadataRequest for the model's signatures."""
+    return messages.GetModelMetadataRequest(model_spec=spec, metadata_field=["signature_def"])
+
+
+def signatures(response: Any) -> dict[str, Any]:
+    """A GetModelMetadataResponse as plain data: the model, its version, its signatures."""
+    packed = response.metadata.get("signature_def")
+    expected = "tensorflow.serving.SignatureDefMap"
+    if packed is None or packed.type_url.rsplit("/", 1)[-1] != expected:
+        found = "nothing" if packed is None else packed.type_url
+        raise ValueError(f"model metadata: expected a {expected} in signature_def, got {found}")
+    signature_map = messages.SignatureDefMap.FromString(packed.value)
+    return {
+        "model": response.model_spec.name,
+        "version": response.model_spec.version.value,
+        "signatures": {
+            name: {
+                "method": signature.method_name,
+                "inputs": {k: _tensor_info(v) for k, v in sorted(signature.inputs.items())},
+                "outputs": {k: _tensor_info(v) for k, v in sorted(signature.outputs.items())},
+            }
+            for name, signature in sorted(signature_map.signature_def.items())
+        },
+    }
+
+
+def _tensor_info(info: Any) -> dict[str, Any]:
+    """A TensorInfo's dtype name and shape (None for unknown rank, -1 for unknown sizes)."""
+    shape = info.tensor_shape
+    return {
+        "dtype": dtype_name(info.dtype),
+        "shape": None if shape.unknown_rank else [dim.size for dim in shape.dim],
+    }
+
+
+def statuses(response: Any) -> list[dict[str, Any]]:
+    """A GetModelStatusResponse as plain data, one entry per version."""
+    states = messages.ModelVersionStatus.DESCRIPTOR.enum_types_by_name["State"]
+    codes = messages.POOL.FindEnumTypeByName("tensorflow.error.Code")
+    return [
+        {
+            "version": status.version,
+            "state": _enum_name(states, status.state),
+            "error_code": _enum_name(codes, status.status.error_code),
+            "error_message": status.status.error_message,
+        }
+        for status in response.model_version_status
+    ]
+
+
+def _enum_name(enum: Any, number: int) -> str:
+    value = enum.values_by_number.get(number)
+    return value.name if value is not None else str(number)
+
+
+def record(response: Any) -> dict[str, Any]:
+    """The model's JSON record from a `metadata` signature PredictResponse."""
+    text = outputs(response).get("metadata")
+    if text is None or text.shape != ():
+        raise ValueError("the metadata signature returned no scalar 'metadata' output")
+    return json.loads(text[()])
+
+
+def layout(model: dict[str, Any], context: int | None, grid: int | None) -> Layout:
+    """Tiling figures from the record's model section, unless given."""
+    depth = int(model["depth"])
+    return Layout(
+        receptive_context(depth) if context is None else context,
+        2**depth if grid is None else grid,
+        int(model["classes"]),
+    )
+
+
+def image_array(image: Any) -> np.ndarray:
+    """An image as [H, W, C]: a 2-D image gets one channel."""
+    array = np.asarray(image)
+    if array.ndim == 2:
+        return array[..., np.newaxis]
+    if array.ndim != 3 or 0 in array.shape:
+        raise ValueError(
+            f"expected one image as a non-empty [H, W] or [H, W, C] array, got shape "
+            f"{list(array.shape)}"
+        )
+    return array
+
+
+def max_tile_pixels(image: np.ndarray, channel: ChannelConfig, classes: int = 0) -> int:
+    """The most pixels a tile may have for its request and response to fit the limits.
+
+    The response holds the mask and, per pixel, `classes` float32 probabilities.
+    """
+    request_bytes = image.shape[2] * image.dtype.itemsize
+    response_bytes = MASK_BYTES + 4 * classes
+    pixels = min(
+        (channel.max_send_bytes - MESSAGE_SLACK) // request_bytes,
+        (channel.max_receive_bytes - MESSAGE_SLACK) // response_bytes,
+    )
+    if pixels < 1:
+        raise ValueError(
+            f"message limits of {channel.max_send_bytes} bytes (send) and "
+            f"{channel.max_receive_bytes} (receive) leave no room for pixels: raise them"
+        )
+    return pixels
+
+
+def fits_one_request(image: np.ndarray, channel: ChannelConfig) -> bool:
+    """Whether the image and its mask fit one request and one response."""
+    return image.shape[0] * image.shape[1] <= max_tile_pixels(image, channel)
+
+
+def tiles_for(
+    image: np.ndarray, channel: ChannelConfig, layout: Layout | None, probabilities: bool
+) -> list[Tile]:
+    """The tiles to request; one for the whole image when it fits (layout may then be None)."""
+    height, width = image.shape[:2]
+    if layout is None:
+        return [whole(height, width)]
+    classes = layout.classes if probabilities else 0
+    limit = max_tile_pixels(image, channel, classes)
+    return plan_tiles(height, width, limit, layout.context, layout.grid)
+
+
+def assemble(
+    tiles: Sequence[Tile], results: Sequence[dict[str, np.ndarray]], image: np.ndarray
+) -> Segmentation:
+    """The tiles' outputs ([1, h, w, ...] each) stitched into the image's Segmentation."""
+    height, width = image.shape[:2]
+    masks = [result["mask"][0] for result in results]
+    mask = stitch(tiles, masks, height, width)
+    if "probabilities" not in results[0]:
+        return Segmentation(mask)
+    probabilities = [result["probabilities"][0] for result in results]
+    return Segmentation(mask, stitch(tiles, probabilities, height, width))

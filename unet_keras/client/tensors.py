@@ -1,0 +1,130 @@
+"""numpy arrays to and from `tensorflow.TensorProto`, without TensorFlow.
+
+Arrays are sent as `tensor_content` (raw little-endian bytes, the compact form) and
+strings as `string_val`. Reading accepts every form TF writes: `tensor_content` or the
+typed `*_val` field of the dtype; with fewer typed values than elements, the last one
+fills the rest (TF's convention, so one value stands for a constant tensor).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from unet_keras.client.messages import TensorProto, enum_values
+
+
+@dataclass(frozen=True)
+class _Kind:
+    """How one TF dtype maps to numpy and which typed field carries its values."""
+
+    name: str
+    dtype: np.dtype
+    field: str
+
+
+_DT = enum_values("tensorflow.DataType")
+_KINDS = (
+    _Kind("DT_FLOAT", np.dtype(np.float32), "float_val"),
+    _Kind("DT_DOUBLE", np.dtype(np.float64), "double_val"),
+    _Kind("DT_HALF", np.dtype(np.float16), "half_val"),
+    _Kind("DT_INT8", np.dtype(np.int8), "int_val"),
+    _Kind("DT_INT16", np.dtype(np.int16), "int_val"),
+    _Kind("DT_INT32", np.dtype(np.int32), "int_val"),
+    _Kind("DT_INT64", np.dtype(np.int64), "int64_val"),
+    _Kind("DT_UINT8", np.dtype(np.uint8), "int_val"),
+    _Kind("DT_UINT16", np.dtype(np.uint16), "int_val"),
+    _Kind("DT_UINT32", np.dtype(np.uint32), "uint32_val"),
+    _Kind("DT_UINT64", np.dtype(np.uint64), "uint64_val"),
+    _Kind("DT_BOOL", np.dtype(np.bool_), "bool_val"),
+    _Kind("DT_STRING", np.dtype(object), "string_val"),
+)
+_BY_ENUM = {_DT[kind.name]: kind for kind in _KINDS}
+_BY_DTYPE = {kind.dtype: kind for kind in _KINDS}
+
+
+def dtype_name(dtype: int) -> str:
+    """The numpy name of a `tensorflow.DataType` value ("uint8"), else its TF name."""
+    if dtype in _BY_ENUM:
+        kind = _BY_ENUM[dtype]
+        return "string" if kind.name == "DT_STRING" else kind.dtype.name
+    names = {number: name for name, number in _DT.items()}
+    return names.get(dtype, f"DataType {dtype}")
+
+
+def make_tensor_proto(values: Any) -> Any:
+    """A `tensorflow.TensorProto` holding `values` (an array, or anything numpy takes)."""
+    array = np.asarray(values)
+    proto = TensorProto()
+    proto.tensor_shape.dim.extend(proto.tensor_shape.Dim(size=n) for n in array.shape)
+    if array.dtype.kind in "SUO":
+        proto.dtype = _DT["DT_STRING"]
+        proto.string_val.extend(_as_bytes(value) for value in array.ravel())
+        return proto
+    kind = _BY_DTYPE.get(array.dtype.newbyteorder("="))
+    if kind is None:
+        supported = ", ".join(sorted(k.dtype.name for k in _KINDS if k.name != "DT_STRING"))
+        raise TypeError(
+            f"cannot send a {array.dtype} array: expected one of {supported}, or strings"
+        )
+    proto.dtype = _DT[kind.name]
+    proto.tensor_content = np.ascontiguousarray(array, kind.dtype.newbyteorder("<")).tobytes()
+    return proto
+
+
+def make_ndarray(proto: Any) -> np.ndarray:
+    """The numpy array a `tensorflow.TensorProto` holds (strings as an object array of bytes)."""
+    kind = _BY_ENUM.get(proto.dtype)
+    if kind is None:
+        raise TypeError(f"cannot read a {dtype_name(proto.dtype)} tensor into numpy")
+    if proto.tensor_shape.unknown_rank:
+        raise ValueError("cannot read a tensor of unknown rank: its shape has no dimensions")
+    shape = tuple(dim.size for dim in proto.tensor_shape.dim)
+    if any(n < 0 for n in shape):
+        raise ValueError(f"cannot read a tensor of partly unknown shape {list(shape)}")
+    size = int(np.prod(shape, dtype=np.int64))
+    if proto.tensor_content and kind.name != "DT_STRING":
+        wire = kind.dtype.newbyteorder("<")
+        if len(proto.tensor_content) != size * wire.itemsize:
+            raise ValueError(
+                f"tensor_content holds {len(proto.tensor_content)} bytes; shape "
+                f"{list(shape)} of {kind.dtype.name} needs {size * wire.itemsize}"
+            )
+        values = np.frombuffer(proto.tensor_content, wire).astype(kind.dtype)
+        return values.reshape(shape)
+    return _fill(_typed_values(proto, kind), size, kind.name).reshape(shape)
+
+
+def _typed_values(proto: Any, kind: _Kind) -> np.ndarray:
+    """The values of a typed `*_val` field, as a flat array of the tensor's dtype."""
+    field = getattr(proto, kind.field)
+    if kind.name == "DT_STRING":
+        values = np.empty(len(field), object)
+        values[:] = list(field)
+        return values
+    if kind.name == "DT_HALF":
+        # half_val carries the IEEE 754 half-precision bit patterns.
+        return np.array(field, np.uint16).view(np.float16)
+    return np.array(field, kind.dtype)
+
+
+def _fill(values: np.ndarray, size: int, name: str) -> np.ndarray:
+    """`values` extended to `size` elements by repeating the last one (zeros if none)."""
+    if len(values) > size:
+        raise ValueError(f"{name} tensor holds {len(values)} values for {size} elements")
+    if len(values) == size:
+        return values
+    if len(values) == 0:
+        return np.full(size, b"" if name == "DT_STRING" else 0, values.dtype)
+    return np.concatenate([values, np.full(size - len(values), values[-1], values.dtype)])
+
+
+def _as_bytes(value: Any) -> bytes:
+    """One string element as bytes (str is encoded as UTF-8)."""
+    if isinstance(value, bytes):  # np.bytes_ included
+        return bytes(value)
+    if isinstance(value, str):
+        return value.encode()
+    raise TypeError(f"string tensors take str or bytes elements, got {type(value).__name__}")
