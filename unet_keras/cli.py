@@ -399,6 +399,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="largest image (H x W) a request may carry; larger ones get INVALID_ARGUMENT",
     )
     export.set_defaults(run=_export)
+
+    # Imports no TensorFlow: the server loads it only when it runs.
+    from unet_keras.server import add_serve_parser
+
+    add_serve_parser(commands)
     return parser
 
 

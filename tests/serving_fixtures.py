@@ -1,0 +1,189 @@
+"""Models and a server process for the model-server tests, also for a real TF Serving.
+
+`python tests/serving_fixtures.py DIR` writes the models that the conformance tests in
+tests/test_server.py expect, and `DIR/models.config` for `tensorflow_model_server
+--model_config_file`: `half_plus_two` (version 123, as in TF Serving's own tests) and
+`unet` (version 1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import grpc
+import keras
+import tensorflow as tf
+from tensorflow_serving.apis import get_model_status_pb2, model_service_pb2_grpc
+
+from unet_keras.config import MaskConfig, ModelConfig, NormalizationConfig
+from unet_keras.export import export_model
+from unet_keras.model import build_unet
+from unet_keras.saving import model_metadata, save_model
+
+HALF_PLUS_TWO = "half_plus_two"
+HALF_PLUS_TWO_VERSION = 123
+UNET = "unet"
+UNET_VERSION = 1
+REPOSITORY = Path(__file__).resolve().parents[1]
+AVAILABLE = get_model_status_pb2.ModelVersionStatus.AVAILABLE
+
+
+class HalfPlusTwo(tf.Module):
+    """TF Serving's test model: y = a * x + b, by default a = 0.5 and b = 2."""
+
+    def __init__(self, a: float = 0.5, b: float = 2.0) -> None:
+        super().__init__()
+        self.a = tf.Variable(a, dtype=tf.float32)
+        self.b = tf.Variable(b, dtype=tf.float32)
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.float32, "x")])
+    def predict(self, x: tf.Tensor) -> dict[str, tf.Tensor]:
+        """The `serving_default` signature: `x` -> `y`."""
+        return {"y": self.a * x + self.b}
+
+    @tf.function(
+        input_signature=[
+            tf.TensorSpec([None], tf.float32, "x"),
+            tf.TensorSpec([], tf.int64, "iterations"),
+        ]
+    )
+    def slowly(self, x: tf.Tensor, iterations: tf.Tensor) -> dict[str, tf.Tensor]:
+        """The same after `iterations` empty loop steps: a request as slow as asked."""
+        done = tf.while_loop(lambda i: i < iterations, lambda i: i + 1, [tf.constant(0, tf.int64)])
+        # Adds 0, but keeps the loop in the graph: nothing else depends on it.
+        return {"y": self.a * x + self.b + tf.cast(done - iterations, tf.float32)}
+
+
+def write_version(base: Path, version: int, write: Callable[[Path], object]) -> Path:
+    """Writes `base/version/` through a hidden directory, as a polling server needs."""
+    base.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".partial-", dir=base))
+    write(staging / "saved_model")
+    target = base / str(version)
+    os.rename(staging / "saved_model", target)
+    staging.rmdir()
+    return target
+
+
+def export_half_plus_two(base: Path, version: int, a: float = 0.5, b: float = 2.0) -> Path:
+    """Exports half_plus_two (or y = a x + b) as `base/version/`; returns that directory."""
+    module = HalfPlusTwo(a, b)
+    signatures = {"serving_default": module.predict, "slowly": module.slowly}
+    return write_version(
+        base, version, lambda path: tf.saved_model.save(module, str(path), signatures=signatures)
+    )
+
+
+def export_unet(folder: Path, version: int = UNET_VERSION) -> Path:
+    """Exports a seeded tiny valid-padding U-Net (depth 2, 4 filters) under `folder/unet/`."""
+    keras.utils.set_random_seed(7)
+    config = ModelConfig(filters=4, depth=2, padding="valid", dropout=0.0)
+    metadata = model_metadata(
+        MaskConfig((0, 255)),
+        NormalizationConfig("standardize", (120.0,), (40.0,), "uint8"),
+        config,
+        (92, 52),
+    )
+    model_file = folder / "model.keras"
+    save_model(build_unet(**config.to_dict()), model_file, metadata)
+    return export_model(model_file, folder / UNET, version, tile=76, max_pixels=10**7)
+
+
+def free_port() -> int:
+    """A TCP port that was free a moment ago on 127.0.0.1."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class ServerProcess:
+    """`python -m unet_keras.server` in a subprocess; stderr goes to a log file."""
+
+    def __init__(self, base: Path, name: str, log: Path, *flags: str) -> None:
+        self.name = name
+        self.address = f"127.0.0.1:{free_port()}"
+        self.log = log
+        command = [sys.executable, "-m", "unet_keras.server", "--model-base-path", str(base)]
+        command += ["--model-name", name, "--port", self.address.split(":")[1], *flags]
+        with open(log, "wb") as stderr:
+            self.process = subprocess.Popen(
+                command,
+                cwd=REPOSITORY,
+                stdout=subprocess.DEVNULL,
+                stderr=stderr,
+                env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+            )
+
+    def wait_available(self, timeout: float = 60.0) -> None:
+        """Waits until GetModelStatus reports a version AVAILABLE; fails with the log."""
+        request = get_model_status_pb2.GetModelStatusRequest()
+        request.model_spec.name = self.name
+        deadline = time.monotonic() + timeout
+        with grpc.insecure_channel(self.address) as channel:
+            stub = model_service_pb2_grpc.ModelServiceStub(channel)
+            while time.monotonic() < deadline:
+                if self.process.poll() is not None:
+                    break
+                try:
+                    status = stub.GetModelStatus(request, timeout=1)
+                    if any(v.state == AVAILABLE for v in status.model_version_status):
+                        return
+                except grpc.RpcError:
+                    pass
+                time.sleep(0.1)
+        self.terminate()
+        self.wait()
+        raise RuntimeError(f"server for {self.name} not available:\n{self.log.read_text()}")
+
+    def terminate(self) -> None:
+        """Sends SIGTERM, which stops the server once its requests in flight are done."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+
+    def wait(self) -> int:
+        """Waits for the server to exit (kills it after 30 s); returns its exit status."""
+        try:
+            return self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            return self.process.wait()
+
+
+def write_models(folder: Path, serving_root: str) -> None:
+    """Writes both test models and a models.config that names them under `serving_root`."""
+    export_half_plus_two(folder / HALF_PLUS_TWO, HALF_PLUS_TWO_VERSION)
+    export_unet(folder)
+    configs = "".join(
+        f'  config {{ name: "{name}" base_path: "{serving_root}/{name}" '
+        'model_platform: "tensorflow" }\n'
+        for name in (HALF_PLUS_TWO, UNET)
+    )
+    (folder / "models.config").write_text(f"model_config_list {{\n{configs}}}\n")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Writes the test models for a real TF Serving."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("folder", type=Path, help="where to write the models")
+    parser.add_argument(
+        "--serving-root",
+        help="the folder's path as the server sees it, e.g. /models in a container "
+        "(default: the folder itself)",
+    )
+    args = parser.parse_args(argv)
+    write_models(args.folder, args.serving_root or str(args.folder.resolve()))
+    print(args.folder / "models.config")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
