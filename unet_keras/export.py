@@ -116,7 +116,8 @@ class ServingModule(tf.Module):
             image = tf.io.decode_png(
                 self._checked_png(png), channels=self._config.in_channels, dtype=self._dtype
             )
-            mask = self._mask(self.probabilities(image[tf.newaxis]))[0]
+            # serving_default's function, stored once in the export.
+            mask = self.serve(image[tf.newaxis])["mask"][0]
             return tf.io.encode_png(mask[..., tf.newaxis])
 
         return {"mask_png": tf.map_fn(one, image_png, fn_output_signature=tf.string)}
@@ -184,19 +185,21 @@ class ServingModule(tf.Module):
         return outputs[:, top : top + height, left : left + width]
 
     def _run_tiles(self, tiles: tf.Tensor) -> tf.Tensor:
-        """The network on [T, h, w, C] tiles, `tiles_per_call` at a time (bounded memory)."""
-        per_call = self._tiles_per_call
+        """The network on [T, h, w, C] tiles, at most `tiles_per_call` at a time.
+
+        The tiles go in equal chunks, as few as the limit allows, so that padding the last
+        chunk costs at most one tile per chunk: one 512 x 512 image runs one tile, not four.
+        """
         count = tf.shape(tiles)[0]
-        calls = -(-count // per_call)
-        padding = calls * per_call - count
-        tiles = tf.pad(tiles, [[0, padding], [0, 0], [0, 0], [0, 0]])
-        tiles = tf.reshape(tiles, tf.concat([[calls, per_call], tf.shape(tiles)[1:]], 0))
+        calls = -(-count // self._tiles_per_call)
+        chunk = -(-count // calls)
+        tiles = tf.pad(tiles, [[0, calls * chunk - count], [0, 0], [0, 0], [0, 0]])
+        tiles = tf.reshape(tiles, tf.concat([[calls, chunk], tf.shape(tiles)[1:]], 0))
         outputs = tf.map_fn(
-            lambda batch: self.model(batch, training=False),
+            # The `tiles` signature's function: the network is stored once in the export.
+            lambda batch: self.tiles(batch)["probabilities"],
             tiles,
-            fn_output_signature=tf.TensorSpec(
-                [per_call, None, None, self._config.classes], tf.float32
-            ),
+            fn_output_signature=tf.TensorSpec([None, None, None, self._config.classes]),
             parallel_iterations=1,
         )
         outputs = tf.reshape(outputs, tf.concat([[-1], tf.shape(outputs)[2:]], 0))
