@@ -73,6 +73,13 @@ def _connection_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--model", default="unet", help="model name (default: unet)")
     parser.add_argument(
+        "--wait",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="wait up to this long for the server and an AVAILABLE version (default: 0)",
+    )
+    parser.add_argument(
         "--version", type=_version, help="version number or label (default: the latest)"
     )
     parser.add_argument(
@@ -124,6 +131,8 @@ def _client(args: argparse.Namespace) -> SegmentationClient:
 
 def _status(args: argparse.Namespace) -> int:
     with _client(args) as client:
+        if args.wait:
+            client.wait_until_available(timeout=args.wait)
         states = client.model_status(args.version)
     print(json.dumps({"model": args.model, "versions": states}, indent=2))
     return 0
@@ -133,6 +142,8 @@ def _segment(args: argparse.Namespace) -> int:
     images = _inputs(args.input)
     args.output.mkdir(parents=True, exist_ok=True)
     with _client(args) as client:
+        if args.wait:
+            client.wait_until_available(timeout=args.wait)
         # One cheap call first, so that an unreachable server or an unknown model is one
         # error rather than one per image.
         states = client.model_status(args.version if isinstance(args.version, int) else None)
