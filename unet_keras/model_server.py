@@ -22,13 +22,17 @@ Deviations: a request whose deadline passes while the graph runs finishes on the
 input whose shape contradicts the signature is refused with INVALID_ARGUMENT before running
 (TF Serving feeds it and lets the graph fail or not); with several inputs, the i of a
 wrong dtype's "Expects arg[i]" counts them in alias order (TF Serving: its feed order); a
-failed load is not retried (TF Serving retries 5 times, a minute apart, reporting LOADING
-meanwhile); version labels are not configurable, so every label is unrecognized.
+request whose input shapes hold more values than a message of --max-message-bytes can carry
+is refused with INVALID_ARGUMENT before decoding (TF Serving allocates them, filling in the
+values a tensor leaves out, and fails only where the allocation does); a failed load is not
+retried (TF Serving retries 5 times, a minute apart, reporting LOADING meanwhile); version
+labels are not configurable, so every label is unrecognized.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import re
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -379,12 +383,34 @@ def _check_input_count(signature: meta_graph_pb2.SignatureDef, sent: set[str]) -
         )
 
 
+def _check_value_count(request: predict_pb2.PredictRequest, max_message_bytes: int) -> None:
+    """Refuses shapes a request cannot carry in full: each value takes at least one byte.
+
+    A tensor may carry fewer values than its shape holds, and decoding fills in the rest,
+    so without this a request of a few bytes could claim all the server's memory.
+    """
+    values = 0
+    for alias, proto in sorted(request.inputs.items()):
+        # Negative sizes are left to the parser, which refuses them.
+        values += math.prod(max(dim.size, 0) for dim in proto.tensor_shape.dim)
+        if values > max_message_bytes:
+            raise ServingError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"input {alias}: shape {[dim.size for dim in proto.tensor_shape.dim]} brings "
+                f"the request to {values} values, more than a request of at most "
+                f"{max_message_bytes} bytes can carry",
+            )
+
+
 def _request_inputs(
-    signature: meta_graph_pb2.SignatureDef, request: predict_pb2.PredictRequest
+    signature: meta_graph_pb2.SignatureDef,
+    request: predict_pb2.PredictRequest,
+    max_message_bytes: int,
 ) -> dict[str, tuple[int, np.ndarray]]:
     """Alias -> (dtype, values) of every signature input, as GetInputValues reads them."""
     sent = set(request.inputs)
     _check_input_count(signature, sent)
+    _check_value_count(request, max_message_bytes)
     inputs = {}
     for alias in sorted(signature.inputs):
         if alias in request.inputs:
@@ -401,7 +427,8 @@ def _request_inputs(
             )
         try:
             inputs[alias] = (proto.dtype, tf.make_ndarray(proto))
-        except (ValueError, TypeError):
+        # MemoryError too: TF Serving answers a tensor it cannot allocate as unparsable.
+        except (ValueError, TypeError, MemoryError):
             raise ServingError(
                 grpc.StatusCode.INVALID_ARGUMENT, f"tensor parsing error: {alias}"
             ) from None
@@ -471,12 +498,15 @@ def as_proto_field(tensor: tf.Tensor) -> tensor_pb2.TensorProto:
 
 
 def predict(
-    servable: Servable, request: predict_pb2.PredictRequest
+    servable: Servable, request: predict_pb2.PredictRequest, max_message_bytes: int
 ) -> predict_pb2.PredictResponse:
-    """Runs a Predict request on a version, as predict_util.cc's RunPredict does."""
+    """Runs a Predict request on a version, as predict_util.cc's RunPredict does.
+
+    `max_message_bytes`: the server's request size limit, which bounds the values decoded.
+    """
     name = request.model_spec.signature_name or DEFAULT_SIGNATURE
     signature, function = servable.signature(name)
-    inputs = _request_inputs(signature, request)
+    inputs = _request_inputs(signature, request, max_message_bytes)
     aliases = _output_aliases(signature, list(request.output_filter))
     feeds = _feeds(signature, inputs)
     try:
@@ -541,8 +571,9 @@ def _abort(context: grpc.ServicerContext, error: ServingError) -> None:
 class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
     """PredictionService: Predict and GetModelMetadata (the rest stays UNIMPLEMENTED)."""
 
-    def __init__(self, manager: ModelManager) -> None:
+    def __init__(self, manager: ModelManager, max_message_bytes: int) -> None:
         self._manager = manager
+        self._max_message_bytes = max_message_bytes
 
     def Predict(  # noqa: N802 (the gRPC method's name)
         self, request: predict_pb2.PredictRequest, context: grpc.ServicerContext
@@ -555,7 +586,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
             if remaining is not None and remaining <= 0:
                 raise ServingError(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
             with self._manager.servable(request.model_spec) as servable:
-                return predict(servable, request)
+                return predict(servable, request, self._max_message_bytes)
         except ServingError as error:
             _abort(context, error)
 
@@ -612,7 +643,7 @@ def build_server(
         ],
     )
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-        PredictionServicer(manager), server
+        PredictionServicer(manager, max_message_bytes), server
     )
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(manager), server)
     try:
