@@ -413,6 +413,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         status = args.run(args)
+    except ModuleNotFoundError as error:
+        # A client-only install (unet-keras[client]) lacks TensorFlow and the rest.
+        print(
+            f"unet-keras {args.command}: error: {error}; this command needs the full "
+            "install: pip install 'unet-keras[full]'",
+            file=sys.stderr,
+        )
+        return 2
     except (ValueError, OSError) as error:
         print(f"unet-keras {args.command}: error: {error}", file=sys.stderr)
         return 2

@@ -1,7 +1,7 @@
 """A gRPC client for the U-Net served by TensorFlow Serving, without TensorFlow.
 
-`pip install 'unet-keras[client]'` lists what it needs: grpcio, protobuf, numpy, and
-Pillow and tqdm for `unet-client`. Importing it takes about 0.3 s and never loads
+`pip install 'unet-keras[client]'` installs what it needs and no more: grpcio, protobuf,
+numpy, and Pillow and tqdm for `unet-client`. Importing it takes about 0.3 s and never loads
 TensorFlow: it carries its own copies of TF Serving's message definitions, kept apart from
 any `tensorflow` or `tensorflow_serving` imported in the same process.
 
