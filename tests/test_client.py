@@ -547,7 +547,7 @@ def test_wait_until_available_polls_through_loading(
     assert len(fake.calls("GetModelStatus")) == 4
     fake.statuses = [[(1, "LOADING")]]
     with pytest.raises(DeadlineExceededError, match="version 1 LOADING"):
-        client.wait_until_available(timeout=0.2, poll_interval=0.01)
+        client.wait_until_available(timeout=2.0, poll_interval=0.05)
 
 
 def test_versions_and_labels_reach_the_model_spec(client: SegmentationClient, fake: FakeServing):

@@ -1,5 +1,8 @@
 """Atomic writes: the target holds the old or the new content, never a part."""
 
+import os
+import stat
+
 import numpy as np
 import pytest
 
@@ -16,6 +19,16 @@ def test_atomic_path_renames_on_success(tmp_path):
         assert not target.exists()  # nothing visible until the block ends
     assert target.read_text() == "new"
     assert [p.name for p in target.parent.iterdir()] == ["model.keras"]
+
+
+def test_atomic_writes_get_the_usual_permissions(tmp_path):
+    umask = os.umask(0o022)
+    try:
+        with atomic_path(tmp_path / "model.keras") as temporary:
+            temporary.write_text("new")
+    finally:
+        os.umask(umask)
+    assert stat.S_IMODE((tmp_path / "model.keras").stat().st_mode) == 0o644
 
 
 def test_atomic_path_keeps_the_old_file_on_failure(tmp_path):

@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import uuid
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -28,6 +26,7 @@ from unet_keras.client.config import MIB, ChannelConfig
 from unet_keras.client.errors import ServingError
 from unet_keras.client.protocol import Version
 from unet_keras.client.sync import SegmentationClient
+from unet_keras.files import atomic_path
 
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff")
 
@@ -200,15 +199,9 @@ def _read(path: Path) -> np.ndarray:
 
 
 def _write_png(mask: np.ndarray, target: Path) -> None:
-    """Writes the mask to a temporary file beside `target`, then renames it into place."""
-    # Hidden and unique per call; opened normally so that the umask sets its permissions.
-    partial = target.with_name(f".{target.name}.{uuid.uuid4().hex}.partial")
-    try:
+    """Writes the mask as a PNG that appears whole or not at all."""
+    with atomic_path(target) as partial:
         Image.fromarray(mask).save(partial, format="PNG")
-        os.replace(partial, target)
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
 
 
 def _one_line(text: str) -> str:
