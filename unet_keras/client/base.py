@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import abc
 from typing import Any
 
 from unet_keras.client import messages, protocol
@@ -16,7 +17,7 @@ METADATA_SIGNATURE = "metadata"
 IMAGE_INPUT = "image"
 
 
-class ClientBase:
+class ClientBase(abc.ABC):
     """Settings, channel and request building; subclasses make the calls.
 
     `target` is HOST:PORT (or any gRPC target, e.g. dns:///unet-serving:8500), and
@@ -62,9 +63,9 @@ class ClientBase:
             for method in METHODS
         }
 
+    @abc.abstractmethod
     def _connect(self) -> Any:
         """Opens the channel (`grpc` or `grpc.aio`)."""
-        raise NotImplementedError
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.target!r}, {self.model_name!r})"
