@@ -120,18 +120,20 @@ def test_deformed_targets_follow_the_deformed_image(config):
     assert not np.allclose(next(iter(plain))[0], images)
 
 
-def test_seeded_runs_are_reproducible():
+def test_seeded_runs_are_reproducible_and_streams_independent():
     examples = _threshold_examples()
     config = AugmentConfig(gamma=0.2, contrast=0.2)
 
-    def first_batches(seed):
-        dataset = pipeline.training_dataset(examples, 36, 20, 2, config, seed=seed)
+    def first_batches(seed, stream=0):
+        dataset = pipeline.training_dataset(examples, 36, 20, 2, config, seed, stream)
         return [batch[0].numpy() for batch in dataset.take(3)]
 
-    first, again, other = first_batches(7), first_batches(7), first_batches(8)
+    first, again = first_batches(7), first_batches(7)
     for a, b in zip(first, again, strict=True):
         np.testing.assert_array_equal(a, b)
-    assert not np.allclose(first[0], other[0])
+    assert not np.allclose(first[0], first_batches(8)[0])
+    # One pipeline per worker: the same seed, other tiles.
+    assert not np.allclose(first[0], first_batches(7, stream=1)[0])
 
 
 def test_intensity_changes_keep_the_image_order():

@@ -84,12 +84,32 @@ def test_bad_settings_stop_before_training(data_dir, tmp_path, capsys, argv, mes
     assert not (tmp_path / "r" / "last.keras").exists()
 
 
-def test_multiworker_says_why_it_cannot_run_yet(data_dir, tmp_path, capsys, monkeypatch):
-    cluster = {"cluster": {"worker": ["127.0.0.1:1"]}, "task": {"type": "worker", "index": 0}}
-    monkeypatch.setenv("TF_CONFIG", json.dumps(cluster))
+ONE_WORKER = {"worker": ["127.0.0.1:1"]}
+
+
+@pytest.mark.parametrize(
+    ("tf_config", "message"),
+    [
+        ("{'cluster': ", "TF_CONFIG must be JSON like"),
+        (
+            json.dumps({"cluster": ONE_WORKER, "task": {"type": "worker"}}),
+            "TF_CONFIG must be JSON like .* could not read it",
+        ),
+        (
+            json.dumps({"cluster": ONE_WORKER, "task": {"type": "worker", "index": 1}}),
+            "TF_CONFIG names task worker 1, but its cluster has 1 worker address",
+        ),
+    ],
+)  # fmt: skip
+def test_a_bad_tf_config_stops_before_connecting(
+    data_dir, tmp_path, capsys, monkeypatch, tf_config, message
+):
+    import re
+
+    monkeypatch.setenv("TF_CONFIG", tf_config)
     argv = ["train", "--data", str(data_dir), "--run-dir", str(tmp_path / "r")]
     assert cli.main([*argv, "--strategy", "multiworker"]) == 2
-    assert "keras-team/keras#20585" in capsys.readouterr().err
+    assert re.search(message, capsys.readouterr().err)
 
 
 def test_a_run_leaves_its_files_and_a_loadable_best_model(data_dir, tmp_path):
@@ -156,19 +176,6 @@ def test_sigkill_then_rerun_resumes_from_the_last_completed_epoch(data_dir, tmp_
     assert int(last.optimizer.iterations) == 32
 
 
-def test_time_budget_stops_cleanly_and_keeps_the_best_model(data_dir, tmp_path):
-    run = tmp_path / "run"
-    result = _train(
-        "--data", str(data_dir), "--run-dir", str(run), "--epochs", "1000", "--max-time", "1",
-        *TINY,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
-    summary = json.loads((run / "summary.json").read_text())
-    assert summary["stopped_by_time_budget"] is True
-    assert 1 <= summary["epochs"] < 1000
-    assert (run / "best.keras").is_file()
-
-
 def test_a_run_directory_refuses_other_settings(data_dir, tmp_path, capsys):
     run = tmp_path / "run"
     (run).mkdir()
@@ -187,6 +194,7 @@ def test_mirrored_strategy_trains_over_two_logical_cpus(data_dir, tmp_path):
         "two = [tf.config.LogicalDeviceConfiguration()] * 2\n"
         "tf.config.set_logical_device_configuration(cpu, two)\n"
         "from unet_keras.cli import main\n"
+        "assert main(['train', *sys.argv[1:], '--batch-size', '3']) == 2\n"
         "sys.exit(main(['train', *sys.argv[1:]]))\n"
     )  # fmt: skip
     argv = ["--data", str(data_dir), "--run-dir", str(run), "--epochs", "1", *TINY]
@@ -198,8 +206,87 @@ def test_mirrored_strategy_trains_over_two_logical_cpus(data_dir, tmp_path):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "strategy mirrored: 2 replica(s)" in result.stderr
+    assert "--batch-size 3 cannot be split evenly over 2 replicas" in result.stderr
     summary = json.loads((run / "summary.json").read_text())
     assert summary["epochs"] == 1 and np.isfinite(summary["best_validation"]["val_loss"])
+
+
+def _run_workers(*argvs: list[str]) -> list[tuple[int, str]]:
+    """(exit status, stderr) of training processes, one per argv, in one local cluster."""
+    from serving_fixtures import free_port
+
+    cluster = {"worker": [f"127.0.0.1:{free_port()}" for _ in argvs]}
+    tasks = [{"type": "worker", "index": index} for index, _ in enumerate(argvs)]
+    workers = [
+        subprocess.Popen(
+            [sys.executable, str(ROOT / "train_keras.py"), *argv, "--strategy", "multiworker"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={
+                **os.environ,
+                "TF_CPP_MIN_LOG_LEVEL": "3",
+                "TF_CONFIG": json.dumps({"cluster": cluster, "task": task}),
+            },
+        )
+        for argv, task in zip(argvs, tasks, strict=True)
+    ]
+    # A worker that never stops (waiting on the others) fails the test rather than hangs it.
+    stderrs = [worker.communicate(timeout=300)[1] for worker in workers]
+    return [(worker.returncode, stderr) for worker, stderr in zip(workers, stderrs, strict=True)]
+
+
+@pytest.mark.slow
+def test_multiworker_trains_two_local_workers_to_identical_weights(data_dir, tmp_path):
+    from unet_keras import pipeline
+    from unet_keras.saving import load_model
+    from unet_keras.train import prepare_data
+
+    run = tmp_path / "run"
+    # Stopped by the time budget: the workers must also agree on the step to stop after.
+    argv = ["--data", str(data_dir), "--run-dir", str(run), "--epochs", "1000", *TINY]
+    budget = [*argv, "--max-time", "3"]
+    for code, stderr in _run_workers(budget, budget):
+        assert code == 0, stderr[-3000:]
+        assert "strategy multiworker: 2 replica(s)" in stderr
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["stopped_by_time_budget"] is True and 1 <= summary["epochs"] < 1000
+    assert (run / "best.keras").is_file()
+    chief, _ = load_model(run / "last.keras")
+    other, _ = load_model(run / "worker-1" / "last.keras")
+    trained_steps = int(chief.optimizer.iterations.numpy())
+    assert trained_steps >= 1 and int(other.optimizer.iterations.numpy()) == trained_steps
+    for mine, theirs in zip(chief.weights, other.weights, strict=True):
+        np.testing.assert_array_equal(mine.numpy(), theirs.numpy(), err_msg=mine.path)
+
+    # Validation was split over the workers; its metrics must be those of one process.
+    data = prepare_data(_config(argv))
+    validation = pipeline.validation_dataset(data.validation, *data.tile, batch_size=2)
+    batches = pipeline.validation_steps(data.validation, data.tile[1], 2)
+    scores = chief.evaluate(validation, steps=batches, verbose=0, return_dict=True)
+    with open(run / "log.csv", newline="") as handle:
+        last = list(csv.DictReader(handle))[-1]
+    for name in ("pixel_error", "iou", "dice"):
+        assert float(last[f"val_{name}"]) == pytest.approx(scores[name], rel=1e-4), name
+
+
+@pytest.mark.parametrize(
+    ("other_worker", "message"),
+    [
+        (lambda settings, epoch: [settings + 1, epoch], "were started with different settings"),
+        (lambda settings, epoch: [settings, 0.0], r"resume after different epochs \[3, 0\]"),
+    ],
+)
+def test_workers_that_would_run_different_steps_stop(monkeypatch, other_worker, message):
+    from unet_keras import distribute, train
+
+    # What two workers report when, say, only one of them sees the chief's state.json.
+    def all_workers(strategy, values):
+        return [values, other_worker(*values)]
+
+    monkeypatch.setattr(distribute, "all_workers", all_workers)
+    with pytest.raises(ValueError, match=message):
+        train._check_workers_agree(None, {"seed": 0}, epoch=3)
 
 
 @pytest.mark.slow

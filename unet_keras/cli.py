@@ -135,10 +135,14 @@ def _read_config_file(path: Path) -> dict[str, Any]:
 def _train(args: argparse.Namespace) -> None:
     """Trains a U-Net, chooses its threshold on the validation images, prints the results."""
     from unet_keras.calibration import calibrate_threshold
+    from unet_keras.distribute import is_chief
     from unet_keras.train import RunDirectory, load_samples, run
 
     config = train_config(args)
     summary = run(config)
+    if not is_chief():
+        print(f"worker done; the run's files are the chief's, in {config.run_dir}")
+        return
     validation = [s for s in load_samples(config) if s.name in summary["validation_images"]]
     run_dir = RunDirectory(summary["run_dir"])
     summary["threshold"] = calibrate_threshold(run_dir.file("best.keras"), validation)

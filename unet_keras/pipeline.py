@@ -196,11 +196,13 @@ def training_dataset(
     batch_size: int,
     config: AugmentConfig | None = None,
     seed: int = 0,
+    stream: int = 0,
 ) -> tf.data.Dataset:
     """Endless batches of augmented (image tile, targets) for `model.fit`.
 
     `input_size` and `output_size` are the model's square tile sizes (equal for
-    same-padding models). Seeded: the same seed gives the same batches.
+    same-padding models). Seeded: the same seed gives the same batches. Parallel input
+    pipelines (one per worker) pass distinct `stream`s to draw independent tiles.
     """
     if not examples:
         raise ValueError("training_dataset needs at least one example")
@@ -223,7 +225,7 @@ def training_dataset(
 
     def make_tile(index, stack):
         seeds = tf.random.experimental.stateless_split(
-            tf.random.experimental.stateless_fold_in([seed, 0], index), 5
+            tf.random.experimental.stateless_fold_in([seed, stream], index), 5
         )
         top = _random_origin(seeds[0], tf.shape(stack)[0], output_size) - margin
         left = _random_origin(seeds[1], tf.shape(stack)[1], output_size) - margin

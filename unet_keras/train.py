@@ -12,13 +12,15 @@ A run directory holds everything a run writes, each file atomically:
 
 Running the same command again after a crash (even SIGKILL) continues from the last
 completed epoch: `state.json` is written after `last.keras`, so it never points past a
-model that exists.
+model that exists. In a cluster (`--strategy multiworker`) the chief writes the run
+directory, every other worker a copy in `worker-N/`, and all resume from the chief's.
 """
 
 from __future__ import annotations
 
 import csv
 import dataclasses
+import hashlib
 import io
 import json
 import logging
@@ -31,7 +33,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from unet_keras import pipeline
+from unet_keras import distribute, pipeline
 from unet_keras.config import MaskConfig, ModelConfig, NormalizationConfig, TrainConfig
 from unet_keras.data import Sample, fit_normalization, infer_mask_config, load_dataset
 from unet_keras.data.synthetic import synthetic_em_images
@@ -137,40 +139,34 @@ def _model_config(model: ModelConfig, mask: MaskConfig, channels: int) -> ModelC
     return dataclasses.replace(model, in_channels=int(channels), classes=mask.model_classes)
 
 
-def _strategy(name: str) -> tf.distribute.Strategy:
-    """The distribution strategy; multiworker needs TF_CONFIG, and says so."""
-    if name == "mirrored":
-        # All GPUs, or else every logical CPU device (one unless configured otherwise).
-        devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
-        return tf.distribute.MirroredStrategy([device.name for device in devices])
-    if name == "multiworker":
-        if "TF_CONFIG" not in os.environ:
-            raise ValueError(
-                "--strategy multiworker needs the TF_CONFIG environment variable (cluster "
-                "and task of this worker); use --strategy mirrored for the GPUs of one machine"
-            )
-        # Keras 3's fit reduces a per-replica data batch with the strategy before the
-        # first step, which MultiWorkerMirroredStrategy rejects (keras-team/keras#20585,
-        # tensorflow/tensorflow#72388): say so now rather than after loading the data.
-        raise ValueError(
-            "--strategy multiworker: Keras 3 model.fit does not run under "
-            "MultiWorkerMirroredStrategy yet (keras-team/keras#20585); train on one machine "
-            "with --strategy mirrored"
-        )
-    return tf.distribute.get_strategy()
+def _worker_run_dir(run_dir: str) -> RunDirectory:
+    """Where this process writes: the chief the run directory, other workers a subfolder.
 
-
-def _worker_run_dir(run_dir: str) -> Path:
-    """The chief writes the run directory; other workers of a cluster a subfolder each.
-
-    Every worker must save (the strategy's variables are read collectively), but only the
-    chief's files are the run's.
+    Every worker keeps its own copy of the run's files (which also shows that the workers
+    stay in step), but only the chief's are the run's.
     """
-    tf_config = json.loads(os.environ.get("TF_CONFIG", "{}"))
-    task, cluster = tf_config.get("task", {}), tf_config.get("cluster", {})
-    kind, index = task.get("type", "chief"), int(task.get("index", 0))
-    is_chief = kind == "chief" or (kind == "worker" and index == 0 and "chief" not in cluster)
-    return Path(run_dir) if is_chief else Path(run_dir) / f"{kind}-{index}"
+    if distribute.is_chief():
+        return RunDirectory(run_dir)
+    kind, index = distribute.worker_task()
+    return RunDirectory(Path(run_dir) / f"{kind}-{index}")
+
+
+def _check_workers_agree(strategy: tf.distribute.Strategy, settings: dict, epoch: int) -> None:
+    """Refuses a cluster whose workers would run different steps (and wait forever)."""
+    text = json.dumps(settings, sort_keys=True).encode()
+    digest = float(int.from_bytes(hashlib.sha256(text).digest()[:6], "big"))  # exact in f64
+    digests, epochs = zip(*distribute.all_workers(strategy, [digest, float(epoch)]), strict=True)
+    if len(set(digests)) > 1:
+        raise ValueError(
+            "the workers were started with different settings: start every worker with the "
+            "same command, TF_CONFIG's task being the only difference"
+        )
+    if len(set(epochs)) > 1:
+        raise ValueError(
+            f"the workers would resume after different epochs {[int(e) for e in epochs]}: "
+            f"--run-dir must be on storage every worker reads (the chief's state.json and "
+            f"last.keras are where all workers resume from)"
+        )
 
 
 def compiled_model(config: TrainConfig, model_config: ModelConfig, steps: int) -> keras.Model:
@@ -277,7 +273,11 @@ class TimeBudget(keras.callbacks.Callback):
             self.deadline = time.monotonic() + self.seconds
 
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
-        if self.deadline is not None and time.monotonic() >= self.deadline:
+        if self.deadline is None:
+            return
+        # Workers stop after the same step, or the others wait for it forever.
+        strategy = self.model.distribute_strategy
+        if distribute.any_worker(strategy, time.monotonic() >= self.deadline):
             self.reached = True
             self.model.stop_training = True
 
@@ -293,7 +293,8 @@ class ValidationImages(keras.callbacks.Callback):
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         panels = []
         for image, targets in self.tiles:
-            probabilities = self.model.predict_on_batch(image[None])[0]
+            # A direct call, not predict: that gathers over workers, and this is local work.
+            probabilities = np.asarray(self.model(image[None], training=False))[0]
             size = targets.shape[0]
             margin = (image.shape[0] - size) // 2
             shown = image[margin : margin + size, margin : margin + size, :1]
@@ -336,8 +337,14 @@ def run(config: TrainConfig) -> dict[str, Any]:
     """Trains (or resumes) the run described by `config`; returns the summary."""
     started = time.monotonic()
     # First: a multi-worker strategy must configure TensorFlow before anything runs.
-    strategy = _strategy(config.strategy)
-    log.info("strategy %s: %d replica(s)", config.strategy, strategy.num_replicas_in_sync)
+    strategy = distribute.make_strategy(config.strategy)
+    replicas = strategy.num_replicas_in_sync
+    log.info("strategy %s: %d replica(s)", config.strategy, replicas)
+    if config.batch_size % replicas:
+        raise ValueError(
+            f"--batch-size {config.batch_size} cannot be split evenly over {replicas} "
+            f"replicas; use a multiple of {replicas}"
+        )
     keras.mixed_precision.set_global_policy(config.precision)
     keras.utils.set_random_seed(config.seed)
     data = prepare_data(config)
@@ -346,13 +353,15 @@ def run(config: TrainConfig) -> dict[str, Any]:
         "model": data.model.to_dict(),
         "class_values": list(data.mask.class_values),
     }
-    run_dir = RunDirectory(_worker_run_dir(config.run_dir))
+    run_dir = _worker_run_dir(config.run_dir)
     _check_resumable(run_dir, resolved)
     run_dir.write_json("config.json", resolved)
     log.info("settings: %s", json.dumps(resolved, sort_keys=True))
     metadata = model_metadata(data.mask, data.normalization, data.model, data.tile)
 
-    state = run_dir.read_json("state.json") or {
+    # Every worker resumes from the chief's files.
+    chief_run = RunDirectory(config.run_dir)
+    state = chief_run.read_json("state.json") or {
         "epoch": 0,
         "best": None,
         "best_epoch": None,
@@ -361,22 +370,33 @@ def run(config: TrainConfig) -> dict[str, Any]:
         "images": 0,
         "batch_size": config.batch_size,
     }
+    _check_workers_agree(strategy, resolved, state["epoch"])
     total_steps = config.epochs * config.steps_per_epoch
     with strategy.scope():
         if state["epoch"] > 0:
-            log.info("resuming %s after epoch %d", run_dir.path, state["epoch"])
-            model, _ = load_model(run_dir.file("last.keras"))
+            log.info("resuming %s after epoch %d", chief_run.path, state["epoch"])
+            model, _ = load_model(chief_run.file("last.keras"))
         else:
             model = compiled_model(config, data.model, total_steps)
 
     stopped_by_time_budget = False
     if state["epoch"] < config.epochs:
         tile_in, tile_out = data.tile
-        # A resumed run draws fresh tiles: the seed moves on with the epoch.
-        training = pipeline.training_dataset(
-            data.training, tile_in, tile_out, config.batch_size, config.augment,
-            seed=config.seed + state["epoch"],
-        )  # fmt: skip
+
+        def training_input(context: tf.distribute.InputContext) -> tf.data.Dataset:
+            # One input pipeline per worker, each drawing its own tiles; a resumed run
+            # draws fresh ones: the seed moves on with the epoch.
+            return pipeline.training_dataset(
+                data.training, tile_in, tile_out,
+                context.get_per_replica_batch_size(config.batch_size), config.augment,
+                seed=config.seed + state["epoch"], stream=context.input_pipeline_id,
+            )  # fmt: skip
+
+        training = (
+            training_input(tf.distribute.InputContext())
+            if config.strategy == "default"
+            else strategy.distribute_datasets_from_function(training_input)
+        )
         validation = (
             pipeline.validation_dataset(data.validation, tile_in, tile_out, config.batch_size)
             if data.validation

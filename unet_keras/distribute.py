@@ -1,0 +1,107 @@
+"""Distribution strategies for training: the devices of one machine, or a cluster (TF_CONFIG).
+
+Keras 3's `model.fit` does not run under TensorFlow's `MultiWorkerMirroredStrategy` as
+released (keras-team/keras#20585): before the first step it reduces a nested data batch,
+which the collective strategy cannot do (tensorflow/tensorflow#72388), and each step it
+reduces scalar metric results along an axis they do not have. `MultiWorkerStrategy` accepts
+both; everything else is TensorFlow's. The two-worker test in tests/test_train.py holds it
+to identical weights on every worker and metrics equal to a single process's.
+
+Workers must also agree on every decision that changes how many steps they run (the epoch
+a run resumes from, when the time budget is spent), or one waits forever for the others'
+collectives: `all_workers` gathers a value from each so that all decide alike.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import tensorflow as tf
+
+
+class MultiWorkerStrategy(tf.distribute.MultiWorkerMirroredStrategy):
+    """`MultiWorkerMirroredStrategy` whose `reduce` takes what Keras 3's `fit` gives it."""
+
+    def reduce(self, reduce_op: Any, value: Any, axis: int | None) -> Any:
+        """`tf.distribute.Strategy.reduce`, for each tensor of a nested `value`."""
+
+        def reduce_one(one: Any) -> tf.Tensor:
+            rank = self.experimental_local_results(one)[0].shape.rank
+            # Keras asks for axis 0 of scalar metric results: reduce over replicas only.
+            return super(MultiWorkerStrategy, self).reduce(reduce_op, one, axis if rank else None)
+
+        return tf.nest.map_structure(reduce_one, value)
+
+    @tf.function
+    def gather_values(self, values: tf.Tensor) -> tf.Tensor:
+        """Each replica's `values`, stacked in replica order (a collective: all must call)."""
+        local = self.run(lambda: values[None])
+        return self.gather(local, axis=0)
+
+    @tf.function
+    def count_true(self, flag: tf.Tensor) -> tf.Tensor:
+        """The sum of a 0/1 `flag` over workers (a collective: all must call)."""
+        return self.reduce("SUM", flag, axis=None)
+
+
+def worker_task() -> tuple[str, int]:
+    """This process's (task type, index) in TF_CONFIG; ("chief", 0) without a cluster."""
+    raw = os.environ.get("TF_CONFIG")
+    if not raw:
+        return "chief", 0
+    try:
+        task = json.loads(raw)["task"]
+        return str(task["type"]), int(task["index"])
+    except (ValueError, KeyError, TypeError) as error:
+        raise ValueError(
+            f"TF_CONFIG must be JSON like {{'cluster': {{'worker': ['host:port', ...]}}, "
+            f"'task': {{'type': 'worker', 'index': 0}}}}; could not read it ({error})"
+        ) from None
+
+
+def is_chief() -> bool:
+    """Whether this process writes the run's files: the chief, or worker 0 when none."""
+    kind, index = worker_task()
+    if kind == "chief":
+        return True
+    cluster = json.loads(os.environ.get("TF_CONFIG", "{}")).get("cluster", {})
+    return kind == "worker" and index == 0 and "chief" not in cluster
+
+
+def make_strategy(name: str) -> tf.distribute.Strategy:
+    """The strategy for `--strategy NAME`; multiworker needs TF_CONFIG, and says so."""
+    if name == "mirrored":
+        # All GPUs, or else every logical CPU device (one unless configured otherwise).
+        devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
+        return tf.distribute.MirroredStrategy([device.name for device in devices])
+    if name == "multiworker":
+        if "TF_CONFIG" not in os.environ:
+            raise ValueError(
+                "--strategy multiworker needs the TF_CONFIG environment variable (cluster "
+                "and task of this worker); use --strategy mirrored for the GPUs of one machine"
+            )
+        kind, index = worker_task()  # a malformed TF_CONFIG fails here, before connecting
+        cluster = json.loads(os.environ["TF_CONFIG"]).get("cluster", {})
+        if index >= len(cluster.get(kind, [])):
+            raise ValueError(
+                f"TF_CONFIG names task {kind} {index}, but its cluster has "
+                f"{len(cluster.get(kind, []))} {kind} address(es): {cluster}"
+            )
+        return MultiWorkerStrategy()
+    return tf.distribute.get_strategy()
+
+
+def all_workers(strategy: tf.distribute.Strategy, values: list[float]) -> list[list[float]]:
+    """`values` from every replica of the cluster, in order; `[values]` on one machine."""
+    if not isinstance(strategy, MultiWorkerStrategy):
+        return [values]
+    return strategy.gather_values(tf.constant(values, tf.float64)).numpy().tolist()
+
+
+def any_worker(strategy: tf.distribute.Strategy, flag: bool) -> bool:
+    """Whether `flag` holds on any worker (cheaper than `all_workers`: one reduction)."""
+    if not isinstance(strategy, MultiWorkerStrategy):
+        return flag
+    return float(strategy.count_true(tf.constant(float(flag)))) > 0
