@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 
 import numpy as np
@@ -197,7 +198,7 @@ def test_mirrored_strategy_trains_over_two_logical_cpus(data_dir, tmp_path):
         "assert main(['train', *sys.argv[1:], '--batch-size', '3']) == 2\n"
         "sys.exit(main(['train', *sys.argv[1:]]))\n"
     )  # fmt: skip
-    argv = ["--data", str(data_dir), "--run-dir", str(run), "--epochs", "1", *TINY]
+    argv = ["--data", str(data_dir), "--run-dir", str(run), "--epochs", "2", *TINY]
     result = subprocess.run(
         [sys.executable, "-c", script, *argv, "--strategy", "mirrored"],
         capture_output=True,
@@ -208,7 +209,7 @@ def test_mirrored_strategy_trains_over_two_logical_cpus(data_dir, tmp_path):
     assert "strategy mirrored: 2 replica(s)" in result.stderr
     assert "--batch-size 3 cannot be split evenly over 2 replicas" in result.stderr
     summary = json.loads((run / "summary.json").read_text())
-    assert summary["epochs"] == 1 and np.isfinite(summary["best_validation"]["val_loss"])
+    assert summary["epochs"] == 2 and np.isfinite(summary["best_validation"]["val_loss"])
 
 
 def _run_workers(*argvs: list[str]) -> list[tuple[int, str]]:
@@ -243,14 +244,13 @@ def test_multiworker_trains_two_local_workers_to_identical_weights(data_dir, tmp
     from unet_keras.train import prepare_data
 
     run = tmp_path / "run"
-    # Stopped by the time budget: the workers must also agree on the step to stop after.
-    argv = ["--data", str(data_dir), "--run-dir", str(run), "--epochs", "1000", *TINY]
-    budget = [*argv, "--max-time", "3"]
+    argv = ["--data", str(data_dir), "--run-dir", str(run), "--epochs", "2", *TINY]
+    # With a time budget the workers ask each other after every step whether it is spent.
+    budget = [*argv, "--max-time", "600"]
     for code, stderr in _run_workers(budget, budget):
         assert code == 0, stderr[-3000:]
         assert "strategy multiworker: 2 replica(s)" in stderr
-    summary = json.loads((run / "summary.json").read_text())
-    assert summary["stopped_by_time_budget"] is True and 1 <= summary["epochs"] < 1000
+    assert json.loads((run / "summary.json").read_text())["epochs"] == 2
     assert (run / "best.keras").is_file()
     chief, _ = load_model(run / "last.keras")
     other, _ = load_model(run / "worker-1" / "last.keras")
@@ -262,12 +262,25 @@ def test_multiworker_trains_two_local_workers_to_identical_weights(data_dir, tmp
     # Validation was split over the workers; its metrics must be those of one process.
     data = prepare_data(_config(argv))
     validation = pipeline.validation_dataset(data.validation, *data.tile, batch_size=2)
-    batches = pipeline.validation_steps(data.validation, data.tile[1], 2)
-    scores = chief.evaluate(validation, steps=batches, verbose=0, return_dict=True)
+    scores = chief.evaluate(validation, verbose=0, return_dict=True)
     with open(run / "log.csv", newline="") as handle:
         last = list(csv.DictReader(handle))[-1]
     for name in ("pixel_error", "iou", "dice"):
         assert float(last[f"val_{name}"]) == pytest.approx(scores[name], rel=1e-4), name
+
+
+def test_the_time_budget_stops_every_worker_when_one_has_spent_it(monkeypatch):
+    from unet_keras import distribute, train
+
+    budget = train.TimeBudget(seconds=3600)
+    budget.set_model(types.SimpleNamespace(distribute_strategy=None, stop_training=False))
+    budget.on_train_begin()
+    monkeypatch.setattr(distribute, "any_worker", lambda strategy, flag: flag)
+    budget.on_train_batch_end(0)
+    assert not budget.model.stop_training  # nobody is past the deadline
+    monkeypatch.setattr(distribute, "any_worker", lambda strategy, flag: True)
+    budget.on_train_batch_end(1)  # this worker is not past it, another one is
+    assert budget.model.stop_training and budget.reached
 
 
 @pytest.mark.parametrize(

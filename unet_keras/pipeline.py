@@ -309,10 +309,14 @@ def validation_dataset(
         targets = tf.stack([targets[..., 0], targets[..., 1] * inside], axis=-1)
         return tf.data.Dataset.from_tensor_slices((tile_images, targets))
 
+    # The size is known up front and declared: Keras starts each pass afresh only over
+    # data of known size (otherwise a distributed fit finds the previous pass exhausted).
+    batches = validation_steps(examples, output_size, batch_size)
     return (
         _example_dataset(examples)
         .cache()
         .flat_map(tiles)
         .batch(batch_size)
+        .apply(tf.data.experimental.assert_cardinality(batches))
         .prefetch(tf.data.AUTOTUNE)
     )

@@ -419,11 +419,6 @@ def run(config: TrainConfig) -> dict[str, Any]:
             initial_epoch=state["epoch"],
             steps_per_epoch=config.steps_per_epoch,
             validation_data=validation,
-            validation_steps=(
-                pipeline.validation_steps(data.validation, tile_out, config.batch_size)
-                if validation is not None
-                else None
-            ),
             callbacks=callbacks,
             shuffle=False,  # the pipeline shuffles
             verbose=2,
