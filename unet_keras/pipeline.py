@@ -98,19 +98,33 @@ def split_by_image(
 
 
 def _example_dataset(examples: Sequence[Example]) -> tf.data.Dataset:
-    """One element per image: (image, labels, weights), cached in memory after one pass."""
+    """One element per image: (image, labels, weights); callers cache it after one pass.
+
+    Not `Dataset.from_generator`: its op sets glibc's M_TRIM_THRESHOLD to 128 KiB for the
+    whole process, which made every training step afterwards 1.5x slower (each step then
+    maps its activations afresh; docs/benchmarks.md).
+    """
     channels = examples[0].image.shape[-1]
-    signature = (
-        tf.TensorSpec((None, None, channels), tf.float32),
-        tf.TensorSpec((None, None), tf.int32),
-        tf.TensorSpec((None, None), tf.float32),
-    )
 
-    def generate():
-        for example in examples:
-            yield example.image, example.labels, example.weights
+    def arrays(index: np.int64) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        example = examples[index]
+        return (
+            example.image.astype(np.float32, copy=False),
+            example.labels.astype(np.int32, copy=False),
+            example.weights.astype(np.float32, copy=False),
+        )
 
-    return tf.data.Dataset.from_generator(generate, output_signature=signature)
+    def load_example(index: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+        image, labels, weights = tf.numpy_function(
+            arrays, [index], (tf.float32, tf.int32, tf.float32), stateful=False
+        )
+        return (
+            tf.ensure_shape(image, (None, None, channels)),
+            tf.ensure_shape(labels, (None, None)),
+            tf.ensure_shape(weights, (None, None)),
+        )
+
+    return tf.data.Dataset.range(len(examples)).map(load_example)
 
 
 def _check_tiles(input_size: int, output_size: int) -> int:
