@@ -25,6 +25,37 @@ def machine_description() -> str:
     return f"{model}, {os.cpu_count()} cores; Python {platform.python_version()}, {packages}"
 
 
+def percentile(values: list[float], q: float) -> float:
+    """The q-th percentile of `values`."""
+    import numpy as np
+
+    return float(np.percentile(values, q))
+
+
+def export_random_unet(folder: Path, filters: int = 16):
+    """A depth-4 valid-padding U-Net with seeded random weights, and its exported version.
+
+    Returns (Keras model, version directory); the model is saved as `folder/model.keras`
+    and exported under `folder/base/`.
+    """
+    import keras
+
+    from unet_keras.config import MaskConfig, ModelConfig, NormalizationConfig
+    from unet_keras.export import export_model
+    from unet_keras.model import build_unet
+    from unet_keras.saving import model_metadata, save_model
+
+    keras.utils.set_random_seed(0)
+    config = ModelConfig(filters=filters)
+    model = build_unet(**config.to_dict())
+    metadata = model_metadata(
+        MaskConfig((0, 255)), NormalizationConfig("standardize", (128.0,), (50.0,)), config,
+        (572, 388),
+    )  # fmt: skip
+    save_model(model, folder / "model.keras", metadata)
+    return model, export_model(folder / "model.keras", folder / "base")
+
+
 def publish(title: str, description: str, header: list[str], rows: list[str], append: bool):
     """Prints a benchmark's table with its title and setup; appends it to the benchmarks log."""
     report = "\n".join(

@@ -39,30 +39,15 @@ def cold_load_worker(version: str) -> None:
     print(json.dumps({"load": load, "first_call": time.perf_counter() - started}))
 
 
-def percentile(values: list[float], q: float) -> float:
-    """The q-th percentile of `values`."""
-    return float(np.percentile(values, q))
-
-
 def measure(filters: int, calls: int, folder: Path) -> dict:
     """Exports one configuration and measures it."""
-    import keras
     import tensorflow as tf
+    from common import export_random_unet
 
-    from unet_keras.config import MaskConfig, ModelConfig, NormalizationConfig
-    from unet_keras.export import export_model, variables_bytes
-    from unet_keras.model import build_unet, context_margin
-    from unet_keras.saving import model_metadata, save_model
+    from unet_keras.export import variables_bytes
+    from unet_keras.model import context_margin
 
-    keras.utils.set_random_seed(0)
-    config = ModelConfig(filters=filters)
-    model = build_unet(**config.to_dict())
-    metadata = model_metadata(
-        MaskConfig((0, 255)), NormalizationConfig("standardize", (128.0,), (50.0,)), config,
-        (572, 388),
-    )  # fmt: skip
-    save_model(model, folder / "model.keras", metadata)
-    version = export_model(folder / "model.keras", folder / "base")
+    model, version = export_random_unet(folder, filters)
     weights = variables_bytes(model)
     total = sum(f.stat().st_size for f in version.rglob("*") if f.is_file())
     stored = sum(f.stat().st_size for f in (version / "variables").iterdir())
@@ -108,7 +93,7 @@ def main() -> None:
     if args.cold_load:
         cold_load_worker(args.cold_load)
         return
-    from common import publish
+    from common import percentile, publish
 
     rows = []
     for name, filters in CONFIGS.items():

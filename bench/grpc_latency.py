@@ -39,30 +39,6 @@ START_SECONDS = 300.0
 CALL_SECONDS = 600.0
 
 
-def percentile(values: list[float], q: float) -> float:
-    """The q-th percentile of `values`."""
-    return float(np.percentile(values, q))
-
-
-def export_default_model(folder: Path) -> Path:
-    """Saves the default training configuration with random weights and exports it."""
-    import keras
-
-    from unet_keras.config import MaskConfig, ModelConfig, NormalizationConfig
-    from unet_keras.export import export_model
-    from unet_keras.model import build_unet
-    from unet_keras.saving import model_metadata, save_model
-
-    keras.utils.set_random_seed(0)
-    config = ModelConfig(filters=16)
-    metadata = model_metadata(
-        MaskConfig((0, 255)), NormalizationConfig("standardize", (128.0,), (50.0,)), config,
-        (572, 388),
-    )  # fmt: skip
-    save_model(build_unet(**config.to_dict()), folder / "model.keras", metadata)
-    return export_model(folder / "model.keras", folder / "base")
-
-
 @contextmanager
 def serving(base: Path, log: Path) -> Iterator[str]:
     """`unet-keras serve` of `base` on a free loopback port; its address once it serves."""
@@ -162,14 +138,14 @@ def main() -> None:
                         "per throughput level (split between its clients)")  # fmt: skip
     parser.add_argument("--append", action="store_true", help="append to docs/benchmarks.md")
     args = parser.parse_args()
-    from common import publish
+    from common import export_random_unet, percentile, publish
 
     imports = {code: cold_start(code) for code in ("import unet_keras.client", "pass")}
     import tensorflow as tf
 
     image = np.random.default_rng(0).integers(0, 256, (SIZE, SIZE, 1), dtype=np.uint8)
     with tempfile.TemporaryDirectory() as folder:
-        version = export_default_model(Path(folder))
+        _, version = export_random_unet(Path(folder))
         function = tf.saved_model.load(str(version)).signatures["serving_default"]
         with serving(version.parent, Path(folder) / "server.log") as address:
             times = latency(address, function, image, args.calls)

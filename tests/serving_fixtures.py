@@ -83,18 +83,23 @@ def export_half_plus_two(base: Path, version: int, a: float = 0.5, b: float = 2.
     )
 
 
-def export_unet(folder: Path, version: int = UNET_VERSION) -> Path:
-    """Exports a seeded tiny valid-padding U-Net (depth 2, 4 filters) under `folder/unet/`."""
-    keras.utils.set_random_seed(7)
-    config = ModelConfig(filters=4, depth=2, padding="valid", dropout=0.0)
+def save_unet(path: Path, config: ModelConfig, tile: tuple[int, int], seed: int) -> Path:
+    """A U-Net of `config` with weights from `seed`, saved as `.keras` with its metadata."""
+    keras.utils.set_random_seed(seed)
     metadata = model_metadata(
         MaskConfig((0, 255)),
         NormalizationConfig("standardize", (120.0,), (40.0,), "uint8"),
         config,
-        (92, 52),
+        tile,
     )
-    model_file = folder / "model.keras"
-    save_model(build_unet(**config.to_dict()), model_file, metadata)
+    save_model(build_unet(**config.to_dict()), path, metadata)
+    return path
+
+
+def export_unet(folder: Path, version: int = UNET_VERSION) -> Path:
+    """Exports a seeded tiny valid-padding U-Net (depth 2, 4 filters) under `folder/unet/`."""
+    config = ModelConfig(filters=4, depth=2, padding="valid", dropout=0.0)
+    model_file = save_unet(folder / "model.keras", config, (92, 52), seed=7)
     return export_model(model_file, folder / UNET, version, tile=76, max_pixels=10**7)
 
 

@@ -21,22 +21,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
-import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
-from serving_fixtures import UNET, ServerProcess
+from serving_fixtures import UNET, ServerProcess, save_unet
 from tensorflow.core.framework import tensor_pb2, types_pb2
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
 from unet_keras.client import RetryPolicy, SegmentationClient, ServingError
-from unet_keras.config import MaskConfig, ModelConfig, NormalizationConfig
+from unet_keras.config import ModelConfig
 from unet_keras.export import export_model
-from unet_keras.model import build_unet
-from unet_keras.saving import model_metadata, save_model
 
 # Small enough that an over-limit image fits a cheap request (1 x 1100 x 1000 uint8).
 MAX_PIXELS = 2**20
@@ -63,18 +60,10 @@ pytestmark = pytest.mark.slow  # 800 512x512 requests
 
 def save_tiny_unet(path: Path, seed: int) -> Path:
     """A tiny valid-padding U-Net with weights from `seed`, as `.keras`."""
-    keras.utils.set_random_seed(seed)
     # Depth 1 and 2 filters: 800 requests of 512x512 stay cheap; the server's work per
     # request (decoding, tiling, encoding) is the same as for a large network.
     config = ModelConfig(filters=2, depth=1, padding="valid", dropout=0.0)
-    metadata = model_metadata(
-        MaskConfig((0, 255)),
-        NormalizationConfig("standardize", (120.0,), (40.0,), "uint8"),
-        config,
-        (92, 76),
-    )
-    save_model(build_unet(**config.to_dict()), path, metadata)
-    return path
+    return save_unet(path, config, (92, 76), seed)
 
 
 def digest(mask: np.ndarray) -> bytes:
