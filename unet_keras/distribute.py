@@ -57,7 +57,8 @@ def worker_task() -> tuple[str, int]:
     except (ValueError, KeyError, TypeError) as error:
         raise ValueError(
             f"TF_CONFIG must be JSON like {{'cluster': {{'worker': ['host:port', ...]}}, "
-            f"'task': {{'type': 'worker', 'index': 0}}}}; could not read it ({error})"
+            f"'task': {{'type': 'worker', 'index': 0}}}}; could not read it "
+            f"({type(error).__name__}: {error})"
         ) from None
 
 
