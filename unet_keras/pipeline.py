@@ -276,7 +276,7 @@ def training_dataset(
     )
 
 
-def validation_steps(examples: Sequence[Example], output_size: int, batch_size: int) -> int:
+def _validation_batches(examples: Sequence[Example], output_size: int, batch_size: int) -> int:
     """Batches in one pass of `validation_dataset`: its tile grid, counted up front."""
     tiles = sum(
         -(-example.labels.shape[0] // output_size) * -(-example.labels.shape[1] // output_size)
@@ -325,7 +325,7 @@ def validation_dataset(
 
     # The size is known up front and declared: Keras starts each pass afresh only over
     # data of known size (otherwise a distributed fit finds the previous pass exhausted).
-    batches = validation_steps(examples, output_size, batch_size)
+    batches = _validation_batches(examples, output_size, batch_size)
     return (
         _example_dataset(examples)
         .cache()
