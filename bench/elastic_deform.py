@@ -39,7 +39,7 @@ def _image_and_mask() -> tuple[np.ndarray, np.ndarray]:
 
         image = np.asarray(Image.open(ISBI_IMAGE), np.float32)[:SIZE, :SIZE] / 255
     else:
-        from unet_keras.data.synthetic import synthetic_em_images
+        from unet_keras.io.synthetic import synthetic_em_images
 
         image = synthetic_em_images(1, (SIZE, SIZE))[0].image[..., 0].astype(np.float32) / 255
     return image, (image > 0.5).astype(np.float32)

@@ -123,9 +123,9 @@ def main() -> None:
 
 def write_figure(segmenter, held_out: Path) -> None:
     """`unet-keras evaluate`'s figure for section 20, its central 256 x 256 (kept small)."""
-    from unet_keras.data import read_image
-    from unet_keras.data.writers import write_image
     from unet_keras.evaluation import evaluation_figure
+    from unet_keras.io.readers import read_image
+    from unet_keras.io.writers import write_image
 
     image = read_image(held_out / "images" / "20.png")
     truth = (_read(held_out / "masks" / "20.png") == 255).astype(np.int32)
@@ -136,7 +136,7 @@ def write_figure(segmenter, held_out: Path) -> None:
 
 def _read(path: Path) -> np.ndarray:
     """Reads a mask file."""
-    from unet_keras.data import read_mask
+    from unet_keras.io.readers import read_mask
 
     return read_mask(path)
 

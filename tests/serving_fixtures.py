@@ -1,9 +1,9 @@
 """Models and a server process for the model-server tests, also for a real TF Serving.
 
-`python tests/serving_fixtures.py DIR` writes the models that the conformance tests in
-tests/test_server.py expect, and `DIR/models.config` for `tensorflow_model_server
---model_config_file`: `half_plus_two` (version 123, as in TF Serving's own tests) and
-`unet` (version 1).
+`python -m tests.serving_fixtures DIR`, from the repository root, writes the models that
+the conformance tests in tests/test_server.py expect, and `DIR/models.config` for
+`tensorflow_model_server --model_config_file`: `half_plus_two` (version 123, as in TF
+Serving's own tests) and `unet` (version 1).
 """
 
 from __future__ import annotations

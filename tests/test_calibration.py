@@ -9,9 +9,9 @@ import numpy as np
 
 from unet_keras.calibration import calibrate_threshold
 from unet_keras.config import MaskConfig, ModelConfig, NormalizationConfig
-from unet_keras.data import Sample
 from unet_keras.export import ServingModule
 from unet_keras.inference import Segmenter
+from unet_keras.io.sample import Sample
 from unet_keras.model import build_unet
 from unet_keras.saving import load_model, model_metadata, save_model
 

@@ -16,12 +16,12 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
-from fake_serving import FakeServing, fake_model, model_record
 from google.protobuf import descriptor_pb2
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+from tests.fake_serving import FakeServing, fake_model, model_record
 from unet_keras.client import (
     AsyncSegmentationClient,
     ChannelConfig,

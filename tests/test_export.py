@@ -17,8 +17,8 @@ from tensorflow.core.protobuf import saved_model_pb2
 from unet_keras import export
 from unet_keras.cli import main
 from unet_keras.config import MaskConfig, ModelConfig, NormalizationConfig
-from unet_keras.data import read_image
 from unet_keras.inference import Segmenter
+from unet_keras.io.readers import read_image
 from unet_keras.model import build_unet
 from unet_keras.saving import model_metadata, save_model
 

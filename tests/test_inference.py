@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from unet_keras.config import MaskConfig, ModelConfig, NormalizationConfig
-from unet_keras.data.sample import DataError
 from unet_keras.inference import DIHEDRAL, Segmenter, dihedral, plan_axis
+from unet_keras.io.sample import DataError
 from unet_keras.model import build_unet, context_margin, input_size_for_output
 from unet_keras.saving import model_metadata
 

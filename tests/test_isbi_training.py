@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from unet_keras.data import read_mask
 from unet_keras.inference import Segmenter
+from unet_keras.io.readers import read_mask
 from unet_keras.predict import evaluate_path
 
 ROOT = Path(__file__).resolve().parents[1]

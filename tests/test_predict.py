@@ -13,9 +13,9 @@ from PIL import Image
 
 from unet_keras.cli import main
 from unet_keras.config import MaskConfig, ModelConfig, NormalizationConfig
-from unet_keras.data import read_mask, read_pages
-from unet_keras.data.writers import write_image, write_stack
 from unet_keras.inference import Segmenter
+from unet_keras.io.readers import read_mask, read_pages
+from unet_keras.io.writers import write_image, write_stack
 from unet_keras.model import build_unet
 from unet_keras.predict import boundary_overlay, evaluate_path, predict_path
 from unet_keras.saving import model_metadata, save_model

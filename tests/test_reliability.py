@@ -27,10 +27,10 @@ import tensorflow as tf
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
-from serving_fixtures import UNET, ServerProcess, save_unet
 from tensorflow.core.framework import tensor_pb2, types_pb2
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
+from tests.serving_fixtures import UNET, ServerProcess, save_unet
 from unet_keras.client import RetryPolicy, SegmentationClient, ServingError
 from unet_keras.config import ModelConfig
 from unet_keras.export import export_model

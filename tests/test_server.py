@@ -3,7 +3,7 @@
 A conformance suite: by default it starts local servers (`python -m unet_keras.server`),
 one per model. To hold a real TensorFlow Serving to the same tests:
 
-    python tests/serving_fixtures.py /tmp/models --serving-root /models
+    python -m tests.serving_fixtures /tmp/models --serving-root /models
     docker run -p 8500:8500 -v /tmp/models:/models tensorflow/serving \\
         --model_config_file=/models/models.config
     UNET_TF_SERVING_ADDRESS=localhost:8500 UNET_TF_SERVING_MODELS=/tmp/models \\
@@ -38,7 +38,16 @@ import grpc
 import numpy as np
 import pytest
 import tensorflow as tf
-from serving_fixtures import (
+from tensorflow.core.framework import types_pb2
+from tensorflow_serving.apis import (
+    get_model_metadata_pb2,
+    get_model_status_pb2,
+    model_service_pb2_grpc,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+)
+
+from tests.serving_fixtures import (
     HALF_PLUS_TWO,
     HALF_PLUS_TWO_VERSION,
     UNET,
@@ -49,15 +58,6 @@ from serving_fixtures import (
     free_port,
     write_version,
 )
-from tensorflow.core.framework import types_pb2
-from tensorflow_serving.apis import (
-    get_model_metadata_pb2,
-    get_model_status_pb2,
-    model_service_pb2_grpc,
-    predict_pb2,
-    prediction_service_pb2_grpc,
-)
-
 from unet_keras import model_server, server
 
 REAL_ADDRESS = os.environ.get("UNET_TF_SERVING_ADDRESS")

@@ -214,7 +214,7 @@ def test_mirrored_strategy_trains_over_two_logical_cpus(data_dir, tmp_path):
 
 def _run_workers(*argvs: list[str]) -> list[tuple[int, str]]:
     """(exit status, stderr) of training processes, one per argv, in one local cluster."""
-    from serving_fixtures import free_port
+    from tests.serving_fixtures import free_port
 
     cluster = {"worker": [f"127.0.0.1:{free_port()}" for _ in argvs]}
     tasks = [{"type": "worker", "index": index} for index, _ in enumerate(argvs)]

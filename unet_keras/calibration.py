@@ -14,7 +14,6 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from unet_keras.data import Sample, mask_to_labels
 from unet_keras.evaluation import (
     SWEEP_THRESHOLDS,
     best_threshold,
@@ -22,6 +21,8 @@ from unet_keras.evaluation import (
     threshold_sweep,
 )
 from unet_keras.inference import Segmenter
+from unet_keras.io.masks import mask_to_labels
+from unet_keras.io.sample import Sample
 from unet_keras.saving import update_metadata
 
 log = logging.getLogger(__name__)

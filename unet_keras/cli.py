@@ -153,8 +153,8 @@ def _train(args: argparse.Namespace) -> None:
 
 def _synthetic(args: argparse.Namespace) -> None:
     """Writes the embedded synthetic data set as DIR/images and DIR/masks PNG pairs."""
-    from unet_keras.data.synthetic import synthetic_em_images
-    from unet_keras.data.writers import write_image
+    from unet_keras.io.synthetic import synthetic_em_images
+    from unet_keras.io.writers import write_image
 
     output = Path(args.output)
     for sample in synthetic_em_images(args.count, (args.size, args.size), args.seed):
@@ -167,7 +167,9 @@ def _inspect(args: argparse.Namespace) -> None:
     """Loads a data set as training would and reports what was found, as JSON."""
     import numpy as np
 
-    from unet_keras.data import fit_normalization, infer_mask_config, load_dataset
+    from unet_keras.io.masks import infer_mask_config
+    from unet_keras.io.normalization import fit_normalization
+    from unet_keras.io.readers import load_dataset
 
     samples = load_dataset(args.data, args.masks)
     labelled = [s for s in samples if s.mask is not None]

@@ -197,7 +197,7 @@ class TrainConfig(_JsonConfig):
     """Everything a training run needs; `train_keras.py` flags and config files set it.
 
     `data` None trains on the embedded synthetic EM data set. `class_values` None infers
-    the mask convention from the masks (see `unet_keras.data.infer_mask_config`).
+    the mask convention from the masks (see `unet_keras.io.masks.infer_mask_config`).
     """
 
     data: str | None = None

@@ -1,7 +1,7 @@
 """Scores predicted segmentations against ground truth with the ISBI 2012 metrics.
 
 Labels are int class-index arrays (H, W): class k is the k-th of a `MaskConfig`'s
-`class_values` (see `unet_keras.data.masks.mask_to_labels`). Class 0 is the boundary
+`class_values` (see `unet_keras.io.masks.mask_to_labels`). Class 0 is the boundary
 (membrane, for ISBI) and the other classes are objects. Besides the pixel-wise scores
 (pixel error, per-class IoU and Dice) this reports the object-level scores the ISBI 2012
 challenge ranked by, adapted Rand error and variation of information, on the connected

@@ -25,9 +25,9 @@ from tqdm.auto import tqdm
 
 from unet_keras.augment import mirror_index_numpy
 from unet_keras.config import MaskConfig, ModelConfig, NormalizationConfig
-from unet_keras.data.masks import labels_to_mask
-from unet_keras.data.normalization import normalize
-from unet_keras.data.sample import DataError
+from unet_keras.io.masks import labels_to_mask
+from unet_keras.io.normalization import normalize
+from unet_keras.io.sample import DataError
 from unet_keras.model import context_margin, input_size_for_output, output_size
 from unet_keras.saving import load_network
 

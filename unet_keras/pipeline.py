@@ -21,7 +21,9 @@ import tensorflow as tf
 
 from unet_keras import augment
 from unet_keras.config import AugmentConfig, MaskConfig, NormalizationConfig
-from unet_keras.data import Sample, mask_to_labels, normalize
+from unet_keras.io.masks import mask_to_labels
+from unet_keras.io.normalization import normalize
+from unet_keras.io.sample import Sample
 from unet_keras.weights import border_weight_map
 
 

@@ -20,15 +20,6 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from unet_keras.data import (
-    IMAGE_SUFFIXES,
-    DataError,
-    list_images,
-    load_dataset,
-    mask_to_labels,
-    read_pages,
-)
-from unet_keras.data.writers import write_image, write_stack
 from unet_keras.evaluation import (
     SWEEP_THRESHOLDS,
     best_threshold,
@@ -38,8 +29,12 @@ from unet_keras.evaluation import (
     segmentation_scores,
     threshold_sweep,
 )
-from unet_keras.files import atomic_path
 from unet_keras.inference import Segmenter
+from unet_keras.io.atomic import atomic_path
+from unet_keras.io.masks import mask_to_labels
+from unet_keras.io.readers import IMAGE_SUFFIXES, list_images, load_dataset, read_pages
+from unet_keras.io.sample import DataError
+from unet_keras.io.writers import write_image, write_stack
 
 log = logging.getLogger(__name__)
 

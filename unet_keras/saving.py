@@ -22,7 +22,7 @@ import unet_keras.losses
 import unet_keras.metrics
 import unet_keras.model  # noqa: F401
 from unet_keras.config import MaskConfig, ModelConfig, NormalizationConfig
-from unet_keras.files import atomic_path
+from unet_keras.io.atomic import atomic_path
 
 METADATA_ENTRY = "unet_keras.json"
 

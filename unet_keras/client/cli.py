@@ -26,7 +26,7 @@ from unet_keras.client.config import MIB, ChannelConfig
 from unet_keras.client.errors import ServingError
 from unet_keras.client.protocol import Version
 from unet_keras.client.sync import SegmentationClient
-from unet_keras.files import atomic_path
+from unet_keras.io.atomic import atomic_path
 
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff")
 

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from unet_keras.config import NormalizationConfig
-from unet_keras.data import DataError, fit_normalization, normalize
+from unet_keras.io.normalization import fit_normalization, normalize
+from unet_keras.io.sample import DataError
 
 RNG = np.random.default_rng(0)
 

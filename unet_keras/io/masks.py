@@ -8,7 +8,7 @@ import numpy as np
 import numpy.typing as npt
 
 from unet_keras.config import MaskConfig
-from unet_keras.data.sample import DataError
+from unet_keras.io.sample import DataError
 
 FOREGROUND_CHOICES = ("auto", "bright", "dark")
 

@@ -6,9 +6,9 @@ import stat
 import numpy as np
 import pytest
 
-from unet_keras.data import read_image, read_mask
-from unet_keras.data.writers import write_image
-from unet_keras.files import atomic_path
+from unet_keras.io.atomic import atomic_path
+from unet_keras.io.readers import read_image, read_mask
+from unet_keras.io.writers import write_image
 
 
 def test_atomic_path_renames_on_success(tmp_path):

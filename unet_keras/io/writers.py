@@ -9,7 +9,7 @@ import numpy as np
 import tifffile
 from PIL import Image
 
-from unet_keras.files import atomic_path
+from unet_keras.io.atomic import atomic_path
 
 
 def write_image(path: str | os.PathLike, array: np.ndarray) -> None:

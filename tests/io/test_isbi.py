@@ -1,24 +1,18 @@
 """The loaders on the real ISBI 2012 data, as folders and as the challenge's TIFF stacks."""
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import tifffile
 
-from unet_keras.data import infer_mask_config, load_dataset, mask_to_labels
+from unet_keras.io.masks import infer_mask_config, mask_to_labels
+from unet_keras.io.readers import load_dataset
 
-ISBI = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "isbi2012"
-
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(not ISBI.is_dir(), reason=f"ISBI 2012 data not found at {ISBI}"),
-]
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def train():
-    return load_dataset(ISBI / "train", require_masks=True)
+def train(isbi):
+    return load_dataset(isbi / "train", require_masks=True)
 
 
 def test_isbi_train_folder_has_24_pairs_of_512_uint8(train):
@@ -29,8 +23,8 @@ def test_isbi_train_folder_has_24_pairs_of_512_uint8(train):
         assert set(np.unique(sample.mask).tolist()) == {0, 255}
 
 
-def test_isbi_test_folder_is_unlabelled():
-    samples = load_dataset(ISBI / "test")
+def test_isbi_test_folder_is_unlabelled(isbi):
+    samples = load_dataset(isbi / "test")
     assert len(samples) == 30 and all(s.mask is None for s in samples)
 
 

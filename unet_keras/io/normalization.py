@@ -7,7 +7,7 @@ from collections.abc import Iterable
 import numpy as np
 
 from unet_keras.config import NormalizationConfig
-from unet_keras.data.sample import DataError
+from unet_keras.io.sample import DataError
 
 
 def fit_normalization(

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from unet_keras.data import Sample
-from unet_keras.data.synthetic import synthetic_em_images
+from unet_keras.io.sample import Sample
+from unet_keras.io.synthetic import synthetic_em_images
 
 
 @pytest.fixture(scope="module")

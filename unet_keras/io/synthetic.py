@@ -13,7 +13,7 @@ import functools
 import numpy as np
 from scipy import ndimage as ndi
 
-from unet_keras.data.sample import Sample
+from unet_keras.io.sample import Sample
 
 # Seed spacing in pixels, drawn per image: it sets the cell size and so the membrane fraction.
 CELL_SPACING = (22.0, 32.0)
