@@ -45,7 +45,7 @@ def measure(filters: int, calls: int, folder: Path) -> dict:
     from common import export_random_unet
 
     from unet_keras.export import variables_bytes
-    from unet_keras.model import context_margin
+    from unet_keras.geometry import context_margin
 
     model, version = export_random_unet(folder, filters)
     weights = variables_bytes(model)

@@ -86,11 +86,12 @@ def main() -> None:
     import numpy as np
     from common import publish
 
-    from unet_keras.inference import plan_axis
+    from unet_keras.geometry import plan_tiles
 
     predictor = segmenter()
     big = image(4096)
-    axis = plan_axis(4096, predictor.model_config)
+    config = predictor.model_config
+    axis = plan_tiles(4096, config.depth, config.padding, predictor.tile)
     tiles = (
         np.random.default_rng(1)
         .normal(size=(predictor.batch_size, axis.tile_in, axis.tile_in, 1))

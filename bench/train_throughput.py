@@ -57,7 +57,7 @@ def _worker(name: str, precision: str, steps: int) -> None:
     import numpy as np
 
     from unet_keras.config import ModelConfig, TrainConfig
-    from unet_keras.model import output_size
+    from unet_keras.geometry import output_size
     from unet_keras.train import compiled_model
 
     filters, tile, batch = MODELS[name]

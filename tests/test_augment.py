@@ -75,15 +75,6 @@ def test_translation_by_whole_pixels_shifts_the_image():
     np.testing.assert_allclose(moved[:, -2:], image[:, [-2, -3]], atol=1e-6)
 
 
-def test_mirror_index_matches_numpy_version():
-    indices = np.arange(-40, 60)
-    for size in (1, 2, 7):
-        expected = augment.mirror_index_numpy(indices, size)
-        got = augment.mirror_index(tf.constant(indices, tf.int32), tf.constant(size)).numpy()
-        np.testing.assert_array_equal(got, expected)
-        assert expected.min() >= 0 and expected.max() < size
-
-
 def test_deformation_runs_in_a_graph_without_python_ops():
     @tf.function(input_signature=[tf.TensorSpec((32, 32, 2), tf.float32)])
     def deform(image):

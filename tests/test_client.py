@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import math
 import random
 import socket
 import subprocess
@@ -17,8 +16,6 @@ import grpc
 import numpy as np
 import pytest
 from google.protobuf import descriptor_pb2
-from hypothesis import given, settings
-from hypothesis import strategies as st
 from PIL import Image
 
 from tests.fake_serving import FakeServing, fake_model, model_record
@@ -38,7 +35,6 @@ from unet_keras.client import (
     messages,
 )
 from unet_keras.client import cli as client_cli
-from unet_keras.client.tiling import plan_tiles, receptive_context
 
 FAST_RETRY = RetryPolicy(attempts=4, initial_backoff=0.01, max_backoff=0.02)
 DTYPES = ["uint8", "uint16", "int8", "int16", "int32", "int64", "uint32", "uint64"]
@@ -676,11 +672,6 @@ def test_tiled_segment_equals_one_request(probabilities: bool) -> None:
         np.testing.assert_array_equal(tiled.probabilities, whole.probabilities)
 
 
-def test_receptive_context_is_the_margin_plus_one_grid_cell_less_one() -> None:
-    # Checked against real exported U-Nets: with less context, tiled probabilities differ.
-    assert [receptive_context(depth) for depth in (1, 2, 3, 4, 5)] == [9, 23, 51, 107, 219]
-
-
 def test_too_little_context_or_an_off_grid_tile_shows(fake: FakeServing) -> None:
     fake.radius, fake.block = 40, 16
     image = np.random.default_rng(3).integers(0, 256, (400, 400), dtype=np.uint8)
@@ -703,39 +694,6 @@ def test_a_limit_too_small_to_tile_is_explained(fake: FakeServing) -> None:
         pytest.raises(ValueError, match="raise the message size limit"),
     ):
         tiny.segment(np.zeros((300, 300), np.uint8))
-
-
-@settings(max_examples=200, deadline=None)
-@given(
-    height=st.integers(1, 2000),
-    width=st.integers(1, 2000),
-    max_pixels=st.integers(1, 400_000),
-    context=st.integers(0, 120),
-    grid=st.sampled_from([1, 4, 16]),
-)
-def test_tile_plans_cover_the_image_with_context_on_the_grid(
-    height: int, width: int, max_pixels: int, context: int, grid: int
-) -> None:
-    try:
-        tiles = plan_tiles(height, width, max_pixels, context, grid)
-    except ValueError as error:
-        assert "too small" in str(error) and math.isqrt(max_pixels) < 2 * context + grid
-        return
-    rows = sorted({tile.rows for tile in tiles}, key=lambda span: span.start)
-    cols = sorted({tile.cols for tile in tiles}, key=lambda span: span.start)
-    assert len(tiles) == len(rows) * len(cols)
-    for spans, size in ((rows, height), (cols, width)):
-        # The kept parts partition the axis.
-        assert [s.keep_start for s in spans] == [0] + [s.keep_stop for s in spans[:-1]]
-        assert spans[-1].keep_stop == size
-        for span in spans:
-            assert span.start % grid == 0
-            assert span.start == 0 or span.keep_start - span.start >= context
-            assert span.stop == size or span.stop - span.keep_stop >= context
-    for tile in tiles:
-        assert (tile.rows.stop - tile.rows.start) * (tile.cols.stop - tile.cols.start) <= (
-            max_pixels if len(tiles) > 1 else height * width
-        )
 
 
 def test_segment_many_keeps_order_and_bounds_concurrency(

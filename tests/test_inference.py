@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 
 from unet_keras.config import MaskConfig, ModelConfig, NormalizationConfig
-from unet_keras.inference import DIHEDRAL, Segmenter, dihedral, plan_axis
+from unet_keras.geometry import context_margin, input_size_for_output, plan_tiles
+from unet_keras.inference import DIHEDRAL, Segmenter, dihedral
 from unet_keras.io.sample import DataError
-from unet_keras.model import build_unet, context_margin, input_size_for_output
+from unet_keras.model import build_unet
 from unet_keras.saving import model_metadata
 
 NORMALIZATION = NormalizationConfig("standardize", (120.0,), (40.0,), "uint8")
@@ -50,43 +51,11 @@ def whole_image_prediction(segmenter: Segmenter, image: np.ndarray) -> np.ndarra
     return np.asarray(model(normalised[None]))[0, :height, :width]
 
 
-@pytest.mark.parametrize("size", [1, 2, 7, 100, 388, 389, 512, 1000, 4096])
-def test_valid_tiles_cover_each_pixel_once(size: int) -> None:
-    axis = plan_axis(size, ModelConfig(depth=4))
-    covered = np.zeros(size, int)
-    for start, (low, high) in zip(axis.starts, axis.spans, strict=True):
-        assert start <= low < high <= start + axis.tile_out and start % 16 == 0
-        covered[low:high] += 1
-    assert np.all(covered == 1)
-    assert axis.tile_in - axis.tile_out == 2 * context_margin(4) == 184
-    assert axis.tile_out <= 516
-
-
-def test_valid_plan_shrinks_tiles_to_fit_the_image() -> None:
-    # Two tiles of 308 cover 600 pixels; two of 516 would compute 2.2x as much.
-    axis = plan_axis(600, ModelConfig(depth=4))
-    assert (len(axis.starts), axis.tile_out, axis.tile_in) == (2, 308, 492)
-    # ISBI's 512 x 512 sections take one tile; 4096 takes 8, 512 pixels apart.
-    assert plan_axis(512, ModelConfig(depth=4)).starts == (0,)
-    assert plan_axis(4096, ModelConfig(depth=4)).starts == tuple(range(0, 4096, 512))
-
-
-def test_same_plan_overlaps_and_covers() -> None:
-    axis = plan_axis(1000, ModelConfig(depth=4, padding="same"), 256, 64)
-    assert axis.starts[0] == -32 and axis.starts[-1] + 256 == 1000 + 32
-    steps = np.diff(axis.starts)
-    assert np.all(steps <= 256 - 64) and np.all(steps > 0)
-    weight_sum = np.zeros(1000)
-    for (low, high), weights in zip(axis.spans, axis.weights, strict=True):
-        weight_sum[low:high] += weights
-    np.testing.assert_allclose(weight_sum, 1.0, rtol=1e-6)
-
-
 def test_tiled_valid_prediction_equals_whole_image() -> None:
     # Odd sizes that take several tiles on both axes (output tiles of 36 pixels).
     segmenter = tiny_segmenter("valid", tile=76, batch_size=3)
     image = np.random.default_rng(1).integers(0, 256, (157, 211, 1), dtype=np.uint8)
-    assert len(plan_axis(157, segmenter.model_config, 76).starts) >= 4
+    assert len(plan_tiles(157, 2, "valid", 76).starts) >= 4
     tiled = segmenter.probabilities(image)
     assert tiled.shape == (157, 211, 1) and tiled.dtype == np.float32
     np.testing.assert_allclose(tiled, whole_image_prediction(segmenter, image), atol=1e-5)
@@ -115,7 +84,7 @@ def test_same_padding_blending_leaves_no_seam() -> None:
     # Tiling without overlap shows its tile edges; blended tiling does not.
     assert seam_ratio(naive, naive_borders) > 1.5
     assert seam_ratio(whole, naive_borders) < 1.2
-    cols = plan_axis(320, ModelConfig(depth=2, padding="same"), 64, 32)
+    cols = plan_tiles(320, 2, "same", 64, 32)
     assert 0 < np.diff(cols.starts).max() < 64
     blended_edges = [s for s in cols.starts if 0 < s < 320] + [
         s + 64 for s in cols.starts if 0 < s + 64 < 320

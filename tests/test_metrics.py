@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from unet_keras.geometry import output_size
 from unet_keras.losses import CombinedLoss, DiceLoss, WeightedCrossEntropy
 from unet_keras.metrics import Dice, IoU, PixelError
-from unet_keras.model import build_unet, output_size
+from unet_keras.model import build_unet
 
 
 def reference_scores(truth: np.ndarray, guess: np.ndarray, classes: list[int]):

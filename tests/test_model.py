@@ -7,73 +7,15 @@ import numpy as np
 import pytest
 
 from unet_keras.config import ModelConfig
-from unet_keras.model import (
-    build_unet,
-    check_input_size,
-    context_margin,
-    input_size_for_output,
+from unet_keras.geometry import (
     output_size,
-    valid_input_size,
 )
+from unet_keras.model import build_unet
 
 
 def run(model: keras.Model, images: np.ndarray) -> np.ndarray:
     """Inference without `predict`'s per-call graph tracing, which dominates on tiny models."""
     return keras.ops.convert_to_numpy(model(images, training=False))
-
-
-def simulate_valid(n: int, depth: int) -> int | None:
-    """Steps a side length through the valid-padding network; None where it breaks."""
-    for _ in range(depth):
-        n -= 4
-        if n <= 0 or n % 2:
-            return None
-        n //= 2
-    n -= 4
-    if n <= 0:
-        return None
-    for _ in range(depth):
-        n = 2 * n - 4
-    return n if n > 0 else None
-
-
-@pytest.mark.parametrize("depth", [1, 2, 3, 4])
-def test_size_helpers_agree_with_stepping_through_the_layers(depth):
-    sizes = range(1, 400)
-    workable = [n for n in sizes if simulate_valid(n, depth)]
-    assert workable
-    for n in sizes:
-        expected = next(m for m in range(n, 10_000) if simulate_valid(m, depth))
-        assert valid_input_size(n, depth) == expected
-    for n in workable:
-        out = simulate_valid(n, depth)
-        assert output_size(n, depth) == out
-        assert (n - out) // 2 == context_margin(depth)
-    for out in range(1, 200):
-        expected = next(m for m in range(1, 10_000) if (simulate_valid(m, depth) or 0) >= out)
-        assert input_size_for_output(out, depth) == expected
-
-
-def test_paper_sizes():
-    assert output_size(572) == 388
-    assert context_margin() == 92
-    assert valid_input_size(570) == 572
-    assert input_size_for_output(388) == 572
-    assert output_size(512, depth=4, padding="same") == 512
-
-
-def test_check_input_size_names_side_and_nearest_sizes():
-    check_input_size((572, 556))
-    with pytest.raises(ValueError, match=r"width 500 .*nearest workable: 492 or 508"):
-        check_input_size((572, 500))
-    with pytest.raises(ValueError, match=r"height 100 .*nearest workable: 96 or 112"):
-        check_input_size((100, 96), depth=4, padding="same")
-    with pytest.raises(ValueError, match=r"size 10 .*nearest workable: 16\b"):
-        check_input_size(10, depth=4, padding="same")
-    with pytest.raises(ValueError, match="nearest workable: 188"):
-        output_size(100)
-    with pytest.raises(ValueError, match="padding"):
-        check_input_size(64, padding="full")
 
 
 def test_tiny_valid_unet_maps_572_to_388():

@@ -8,7 +8,7 @@ by nearest neighbour so no class is invented. Coordinates outside the image are 
 which is also how a tile takes context beyond the image border (the overlap-tile strategy).
 
 Everything here is a pure TensorFlow graph: no `py_function`, so `tf.data` runs it on all
-cores. `elasticdeform_reference` wraps elasticdeform itself, the second backend.
+cores. The second backend, elasticdeform itself, runs in the training pipeline.
 """
 
 from __future__ import annotations
@@ -18,20 +18,13 @@ from collections.abc import Sequence
 import numpy as np
 import tensorflow as tf
 
+from unet_keras.geometry import mirror_index
+
 
 def _bspline3(t: np.ndarray) -> np.ndarray:
     """The cubic B-spline kernel."""
     t = np.abs(t)
     return np.where(t < 1, 2 / 3 - t**2 + t**3 / 2, np.where(t < 2, (2 - t) ** 3 / 6, 0.0))
-
-
-def mirror_index_numpy(index: np.ndarray, size: int) -> np.ndarray:
-    """Maps integer indices into [0, size) by mirroring about the end pixels (c b|a b c|b a)."""
-    if size == 1:
-        return np.zeros_like(index)
-    period = 2 * size - 2
-    index = np.abs(index) % period
-    return np.where(index >= size, period - index, index)
 
 
 def _spline_sampling_matrix(positions: np.ndarray, size: int) -> np.ndarray:
@@ -41,7 +34,7 @@ def _spline_sampling_matrix(positions: np.ndarray, size: int) -> np.ndarray:
     for offset in range(4):
         knots = first + offset
         weights = _bspline3(positions - knots)
-        np.add.at(matrix, (np.arange(len(positions)), mirror_index_numpy(knots, size)), weights)
+        np.add.at(matrix, (np.arange(len(positions)), mirror_index(knots, size)), weights)
     return matrix
 
 
@@ -72,21 +65,6 @@ def random_displacement_grid(
     return tf.random.stateless_normal((2, *points), seed=seed, stddev=sigma)
 
 
-def _mirror(coordinate: tf.Tensor, size: tf.Tensor) -> tf.Tensor:
-    """Mirrors float coordinates into [0, size - 1] about the end pixels."""
-    last = tf.cast(tf.maximum(size - 1, 1), coordinate.dtype)
-    folded = tf.math.floormod(tf.abs(coordinate), 2 * last)
-    folded = tf.where(folded > last, 2 * last - folded, folded)
-    return tf.where(size > 1, folded, tf.zeros_like(folded))
-
-
-def mirror_index(index: tf.Tensor, size: tf.Tensor) -> tf.Tensor:
-    """Mirrors integer indices into [0, size - 1] about the end pixels."""
-    period = tf.maximum(2 * size - 2, 1)
-    folded = tf.math.floormod(tf.abs(index), period)
-    return tf.where(folded >= size, period - folded, folded)
-
-
 _TAPS = {"linear": (0, 1), "cubic": (-1, 0, 1, 2)}
 INTERPOLATIONS = ("nearest", "linear", "cubic")
 
@@ -99,19 +77,25 @@ def _tap_weights(frac: tf.Tensor, interpolation: str) -> list[tf.Tensor]:
     return [rest**3 / 6, 2 / 3 - frac**2 + frac**3 / 2, 2 / 3 - rest**2 + rest**3 / 2, frac**3 / 6]
 
 
+def _mirror_coordinate(coordinate: tf.Tensor, size: tf.Tensor) -> tf.Tensor:
+    """Mirrors float coordinates into [0, size - 1] about the end pixels (0 when size is 1)."""
+    folded = mirror_index(coordinate, tf.cast(size, coordinate.dtype), tf)
+    return tf.where(size > 1, folded, tf.zeros_like(folded))
+
+
 def _resample(image: tf.Tensor, coords: tf.Tensor, modes: tuple[str, ...]) -> tf.Tensor:
     """Resamples image [H, W, C] at float (row, col) coordinates [h, w, 2], mirroring."""
     height, width = tf.shape(image)[0], tf.shape(image)[1]
-    row = _mirror(coords[..., 0], height)
-    col = _mirror(coords[..., 1], width)
+    row = _mirror_coordinate(coords[..., 0], height)
+    col = _mirror_coordinate(coords[..., 1], width)
     row0, col0 = tf.floor(row), tf.floor(col)
     row_frac, col_frac = row - row0, col - col0
     first_row, first_col = tf.cast(row0, tf.int32), tf.cast(col0, tf.int32)
     # One flat plane per channel: XLA gathers single values many times faster than rows.
     planes = tf.reshape(tf.transpose(image, (2, 0, 1)), (len(modes), -1))
     offsets = sorted({k for mode in modes for k in _TAPS.get(mode, ())})
-    row_starts = {k: mirror_index(first_row + k, height) * width for k in offsets}
-    cols = {k: mirror_index(first_col + k, width) for k in offsets}
+    row_starts = {k: mirror_index(first_row + k, height, tf) * width for k in offsets}
+    cols = {k: mirror_index(first_col + k, width, tf) for k in offsets}
     channels = []
     for plane, mode in zip(tf.unstack(planes), modes, strict=True):
         if mode == "nearest":

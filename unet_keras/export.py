@@ -27,15 +27,15 @@ import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import keras
 import numpy as np
 import tensorflow as tf
 
 from unet_keras.config import MaskConfig, ModelConfig, NormalizationConfig
-from unet_keras.inference import DEFAULT_OUTPUT_TILE, stored_threshold
-from unet_keras.model import input_size_for_output, output_size
+from unet_keras.geometry import context_margin, largest_output_tile, mirror_index, valid_tiling
+from unet_keras.inference import stored_threshold
 from unet_keras.saving import METADATA_ENTRY, load_model
 
 # A 16384 x 16384 image: larger requests are refused (INVALID_ARGUMENT) before any work,
@@ -67,13 +67,7 @@ class ServingModule(tf.Module):
         self._scale = tf.constant(normalization.scale, tf.float32)
         self._mask_dtype = tf.uint8 if max(mask.class_values) <= 255 else tf.uint16
         self._class_values = tf.constant(mask.class_values, self._mask_dtype)
-        depth = self._config.depth
-        self._largest = output_size(tile, depth) if tile else DEFAULT_OUTPUT_TILE
-        # Workable tile sizes for each needed output size 1..largest, from the model's own
-        # size arithmetic, looked up in the graph.
-        inputs = [input_size_for_output(n, depth) for n in range(1, self._largest + 1)]
-        self._tile_in_for = tf.constant(inputs)
-        self._tile_out_for = tf.constant([output_size(n, depth) for n in inputs])
+        self._largest = largest_output_tile(self._config.depth, tile)
         if threshold is None:
             threshold = stored_threshold(metadata)
         if not 0 < threshold < 1:
@@ -149,29 +143,28 @@ class ServingModule(tf.Module):
         return self._valid(image, height, width)
 
     def _valid(self, image: tf.Tensor, height: tf.Tensor, width: tf.Tensor) -> tf.Tensor:
-        """Edge-to-edge output tiles on the 2**depth grid, as `inference.plan_axis` plans."""
-        rows, cols = self._axis(height), self._axis(width)
-        margin = (rows["tile_in"] - rows["tile_out"]) // 2
+        """Edge-to-edge output tiles on the 2**depth grid, as `geometry.plan_tiles` lays them."""
+        depth = self._config.depth
+        rows = GraphAxis.plan(height, depth, self._largest)
+        cols = GraphAxis.plan(width, depth, self._largest)
         # Gather every tile's mirrored input at once: [N, rows, tile_in, cols, tile_in, C].
-        tiles = tf.gather(image, _mirror(_tile_index(rows, margin), height), axis=1)
-        tiles = tf.gather(tiles, _mirror(_tile_index(cols, margin), width), axis=3)
+        tiles = tf.gather(image, tile_index(rows, height), axis=1)
+        tiles = tf.gather(tiles, tile_index(cols, width), axis=3)
         batch, channels = tf.shape(image)[0], tf.shape(image)[3]
         tiles = tf.transpose(tiles, [0, 1, 3, 2, 4, 5])
-        tiles = tf.reshape(tiles, [-1, rows["tile_in"], cols["tile_in"], channels])
+        tiles = tf.reshape(tiles, [-1, rows.tile_in, cols.tile_in, channels])
         outputs = self._run_tiles(tiles)
         classes = tf.shape(outputs)[-1]
         outputs = tf.reshape(
-            outputs,
-            [batch, rows["count"], cols["count"], rows["tile_out"], cols["tile_out"], classes],
+            outputs, [batch, rows.count, cols.count, rows.tile_out, cols.tile_out, classes]
         )
         outputs = tf.transpose(outputs, [0, 1, 3, 2, 4, 5])
         outputs = tf.reshape(
-            outputs,
-            [batch, rows["count"] * rows["tile_out"], cols["count"] * cols["tile_out"], classes],
+            outputs, [batch, rows.count * rows.tile_out, cols.count * cols.tile_out, classes]
         )
         # Output pixel p comes from tile min(p // step, count - 1), which owns it.
-        outputs = tf.gather(outputs, _owner_index(rows, height), axis=1)
-        return tf.gather(outputs, _owner_index(cols, width), axis=2)
+        outputs = tf.gather(outputs, owner_index(rows, height), axis=1)
+        return tf.gather(outputs, owner_index(cols, width), axis=2)
 
     def _same(self, image: tf.Tensor, height: tf.Tensor, width: tf.Tensor) -> tf.Tensor:
         """The whole image at once, mirrored out to a multiple of 2**depth, centred."""
@@ -179,8 +172,8 @@ class ServingModule(tf.Module):
         rows = (-(-height // scale)) * scale
         cols = (-(-width // scale)) * scale
         top, left = (rows - height) // 2, (cols - width) // 2
-        image = tf.gather(image, _mirror(tf.range(rows) - top, height), axis=1)
-        image = tf.gather(image, _mirror(tf.range(cols) - left, width), axis=2)
+        image = tf.gather(image, mirror_index(tf.range(rows) - top, height, tf), axis=1)
+        image = tf.gather(image, mirror_index(tf.range(cols) - left, width, tf), axis=2)
         outputs = self._run_tiles(image)
         return outputs[:, top : top + height, left : left + width]
 
@@ -238,41 +231,34 @@ class ServingModule(tf.Module):
         with tf.control_dependencies([check]):
             return tf.identity(png)
 
-    def _axis(self, size: tf.Tensor) -> dict[str, tf.Tensor]:
-        """The tile plan of one axis, as `inference.plan_axis` makes it."""
-        largest = self._largest
-        remainder = largest % 2**self._config.depth
-        count = tf.where(size <= largest, 1, -(-(size - largest) // (largest - remainder)) + 1)
-        # At most `largest`: `count` tiles of that size cover the axis.
-        needed = -(-(size + (count - 1) * remainder) // count)
-        tile_in = tf.gather(self._tile_in_for, needed - 1)
-        tile_out = tf.gather(self._tile_out_for, needed - 1)
-        return {
-            "count": count,
-            "tile_in": tile_in,
-            "tile_out": tile_out,
-            "step": tile_out - remainder,
-        }
+
+class GraphAxis(NamedTuple):
+    """One axis's valid tile plan as tensors: `geometry.plan_tiles` in graph ops."""
+
+    count: tf.Tensor
+    tile_in: tf.Tensor
+    tile_out: tf.Tensor
+    step: tf.Tensor
+    margin: int
+
+    @classmethod
+    def plan(cls, size: tf.Tensor, depth: int, largest: int) -> GraphAxis:
+        """The plan along an axis of `size` pixels, output tiles of at most `largest`."""
+        count, tile_in, tile_out, step = valid_tiling(size, depth, largest, tf)
+        return cls(count, tile_in, tile_out, step, context_margin(depth))
 
 
-def _tile_index(axis: dict[str, tf.Tensor], margin: tf.Tensor) -> tf.Tensor:
-    """Input pixel indices [count, tile_in] of each tile along an axis, before mirroring."""
-    starts = tf.range(axis["count"]) * axis["step"] - margin
-    return starts[:, tf.newaxis] + tf.range(axis["tile_in"])[tf.newaxis]
+def tile_index(axis: GraphAxis, size: tf.Tensor) -> tf.Tensor:
+    """Input pixel indices [count, tile_in] of each tile along an axis, mirrored."""
+    starts = tf.range(axis.count) * axis.step - axis.margin
+    return mirror_index(starts[:, tf.newaxis] + tf.range(axis.tile_in)[tf.newaxis], size, tf)
 
 
-def _owner_index(axis: dict[str, tf.Tensor], size: tf.Tensor) -> tf.Tensor:
+def owner_index(axis: GraphAxis, size: tf.Tensor) -> tf.Tensor:
     """For each output pixel, its place in the tiles laid side by side."""
     pixel = tf.range(size)
-    tile = tf.minimum(pixel // axis["step"], axis["count"] - 1)
-    return tile * axis["tile_out"] + pixel - tile * axis["step"]
-
-
-def _mirror(index: tf.Tensor, size: tf.Tensor) -> tf.Tensor:
-    """Mirrors indices into [0, size) about the end pixels, like `np.pad(mode="reflect")`."""
-    period = tf.maximum(2 * size - 2, 1)
-    folded = tf.math.floormod(tf.abs(index), period)
-    return tf.where(folded >= size, period - folded, folded)
+    tile = tf.minimum(pixel // axis.step, axis.count - 1)
+    return tile * axis.tile_out + pixel - tile * axis.step
 
 
 def next_version(base_path: str | os.PathLike) -> int:

@@ -14,7 +14,6 @@ bounded by the tile and batch sizes, not by the image size.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections.abc import Callable, Iterator
 
@@ -23,106 +22,21 @@ import numpy as np
 import tensorflow as tf
 from tqdm.auto import tqdm
 
-from unet_keras.augment import mirror_index_numpy
 from unet_keras.config import MaskConfig, ModelConfig, NormalizationConfig
+from unet_keras.geometry import (
+    DEFAULT_OVERLAP,
+    DEFAULT_SAME_TILE,
+    AxisTiles,
+    mirror_index,
+    plan_tiles,
+)
 from unet_keras.io.masks import labels_to_mask
 from unet_keras.io.normalization import normalize
 from unet_keras.io.sample import DataError
-from unet_keras.model import context_margin, input_size_for_output, output_size
 from unet_keras.saving import load_network
-
-# Default largest output tile side for valid padding (700-pixel input tiles at depth 4):
-# a 512 x 512 section in one tile, and larger images in 512-pixel steps with no waste.
-# Larger tiles also spend less of each tile on context than training's small tiles.
-DEFAULT_OUTPUT_TILE = 516
-# Default tile side for same padding, and the share of it that neighbouring tiles overlap.
-DEFAULT_SAME_TILE = 512
-DEFAULT_OVERLAP = 0.25
 
 # The 8 symmetries of the square: (quarter turns, flip left-right).
 DIHEDRAL = tuple((turns, flip) for flip in (False, True) for turns in range(4))
-
-
-@dataclasses.dataclass(frozen=True)
-class AxisTiles:
-    """Where the tiles sit along one image axis.
-
-    Output tile i starts at pixel `starts[i]` and is predicted from the input span that
-    starts `margin` pixels before it and is `tile_in` long. It writes the pixels
-    `[spans[i][0], spans[i][1])`, each times its weight in `weights[i]` (None: 1). The
-    weights of every tile at a pixel add up to 1, so blended tiles need no final division.
-    """
-
-    size: int
-    tile_in: int
-    tile_out: int
-    margin: int
-    starts: tuple[int, ...]
-    spans: tuple[tuple[int, int], ...]
-    weights: tuple[np.ndarray, ...] | None = None
-
-
-def plan_axis(
-    size: int, model: ModelConfig, tile: int | None = None, overlap: int = 0
-) -> AxisTiles:
-    """Plans the tiles along an axis of `size` pixels; `tile` is the input tile side."""
-    if size < 1:
-        raise ValueError(f"image side must be at least 1 pixel, got {size}")
-    if model.padding == "valid":
-        return _plan_valid(size, model.depth, tile)
-    return _plan_same(size, model.depth, tile, overlap)
-
-
-def _plan_valid(size: int, depth: int, tile: int | None) -> AxisTiles:
-    """Output tiles edge to edge, each pixel written once, as few tiles as the size allows."""
-    scale = 2**depth
-    largest = output_size(tile, depth) if tile else DEFAULT_OUTPUT_TILE
-    # Tiles start at multiples of 2**depth so that every tile pools on the grid that a
-    # whole-image pass would use: the result is then exactly the whole-image prediction.
-    # Workable output sides all leave the same remainder modulo 2**depth, which
-    # neighbouring tiles overlap by.
-    remainder = largest % scale
-    count = 1 if size <= largest else -(-(size - largest) // (largest - remainder)) + 1
-    # The smallest workable tile that covers the axis with `count` tiles: an image of 600
-    # pixels takes two 308-pixel tiles rather than two of 516.
-    needed = -(-(size + (count - 1) * remainder) // count)
-    tile_in = input_size_for_output(needed, depth)
-    tile_out = output_size(tile_in, depth)
-    starts = tuple(i * (tile_out - remainder) for i in range(count))
-    spans = tuple(zip(starts, (*starts[1:], size), strict=True))
-    return AxisTiles(size, tile_in, tile_out, context_margin(depth), starts, spans)
-
-
-def _plan_same(size: int, depth: int, tile: int | None, overlap: int) -> AxisTiles:
-    """Overlapping tiles spread evenly over the axis, mirrored `overlap / 2` beyond it."""
-    scale = 2**depth
-    tile = tile or DEFAULT_SAME_TILE
-    if tile % scale:
-        raise ValueError(f"same-padding tiles must be a multiple of {scale}, got {tile}")
-    if not 0 <= overlap < tile:
-        raise ValueError(f"overlap must be in [0, {tile}) pixels for tile {tile}, got {overlap}")
-    # Reaching overlap/2 beyond each border keeps the image's own edges off tile edges.
-    span = size + overlap
-    if span <= tile:
-        tile = max(scale, -(-span // scale) * scale)
-        starts = (-((tile - size) // 2),)  # centred; the odd pixel goes below
-    else:
-        count = -(-(span - tile) // (tile - overlap)) + 1
-        first, last = -(overlap // 2), size + overlap - overlap // 2 - tile
-        starts = tuple(first + round(i * (last - first) / (count - 1)) for i in range(count))
-    # Gaussian with sigma = tile / 8 as in nnU-Net: the edges weigh exp(-8) of the centre,
-    # little but never zero, so a pixel seen by one tile only is still defined.
-    centre = (tile - 1) / 2
-    gaussian = np.exp(-0.5 * ((np.arange(tile) - centre) / (tile / 8)) ** 2)
-    spans = tuple((max(start, 0), min(start + tile, size)) for start in starts)
-    coverage = np.zeros(size)
-    for start, (low, high) in zip(starts, spans, strict=True):
-        coverage[low:high] += gaussian[low - start : high - start]
-    weights = tuple(
-        (gaussian[low - start : high - start] / coverage[low:high]).astype(np.float32)
-        for start, (low, high) in zip(starts, spans, strict=True)
-    )
-    return AxisTiles(size, tile, tile, 0, starts, spans, weights)
 
 
 def stored_threshold(metadata: dict) -> float:
@@ -176,7 +90,7 @@ class Segmenter:
             overlap = int((tile or DEFAULT_SAME_TILE) * DEFAULT_OVERLAP)
         self.overlap = overlap
         if tile is not None:
-            plan_axis(tile, self.model_config, tile, overlap)  # rejects unworkable tiles now
+            self._plan_axis(tile)  # rejects unworkable tiles now
         # One graph for every tile shape: tracing again per shape costs more than it gains.
         signature = tf.TensorSpec([None, None, None, self.model_config.in_channels], tf.float32)
         self._forward = tf.function(network, input_signature=[signature], autograph=False)
@@ -219,10 +133,12 @@ class Segmenter:
 
     def _plan(self, shape: tuple[int, ...]) -> tuple[AxisTiles, AxisTiles]:
         """The tiles along the rows and the columns of an image of `shape`."""
-        return (
-            plan_axis(shape[0], self.model_config, self.tile, self.overlap),
-            plan_axis(shape[1], self.model_config, self.tile, self.overlap),
-        )
+        return self._plan_axis(shape[0]), self._plan_axis(shape[1])
+
+    def _plan_axis(self, size: int) -> AxisTiles:
+        """The tiles along an image axis of `size` pixels."""
+        config = self.model_config
+        return plan_tiles(size, config.depth, config.padding, self.tile, self.overlap)
 
     def _predict_into(
         self,
@@ -275,9 +191,7 @@ class Segmenter:
         row_index = np.arange(rows.tile_in) + rows.starts[i] - rows.margin
         col_index = np.arange(cols.tile_in) + cols.starts[j] - cols.margin
         return image[
-            np.ix_(
-                mirror_index_numpy(row_index, rows.size), mirror_index_numpy(col_index, cols.size)
-            )
+            np.ix_(mirror_index(row_index, rows.size), mirror_index(col_index, cols.size))
         ]
 
 

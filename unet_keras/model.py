@@ -1,11 +1,9 @@
-"""The U-Net of Ronneberger, Fischer and Brox (2015) and its size arithmetic.
+"""The U-Net of Ronneberger, Fischer and Brox (2015), built from small Keras blocks.
 
-With `padding="valid"` the network is the paper's: unpadded 3x3 convolutions shrink every
-feature map, so the output is smaller than the input by a fixed context margin on each side
-(92 pixels for depth 4: a 572x572 tile predicts its central 388x388) and only some input
-sizes are workable. The size helpers below say which, without building anything; tiling
-uses them to plan overlap-tile prediction. With `padding="same"` the output has the input's
-size, which must then be a multiple of `2**depth`.
+With `padding="valid"` the network is the paper's: unpadded 3x3 convolutions, and skip
+connections cropped to the expanding path's size before they are concatenated. With
+`padding="same"` the output has the input's size. Which input sizes each accepts is
+`unet_keras.geometry`'s arithmetic.
 """
 
 from __future__ import annotations
@@ -16,123 +14,7 @@ from typing import Any
 import keras
 from keras import layers, ops
 
-PADDINGS = ("valid", "same")
-
-# Each level's two unpadded 3x3 convolutions trim this many pixels from a feature map's size.
-_CONV_TRIM = 4
-
-
-def _check_padding(padding: str) -> None:
-    if padding not in PADDINGS:
-        raise ValueError(f"padding must be one of {PADDINGS}, got {padding!r}")
-
-
-def _check_depth(depth: int) -> None:
-    if int(depth) != depth or depth < 1:
-        raise ValueError(f"depth must be a positive integer, got {depth!r}")
-
-
-def _valid_input_from_bottom(bottom: int, depth: int) -> int:
-    """Input size whose bottleneck (after its two convolutions) has size `bottom`."""
-    scale = 2**depth
-    return scale * (bottom + _CONV_TRIM) + _CONV_TRIM * (scale - 1)
-
-
-def _valid_output_from_bottom(bottom: int, depth: int) -> int:
-    """Output size of the expanding path that starts from a bottleneck of size `bottom`."""
-    scale = 2**depth
-    return scale * bottom - _CONV_TRIM * (scale - 1)
-
-
-def _smallest_bottom(depth: int) -> int:
-    """Smallest bottleneck size that still leaves an output of at least one pixel."""
-    scale = 2**depth
-    return -(-(_CONV_TRIM * (scale - 1) + 1) // scale)
-
-
-def context_margin(depth: int = 4) -> int:
-    """Pixels a valid-padding U-Net loses on each side: 92 for depth 4, as in the paper."""
-    _check_depth(depth)
-    return (_valid_input_from_bottom(1, depth) - _valid_output_from_bottom(1, depth)) // 2
-
-
-def valid_input_size(n: int, depth: int = 4) -> int:
-    """Smallest input size of at least `n` that a valid-padding U-Net of `depth` accepts."""
-    _check_depth(depth)
-    scale = 2**depth
-    # Workable sizes are input(bottom), linear in bottom with slope 2**depth.
-    bottom = -(-(n - _valid_input_from_bottom(0, depth)) // scale)
-    return _valid_input_from_bottom(max(bottom, _smallest_bottom(depth)), depth)
-
-
-def input_size_for_output(n: int, depth: int = 4) -> int:
-    """Smallest workable valid-padding input size whose output is at least `n` pixels."""
-    _check_depth(depth)
-    scale = 2**depth
-    bottom = -(-(n + _CONV_TRIM * (scale - 1)) // scale)
-    return _valid_input_from_bottom(max(bottom, _smallest_bottom(depth)), depth)
-
-
-def _smallest_input(depth: int, padding: str) -> int:
-    """Smallest side length the U-Net accepts."""
-    if padding == "same":
-        return 2**depth
-    return _valid_input_from_bottom(_smallest_bottom(depth), depth)
-
-
-def _workable_neighbours(size: int, depth: int, padding: str) -> tuple[int | None, int]:
-    """The nearest workable sizes below and above `size` (None when none is below)."""
-    scale, first = 2**depth, _smallest_input(depth, padding)
-    if padding == "same":
-        above = max(first, -(-size // scale) * scale)
-    else:
-        above = valid_input_size(size, depth)
-    below = above - scale
-    return (below if below >= first else None), above
-
-
-def _is_workable(size: int, depth: int, padding: str) -> bool:
-    if padding == "same":
-        return size > 0 and size % 2**depth == 0
-    return size > 0 and valid_input_size(size, depth) == size
-
-
-def check_input_size(size: int | Sequence[int], depth: int = 4, padding: str = "valid") -> None:
-    """Raises a ValueError naming the nearest workable sizes unless the U-Net accepts `size`.
-
-    `size` is one side length or `(height, width)`; each side is checked on its own.
-    """
-    _check_depth(depth)
-    _check_padding(padding)
-    if isinstance(size, Sequence):
-        if len(size) != 2:
-            raise ValueError(f"input size must be one length or (height, width), got {size!r}")
-        sides = list(zip(("height", "width"), size, strict=True))
-    else:
-        sides = [("size", size)]
-    for name, side in sides:
-        if int(side) != side:
-            raise ValueError(f"input {name} must be an integer, got {side!r}")
-        side = int(side)
-        if _is_workable(side, depth, padding):
-            continue
-        below, above = _workable_neighbours(side, depth, padding)
-        scale, first = 2**depth, _smallest_input(depth, padding)
-        nearest = f"{below} or {above}" if below is not None else f"{above}"
-        raise ValueError(
-            f"input {name} {side} does not fit a depth-{depth} U-Net with {padding} padding "
-            f"(workable sizes: {first}, {first + scale}, {first + 2 * scale}, ...); "
-            f"nearest workable: {nearest}"
-        )
-
-
-def output_size(input_size: int, depth: int = 4, padding: str = "valid") -> int:
-    """Output side length for an input side length; unworkable sizes raise a ValueError."""
-    check_input_size(input_size, depth, padding)
-    if padding == "same":
-        return int(input_size)
-    bottom = (int(input_size) - _valid_input_from_bottom(0, depth)) // 2**depth
-    return _valid_output_from_bottom(bottom, depth)
+from unet_keras.geometry import check_depth, check_padding
 
 
 @keras.saving.register_keras_serializable(package="unet_keras")
@@ -192,10 +74,10 @@ def build_unet(
     layers at the end of the contracting path" sit in the authors' Caffe network: on the
     deepest contracting level's output (feeding both its pooling and its skip connection)
     and on the bottleneck's output. The input is `(None, None, in_channels)`; see
-    `check_input_size` for the sizes it accepts.
+    `unet_keras.geometry.check_input_size` for the sizes it accepts.
     """
-    _check_padding(padding)
-    _check_depth(depth)
+    check_padding(padding)
+    check_depth(depth)
     for name, value in (("in_channels", in_channels), ("classes", classes), ("filters", filters)):
         if int(value) != value or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")

@@ -21,6 +21,7 @@ import tensorflow as tf
 
 from unet_keras import augment
 from unet_keras.config import AugmentConfig, MaskConfig, NormalizationConfig
+from unet_keras.geometry import mirror_index
 from unet_keras.io.masks import mask_to_labels
 from unet_keras.io.normalization import normalize
 from unet_keras.io.sample import Sample
@@ -142,8 +143,8 @@ def _check_tiles(input_size: int, output_size: int) -> int:
 
 def _mirrored_crop(array: tf.Tensor, top: tf.Tensor, left: tf.Tensor, size: int) -> tf.Tensor:
     """Crops a size x size window at (top, left), mirroring rows and columns outside."""
-    rows = augment.mirror_index(top + tf.range(size), tf.shape(array)[0])
-    cols = augment.mirror_index(left + tf.range(size), tf.shape(array)[1])
+    rows = mirror_index(top + tf.range(size), tf.shape(array)[0], tf)
+    cols = mirror_index(left + tf.range(size), tf.shape(array)[1], tf)
     return tf.gather(tf.gather(array, rows, axis=0), cols, axis=1)
 
 
@@ -187,10 +188,8 @@ def _elasticdeform_tile(stack, top, left, grid, input_size, margin, order):
 
     # The spline through the control points can overshoot them a little: leave room.
     pad = int(np.ceil(2 * np.abs(grid).max())) + 2
-    rows = augment.mirror_index_numpy(np.arange(top - pad, top + input_size + pad), stack.shape[0])
-    cols = augment.mirror_index_numpy(
-        np.arange(left - pad, left + input_size + pad), stack.shape[1]
-    )
+    rows = mirror_index(np.arange(top - pad, top + input_size + pad), stack.shape[0])
+    cols = mirror_index(np.arange(left - pad, left + input_size + pad), stack.shape[1])
     window = stack[np.ix_(rows, cols)]
     inner = slice(pad, pad + input_size)
     image, labels, weights = elasticdeform.deform_grid(

@@ -35,6 +35,7 @@ import tensorflow as tf
 
 from unet_keras import distribute, pipeline
 from unet_keras.config import MaskConfig, ModelConfig, NormalizationConfig, TrainConfig
+from unet_keras.geometry import check_input_size, output_size
 from unet_keras.io.atomic import atomic_path
 from unet_keras.io.masks import infer_mask_config
 from unet_keras.io.normalization import fit_normalization
@@ -43,7 +44,7 @@ from unet_keras.io.sample import Sample
 from unet_keras.io.synthetic import synthetic_em_images
 from unet_keras.losses import CombinedLoss, DiceLoss, WeightedCrossEntropy
 from unet_keras.metrics import Dice, IoU, PixelError
-from unet_keras.model import build_unet, check_input_size, output_size
+from unet_keras.model import build_unet
 from unet_keras.saving import load_model, model_metadata, save_model
 
 log = logging.getLogger("unet_keras.train")

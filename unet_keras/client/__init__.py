@@ -54,7 +54,7 @@ with `.code` and the server's message, verbatim, in `.details`.
 An image whose request or response would pass a message limit is cut into tiles on the
 model's pooling grid, each with enough context around the part kept (107 pixels for a
 depth-4 U-Net, from the model's record) that the stitched result of a valid-padding
-model equals the whole-image one, up to float rounding; see `unet_keras.client.tiling`.
+model equals the whole-image one, up to float rounding; see `unet_keras.geometry`.
 
 `AsyncSegmentationClient` has the same methods as coroutines, on `grpc.aio`:
 

@@ -24,7 +24,7 @@ class ClientBase(abc.ABC):
     `model_name` the name the server serves the model under. `timeout` is each call's
     deadline in seconds, retries included; `channel` and `retry` default to
     `ChannelConfig()` and `RetryPolicy()`. `context` and `grid` (pixels) override what
-    tiling reads from the model's record; see `unet_keras.client.tiling`.
+    tiling reads from the model's record; see `unet_keras.geometry`.
     """
 
     def __init__(

@@ -16,7 +16,7 @@ import numpy as np
 from unet_keras.client import messages
 from unet_keras.client.config import ChannelConfig
 from unet_keras.client.tensors import dtype_name, make_ndarray, make_tensor_proto
-from unet_keras.client.tiling import Tile, plan_tiles, receptive_context, stitch, whole
+from unet_keras.geometry import Window, plan_image_windows, receptive_reach, stitch, whole_image
 
 # Room for everything in a request or response besides the pixels: model spec, names,
 # shape, framing. Real overhead is a few hundred bytes.
@@ -140,7 +140,7 @@ def layout(model: dict[str, Any], context: int | None, grid: int | None) -> Layo
     """Tiling figures from the record's model section, unless given."""
     depth = int(model["depth"])
     return Layout(
-        receptive_context(depth) if context is None else context,
+        receptive_reach(depth) if context is None else context,
         2**depth if grid is None else grid,
         int(model["classes"]),
     )
@@ -185,18 +185,18 @@ def fits_one_request(image: np.ndarray, channel: ChannelConfig) -> bool:
 
 def tiles_for(
     image: np.ndarray, channel: ChannelConfig, layout: Layout | None, probabilities: bool
-) -> list[Tile]:
+) -> list[Window]:
     """The tiles to request; one for the whole image when it fits (layout may then be None)."""
     height, width = image.shape[:2]
     if layout is None:
-        return [whole(height, width)]
+        return [whole_image(height, width)]
     classes = layout.classes if probabilities else 0
     limit = max_tile_pixels(image, channel, classes)
-    return plan_tiles(height, width, limit, layout.context, layout.grid)
+    return plan_image_windows(height, width, limit, layout.context, layout.grid)
 
 
 def assemble(
-    tiles: Sequence[Tile], results: Sequence[dict[str, np.ndarray]], image: np.ndarray
+    tiles: Sequence[Window], results: Sequence[dict[str, np.ndarray]], image: np.ndarray
 ) -> Segmentation:
     """The tiles' outputs ([1, h, w, ...] each) stitched into the image's Segmentation."""
     height, width = image.shape[:2]

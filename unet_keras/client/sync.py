@@ -139,7 +139,7 @@ class SegmentationClient(ClientBase):
         tiles = protocol.tiles_for(image, self.channel_config, layout, probabilities)
         results = []
         for tile in tiles:
-            request = self._tile_request(image[tile.window], version, probabilities)
+            request = self._tile_request(image[tile.region], version, probabilities)
             results.append(protocol.outputs(self._call(messages.PREDICT, request, timeout)))
         return protocol.assemble(tiles, results, image)
 
