@@ -41,9 +41,9 @@ def export_random_unet(folder: Path, filters: int = 16):
     import keras
 
     from unet_keras.config import MaskConfig, ModelConfig, NormalizationConfig
-    from unet_keras.export import export_model
     from unet_keras.model import build_unet
     from unet_keras.saving import model_metadata, save_model
+    from unet_keras.serving.export import export_model
 
     keras.utils.set_random_seed(0)
     config = ModelConfig(filters=filters)

@@ -97,7 +97,7 @@ def measure_tensorflow(interpolation: str, cached: bool, seconds: float, repeats
     """Median images/s of the in-graph deformation of image + mask in a tf.data map."""
     import tensorflow as tf
 
-    from unet_keras import augment
+    from unet_keras.training import augment
 
     image, mask = _image_and_mask()
     pair = tf.constant(np.stack([image, mask], axis=-1))

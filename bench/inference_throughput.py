@@ -29,7 +29,7 @@ def segmenter(**options):
     import keras
 
     from unet_keras.config import MaskConfig, ModelConfig, NormalizationConfig
-    from unet_keras.inference import Segmenter
+    from unet_keras.inference.segmenter import Segmenter
     from unet_keras.model import build_unet
     from unet_keras.saving import model_metadata
 

@@ -25,7 +25,7 @@ from common import publish
 
 import unet_keras as uk
 from unet_keras.config import ModelConfig, TrainConfig
-from unet_keras.train import compiled_model
+from unet_keras.training.fit import compiled_model
 
 ROOT = Path(__file__).resolve().parents[1]
 ISBI = ROOT.parent / "shared" / "data" / "isbi2012" / "train"
@@ -120,7 +120,7 @@ def main() -> None:
         "Training pipeline against the training step",
         f"Valid padding, depth 4, {TILE}x{TILE} input tiles ({output}x{output} output), "
         f"batch 1, {source}, every augmentation on (elastic linear, flips, rotations, gamma, "
-        "contrast); SGD, weighted cross-entropy, no XLA, as `unet_keras.train` compiles it. "
+        "contrast); SGD, weighted cross-entropy, no XLA, as the training run compiles it. "
         f"`bench/pipeline_throughput.py --steps {args.steps} --repeats {args.repeats}`; "
         "medians.",
         [

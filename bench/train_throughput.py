@@ -1,7 +1,7 @@
 """Training step throughput: images/s, achieved GFLOP/s and peak memory per configuration.
 
 Each (model, precision) pair runs in a fresh process, so peak resident memory is its own.
-A step is `train_on_batch` on one fixed batch, compiled as `unet_keras.train` compiles it;
+A step is `train_on_batch` on one fixed batch, compiled as `unet_keras.training.fit` compiles it;
 FLOPs count 2 per multiply-add in every convolution, 3x the forward pass for a training
 step (forward, and the gradients with respect to inputs and weights).
 
@@ -58,7 +58,7 @@ def _worker(name: str, precision: str, steps: int) -> None:
 
     from unet_keras.config import ModelConfig, TrainConfig
     from unet_keras.geometry import output_size
-    from unet_keras.train import compiled_model
+    from unet_keras.training.fit import compiled_model
 
     filters, tile, batch = MODELS[name]
     policy, jit = PRECISIONS[precision]

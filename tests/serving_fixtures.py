@@ -25,9 +25,9 @@ import tensorflow as tf
 from tensorflow_serving.apis import get_model_status_pb2, model_service_pb2_grpc
 
 from unet_keras.config import MaskConfig, ModelConfig, NormalizationConfig
-from unet_keras.export import export_model
 from unet_keras.model import build_unet
 from unet_keras.saving import model_metadata, save_model
+from unet_keras.serving.export import export_model
 
 HALF_PLUS_TWO = "half_plus_two"
 HALF_PLUS_TWO_VERSION = 123
@@ -111,13 +111,19 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    """`python -m unet_keras.server` in a subprocess; stderr goes to a log file."""
+    """`python -m unet_keras.serving.server` in a subprocess; stderr goes to a log file."""
 
     def __init__(self, base: Path, name: str, log: Path, *flags: str) -> None:
         self.name = name
         self.address = f"127.0.0.1:{free_port()}"
         self.log = log
-        command = [sys.executable, "-m", "unet_keras.server", "--model-base-path", str(base)]
+        command = [
+            sys.executable,
+            "-m",
+            "unet_keras.serving.server",
+            "--model-base-path",
+            str(base),
+        ]
         command += ["--model-name", name, "--port", self.address.split(":")[1], *flags]
         with open(log, "wb") as stderr:
             self.process = subprocess.Popen(

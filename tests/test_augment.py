@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 from scipy import ndimage
 
-from unet_keras import augment
+from unet_keras.training import augment
 
 
 def _smooth_image(shape, seed=0):

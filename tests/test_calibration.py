@@ -1,4 +1,4 @@
-"""Tests for unet_keras.calibration: the threshold chosen on validation images."""
+"""Tests for unet_keras.evaluation.calibration: the threshold chosen on validation images."""
 
 from __future__ import annotations
 
@@ -7,13 +7,13 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from unet_keras.calibration import calibrate_threshold
 from unet_keras.config import MaskConfig, ModelConfig, NormalizationConfig
-from unet_keras.export import ServingModule
-from unet_keras.inference import Segmenter
+from unet_keras.evaluation.calibration import calibrate_threshold
+from unet_keras.inference.segmenter import Segmenter
 from unet_keras.io.sample import Sample
 from unet_keras.model import build_unet
 from unet_keras.saving import load_model, model_metadata, save_model
+from unet_keras.serving.export import ServingModule
 
 
 def test_the_threshold_that_reproduces_the_masks_is_chosen_and_stored(tmp_path: Path) -> None:

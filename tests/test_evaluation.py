@@ -1,4 +1,4 @@
-"""Tests for unet_keras.evaluation: ISBI 2012 scores, threshold sweeps and the figure."""
+"""Tests for unet_keras.evaluation.scores: ISBI 2012 scores, threshold sweeps and the figure."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from PIL import Image
 from scipy import ndimage
 from skimage.metrics import adapted_rand_error
 
-from unet_keras.evaluation import (
+from unet_keras.evaluation.scores import (
     FALSE_NEGATIVE_COLOUR,
     FALSE_POSITIVE_COLOUR,
     FIGURE_SEPARATOR,
@@ -296,7 +296,7 @@ def test_evaluation_figure_accepts_colour_images_and_constant_images():
 
 def test_module_does_not_import_tensorflow_or_keras():
     code = (
-        "import sys, unet_keras.evaluation; "
+        "import sys, unet_keras.evaluation.scores; "
         "assert not {'tensorflow', 'keras'} & set(sys.modules), 'heavy import'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

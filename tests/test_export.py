@@ -1,4 +1,4 @@
-"""Tests for unet_keras.export: signatures, parity with tiled prediction, ops, versions."""
+"""Tests for unet_keras.serving.export: signatures, parity with tiled prediction, ops, versions."""
 
 from __future__ import annotations
 
@@ -14,13 +14,13 @@ import pytest
 import tensorflow as tf
 from tensorflow.core.protobuf import saved_model_pb2
 
-from unet_keras import export
 from unet_keras.cli import main
 from unet_keras.config import MaskConfig, ModelConfig, NormalizationConfig
-from unet_keras.inference import Segmenter
+from unet_keras.inference.segmenter import Segmenter
 from unet_keras.io.readers import read_image
 from unet_keras.model import build_unet
 from unet_keras.saving import model_metadata, save_model
+from unet_keras.serving import export
 
 ISBI = Path(__file__).resolve().parents[2] / "shared" / "data" / "isbi2012"
 FORBIDDEN_OPS = {"PyFunc", "PyFuncStateless", "EagerPyFunc"}

@@ -16,7 +16,6 @@ import tensorflow as tf
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from unet_keras.export import GraphAxis, owner_index, tile_index
 from unet_keras.geometry import (
     DEFAULT_OUTPUT_TILE,
     check_input_size,
@@ -32,6 +31,7 @@ from unet_keras.geometry import (
     stitch,
     valid_input_size,
 )
+from unet_keras.serving.export import GraphAxis, owner_index, tile_index
 
 
 def simulate_valid(n: int, depth: int) -> int | None:
@@ -215,7 +215,7 @@ def test_receptive_reach_is_how_far_a_real_unets_output_responds(depth):
 def test_windows_with_the_reach_reproduce_the_whole_image_and_less_does_not():
     """What the client and volume blocks rely on, with a real network and Segmenter."""
     from unet_keras.config import MaskConfig, ModelConfig, NormalizationConfig
-    from unet_keras.inference import Segmenter
+    from unet_keras.inference.segmenter import Segmenter
     from unet_keras.saving import model_metadata
 
     depth = 2

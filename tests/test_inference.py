@@ -1,4 +1,4 @@
-"""Tests for unet_keras.inference: overlap-tile prediction, blending and test-time augmentation."""
+"""unet_keras.inference.segmenter: overlap-tile prediction, blending, test-time augmentation."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 
 from unet_keras.config import MaskConfig, ModelConfig, NormalizationConfig
 from unet_keras.geometry import context_margin, input_size_for_output, plan_tiles
-from unet_keras.inference import DIHEDRAL, Segmenter, dihedral
+from unet_keras.inference.segmenter import DIHEDRAL, Segmenter, dihedral
 from unet_keras.io.sample import DataError
 from unet_keras.model import build_unet
 from unet_keras.saving import model_metadata

@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from unet_keras.inference import Segmenter
+from unet_keras.inference.predict import evaluate_path
+from unet_keras.inference.segmenter import Segmenter
 from unet_keras.io.readers import read_mask
-from unet_keras.predict import evaluate_path
 
 ROOT = Path(__file__).resolve().parents[1]
 ISBI = ROOT.parent / "shared" / "data" / "isbi2012" / "train"

@@ -1,4 +1,4 @@
-"""Tests for unet_keras.losses against NumPy references on small arrays."""
+"""Tests for unet_keras.training.losses against NumPy references on small arrays."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import pytest
 
-from unet_keras.losses import (
+from unet_keras.training.losses import (
     CombinedLoss,
     DiceLoss,
     WeightedCrossEntropy,

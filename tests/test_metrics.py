@@ -1,4 +1,4 @@
-"""Tests for unet_keras.metrics, and the losses and metrics together in a tiny model."""
+"""Tests for unet_keras.training.metrics, and the losses and metrics together in a tiny model."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import pytest
 import tensorflow as tf
 
 from unet_keras.geometry import output_size
-from unet_keras.losses import CombinedLoss, DiceLoss, WeightedCrossEntropy
-from unet_keras.metrics import Dice, IoU, PixelError
 from unet_keras.model import build_unet
+from unet_keras.training.losses import CombinedLoss, DiceLoss, WeightedCrossEntropy
+from unet_keras.training.metrics import Dice, IoU, PixelError
 
 
 def reference_scores(truth: np.ndarray, guess: np.ndarray, classes: list[int]):

@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from unet_keras import pipeline
 from unet_keras.config import AugmentConfig, MaskConfig, NormalizationConfig
 from unet_keras.io.normalization import fit_normalization
 from unet_keras.io.readers import load_dataset
 from unet_keras.io.sample import Sample
 from unet_keras.io.synthetic import synthetic_em_images
+from unet_keras.training import pipeline
 
 ISBI = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "isbi2012"
 NO_AUGMENTATION = AugmentConfig(elastic=False, flips=False, rotations=False)

@@ -1,4 +1,4 @@
-"""Tests for unet_keras.predict and the predict/evaluate commands: files in, files out."""
+"""unet_keras.inference.predict and the predict/evaluate commands: files in, files out."""
 
 from __future__ import annotations
 
@@ -13,11 +13,11 @@ from PIL import Image
 
 from unet_keras.cli import main
 from unet_keras.config import MaskConfig, ModelConfig, NormalizationConfig
-from unet_keras.inference import Segmenter
+from unet_keras.inference.predict import boundary_overlay, evaluate_path, predict_path
+from unet_keras.inference.segmenter import Segmenter
 from unet_keras.io.readers import read_mask, read_pages
 from unet_keras.io.writers import write_image, write_stack
 from unet_keras.model import build_unet
-from unet_keras.predict import boundary_overlay, evaluate_path, predict_path
 from unet_keras.saving import model_metadata, save_model
 
 

@@ -33,7 +33,7 @@ from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 from tests.serving_fixtures import UNET, ServerProcess, save_unet
 from unet_keras.client import RetryPolicy, SegmentationClient, ServingError
 from unet_keras.config import ModelConfig
-from unet_keras.export import export_model
+from unet_keras.serving.export import export_model
 
 # Small enough that an over-limit image fits a cheap request (1 x 1100 x 1000 uint8).
 MAX_PIXELS = 2**20
@@ -133,7 +133,7 @@ def start_server(folder: Path, port: int | None = None) -> ServerProcess:
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    """Version 1 served by `python -m unet_keras.server`; .keras files of both versions."""
+    """Version 1 served by `python -m unet_keras.serving.server`; .keras files of both versions."""
     folder = tmp_path_factory.mktemp("reliability")
     for version, seed in SEEDS.items():
         save_tiny_unet(folder / f"v{version}.keras", seed)

@@ -1,6 +1,6 @@
 """`unet-keras serve` against TF Serving's behaviour, through the official gRPC stubs.
 
-A conformance suite: by default it starts local servers (`python -m unet_keras.server`),
+A conformance suite: by default it starts local servers (`python -m unet_keras.serving.server`),
 one per model. To hold a real TensorFlow Serving to the same tests:
 
     python -m tests.serving_fixtures /tmp/models --serving-root /models
@@ -58,7 +58,8 @@ from tests.serving_fixtures import (
     free_port,
     write_version,
 )
-from unet_keras import model_server, server
+from unet_keras.serving import grpc_services as model_server
+from unet_keras.serving import server
 
 REAL_ADDRESS = os.environ.get("UNET_TF_SERVING_ADDRESS")
 REAL_MODELS = os.environ.get("UNET_TF_SERVING_MODELS")
@@ -116,7 +117,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         return
     folder = tmp_path_factory.mktemp("served")
     export_half_plus_two(folder / HALF_PLUS_TWO, HALF_PLUS_TWO_VERSION)
-    # half_plus_two by `python -m unet_keras.server`; the U-Net in this process, which
+    # half_plus_two by `python -m unet_keras.serving.server`; the U-Net in this process, which
     # spares the machine a second TensorFlow start.
     process = ServerProcess(folder / HALF_PLUS_TWO, HALF_PLUS_TWO, folder / "half.log")
     try:
@@ -571,7 +572,7 @@ def test_serve_subcommand_and_cheap_import() -> None:
     )
     assert args.max_message_bytes == 2**31 - 1
     # The unet-keras command imports the module for its flags: TensorFlow must stay out.
-    check = "import sys, unet_keras.server; assert 'tensorflow' not in sys.modules"
+    check = "import sys, unet_keras.serving.server; assert 'tensorflow' not in sys.modules"
     subprocess.run([sys.executable, "-c", check], check=True)
 
 

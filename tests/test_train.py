@@ -239,9 +239,9 @@ def _run_workers(*argvs: list[str]) -> list[tuple[int, str]]:
 
 @pytest.mark.slow
 def test_multiworker_trains_two_local_workers_to_identical_weights(data_dir, tmp_path):
-    from unet_keras import pipeline
     from unet_keras.saving import load_model
-    from unet_keras.train import prepare_data
+    from unet_keras.training import pipeline
+    from unet_keras.training.fit import prepare_data
 
     run = tmp_path / "run"
     argv = ["--data", str(data_dir), "--run-dir", str(run), "--epochs", "2", *TINY]
@@ -270,7 +270,8 @@ def test_multiworker_trains_two_local_workers_to_identical_weights(data_dir, tmp
 
 
 def test_the_time_budget_stops_every_worker_when_one_has_spent_it(monkeypatch):
-    from unet_keras import distribute, train
+    from unet_keras.training import distribute
+    from unet_keras.training import fit as train
 
     budget = train.TimeBudget(seconds=3600)
     budget.set_model(types.SimpleNamespace(distribute_strategy=None, stop_training=False))
@@ -291,7 +292,8 @@ def test_the_time_budget_stops_every_worker_when_one_has_spent_it(monkeypatch):
     ],
 )
 def test_workers_that_would_run_different_steps_stop(monkeypatch, other_worker, message):
-    from unet_keras import distribute, train
+    from unet_keras.training import distribute
+    from unet_keras.training import fit as train
 
     # What two workers report when, say, only one of them sees the chief's state.json.
     def all_workers(strategy, values):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from unet_keras.weights import border_weight_map
+from unet_keras.training.weights import border_weight_map
 
 ISBI = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "isbi2012"
 

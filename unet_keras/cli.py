@@ -134,9 +134,9 @@ def _read_config_file(path: Path) -> dict[str, Any]:
 
 def _train(args: argparse.Namespace) -> None:
     """Trains a U-Net, chooses its threshold on the validation images, prints the results."""
-    from unet_keras.calibration import calibrate_threshold
-    from unet_keras.distribute import is_chief
-    from unet_keras.train import RunDirectory, load_samples, run
+    from unet_keras.evaluation.calibration import calibrate_threshold
+    from unet_keras.training.distribute import is_chief
+    from unet_keras.training.fit import RunDirectory, load_samples, run
 
     config = train_config(args)
     summary = run(config)
@@ -195,7 +195,7 @@ def _inspect(args: argparse.Namespace) -> None:
 
 def _segmenter(args: argparse.Namespace) -> Any:
     """The Segmenter that --model and the inference flags describe."""
-    from unet_keras.inference import Segmenter
+    from unet_keras.inference.segmenter import Segmenter
 
     return Segmenter.from_path(
         args.model,
@@ -209,7 +209,7 @@ def _segmenter(args: argparse.Namespace) -> Any:
 
 def _predict(args: argparse.Namespace) -> int:
     """Segments images; exits 1 when any input could not be processed."""
-    from unet_keras.predict import predict_path
+    from unet_keras.inference.predict import predict_path
 
     report = predict_path(
         _segmenter(args),
@@ -230,7 +230,7 @@ def _predict(args: argparse.Namespace) -> int:
 
 def _evaluate(args: argparse.Namespace) -> None:
     """Scores a model on labelled images and prints the mean scores as JSON."""
-    from unet_keras.predict import evaluate_path
+    from unet_keras.inference.predict import evaluate_path
 
     report = evaluate_path(
         _segmenter(args),
@@ -250,7 +250,7 @@ def _evaluate(args: argparse.Namespace) -> None:
 
 def _export(args: argparse.Namespace) -> None:
     """Exports a model as the next SavedModel version; prints its directory last."""
-    from unet_keras.export import export_model
+    from unet_keras.serving.export import export_model
 
     options = {"tile": args.tile, "threshold": args.threshold, "max_pixels": args.max_pixels}
     target = export_model(args.model, args.base_path, args.version, **options)
@@ -407,7 +407,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.set_defaults(run=_export)
 
     # Imports no TensorFlow: the server loads it only when it runs.
-    from unet_keras.server import add_serve_parser
+    from unet_keras.serving.server import add_serve_parser
 
     add_serve_parser(commands)
     return parser

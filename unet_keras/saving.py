@@ -18,9 +18,6 @@ from typing import Any
 import keras
 
 # Imported for their registered Keras objects, which loading a model file needs.
-import unet_keras.losses
-import unet_keras.metrics
-import unet_keras.model  # noqa: F401
 from unet_keras.config import MaskConfig, ModelConfig, NormalizationConfig
 from unet_keras.io.atomic import atomic_path
 

@@ -11,7 +11,7 @@ from unet_keras.client.errors import DeadlineExceededError
 from unet_keras.client.protocol import Layout, Version
 
 METHODS = (messages.PREDICT, messages.GET_MODEL_METADATA, messages.GET_MODEL_STATUS)
-# The exported model's aliases (unet_keras.export).
+# The exported model's aliases (unet_keras.serving.export).
 SEGMENT_SIGNATURE = "serving_default"
 METADATA_SIGNATURE = "metadata"
 IMAGE_INPUT = "image"

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from unet_keras.evaluation import (
+from unet_keras.evaluation.scores import (
     SWEEP_THRESHOLDS,
     best_threshold,
     evaluation_figure,
@@ -29,7 +29,7 @@ from unet_keras.evaluation import (
     segmentation_scores,
     threshold_sweep,
 )
-from unet_keras.inference import Segmenter
+from unet_keras.inference.segmenter import Segmenter
 from unet_keras.io.atomic import atomic_path
 from unet_keras.io.masks import mask_to_labels
 from unet_keras.io.readers import IMAGE_SUFFIXES, list_images, load_dataset, read_pages

@@ -33,7 +33,6 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from unet_keras import distribute, pipeline
 from unet_keras.config import MaskConfig, ModelConfig, NormalizationConfig, TrainConfig
 from unet_keras.geometry import check_input_size, output_size
 from unet_keras.io.atomic import atomic_path
@@ -42,12 +41,13 @@ from unet_keras.io.normalization import fit_normalization
 from unet_keras.io.readers import load_dataset
 from unet_keras.io.sample import Sample
 from unet_keras.io.synthetic import synthetic_em_images
-from unet_keras.losses import CombinedLoss, DiceLoss, WeightedCrossEntropy
-from unet_keras.metrics import Dice, IoU, PixelError
 from unet_keras.model import build_unet
 from unet_keras.saving import load_model, model_metadata, save_model
+from unet_keras.training import distribute, pipeline
+from unet_keras.training.losses import CombinedLoss, DiceLoss, WeightedCrossEntropy
+from unet_keras.training.metrics import Dice, IoU, PixelError
 
-log = logging.getLogger("unet_keras.train")
+log = logging.getLogger("unet_keras.training.fit")
 
 MONITOR = "val_pixel_error"
 # Settings that may change between a run and its resumption.

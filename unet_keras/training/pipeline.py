@@ -19,13 +19,13 @@ from typing import Protocol, TypeVar
 import numpy as np
 import tensorflow as tf
 
-from unet_keras import augment
 from unet_keras.config import AugmentConfig, MaskConfig, NormalizationConfig
 from unet_keras.geometry import mirror_index
 from unet_keras.io.masks import mask_to_labels
 from unet_keras.io.normalization import normalize
 from unet_keras.io.sample import Sample
-from unet_keras.weights import border_weight_map
+from unet_keras.training import augment
+from unet_keras.training.weights import border_weight_map
 
 
 class _HasName(Protocol):

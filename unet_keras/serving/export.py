@@ -5,7 +5,7 @@ A version directory holds one SavedModel with these signatures:
 - `serving_default`: `image` [N, H, W, C] raw pixels in the training images' dtype, any H
   and W -> `probabilities` float32 [N, H, W, classes] and `mask` [N, H, W] in the training
   masks' value convention. The graph normalises as training did and, for valid padding,
-  cuts mirrored tiles on the 2**depth grid, exactly as `unet_keras.inference` does, so it
+  cuts mirrored tiles on the 2**depth grid, exactly as `unet_keras.inference.segmenter` does, so it
   gives the same result; same padding pads the image to a workable size, mirrored.
 - `segment_png`: `image_png` [N] PNG bytes (8- or 16-bit) -> `mask_png` [N] PNG bytes.
 - `metadata`: no input -> `metadata`, the model's record (normalisation, mask convention,
@@ -35,7 +35,7 @@ import tensorflow as tf
 
 from unet_keras.config import MaskConfig, ModelConfig, NormalizationConfig
 from unet_keras.geometry import context_margin, largest_output_tile, mirror_index, valid_tiling
-from unet_keras.inference import stored_threshold
+from unet_keras.inference.segmenter import stored_threshold
 from unet_keras.saving import METADATA_ENTRY, load_model
 
 # A 16384 x 16384 image: larger requests are refused (INVALID_ARGUMENT) before any work,

@@ -62,7 +62,7 @@ class Segmenter:
     neighbouring tiles in pixels; `tta` averages the predictions of the image's 8 flips
     and rotations; `threshold` turns a one-channel (sigmoid) model's probability into
     class 1 (default: the one chosen on the validation images after training, see
-    `unet_keras.calibration`, else 0.5).
+    `unet_keras.evaluation.calibration`, else 0.5).
     """
 
     def __init__(

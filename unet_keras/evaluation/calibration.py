@@ -14,13 +14,13 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from unet_keras.evaluation import (
+from unet_keras.evaluation.scores import (
     SWEEP_THRESHOLDS,
     best_threshold,
     mean_scores,
     threshold_sweep,
 )
-from unet_keras.inference import Segmenter
+from unet_keras.inference.segmenter import Segmenter
 from unet_keras.io.masks import mask_to_labels
 from unet_keras.io.sample import Sample
 from unet_keras.saving import update_metadata

@@ -2,7 +2,7 @@
 
 Predictions become classes by thresholding the one sigmoid channel at 0.5 (binary; class 1
 is the foreground) or by argmax over K softmax channels. Targets follow the layout in
-`unet_keras.losses`; their loss weights only matter where they are 0: such pixels (outside
+`unet_keras.training.losses`; their loss weights only matter where they are 0: such pixels (outside
 the image, in the pipeline's validation tiles) are not counted. IoU and Dice are computed
 from counts summed over every pixel seen since the last reset, not averaged per batch.
 """
@@ -14,7 +14,7 @@ from typing import Any
 import keras
 from keras import ops
 
-from unet_keras.losses import check_predictions, split_targets
+from unet_keras.training.losses import check_predictions, split_targets
 
 
 def _predicted_classes(y_pred: Any) -> Any:

@@ -1,6 +1,6 @@
 """TensorFlow Serving's gRPC behaviour for one model's SavedModel versions, in Python.
 
-`unet_keras.server` runs this as `unet-keras serve`: PredictionService.Predict and
+`unet_keras.serving.server` runs this as `unet-keras serve`: PredictionService.Predict and
 GetModelMetadata and ModelService.GetModelStatus, on tensorflow-serving-api's protos, with
 TF Serving's status codes and message texts. Sources followed (github.com/tensorflow/serving):
 

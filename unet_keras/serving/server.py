@@ -4,7 +4,7 @@ For tests and local use where `tensorflow_model_server` is not at hand (it canno
 pip-installed). It serves the SavedModel versions under a base path to the official
 tensorflow-serving-api clients: PredictionService.Predict and GetModelMetadata,
 ModelService.GetModelStatus, with TF Serving's codes and messages (see
-`unet_keras.model_server` for what matches and what does not).
+`unet_keras.serving.grpc_services` for what matches and what does not).
 
 Like TF Serving it loads the latest version before it opens its port, polls the base path
 for new versions, loads a new one before it unloads the old one, and never serves one that
@@ -102,7 +102,7 @@ def _serve(
     args: argparse.Namespace, tls: tuple[bytes, bytes] | None, stop: threading.Event
 ) -> int:
     """Loads the latest version, then listens and polls until `stop` is set."""
-    from unet_keras import model_server  # TensorFlow loads only to serve
+    from unet_keras.serving import grpc_services as model_server
 
     manager = model_server.ModelManager(args.model_name, args.model_base_path)
     try:
@@ -133,9 +133,9 @@ def _serve(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m unet_keras.server`: the same server as `unet-keras serve`."""
+    """`python -m unet_keras.serving.server`: the same server as `unet-keras serve`."""
     parser = argparse.ArgumentParser(
-        prog="python -m unet_keras.server",
+        prog="python -m unet_keras.serving.server",
         description=__doc__.splitlines()[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )

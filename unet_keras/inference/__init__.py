@@ -1,0 +1,2 @@
+"""The inference stage: overlap-tile prediction (`Segmenter`) and predicting files,
+folders and stacks."""
