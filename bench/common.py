@@ -40,19 +40,17 @@ def export_random_unet(folder: Path, filters: int = 16):
     """
     import keras
 
-    from unet_keras.config import MaskConfig, ModelConfig, NormalizationConfig
+    from unet_keras.config import MaskConfig, ModelConfig, ModelRecord, NormalizationConfig
     from unet_keras.model import build_unet
-    from unet_keras.saving import model_metadata, save_model
+    from unet_keras.saving import save_model
     from unet_keras.serving.export import export_model
 
     keras.utils.set_random_seed(0)
     config = ModelConfig(filters=filters)
     model = build_unet(**config.to_dict())
-    metadata = model_metadata(
-        MaskConfig((0, 255)), NormalizationConfig("standardize", (128.0,), (50.0,)), config,
-        (572, 388),
-    )  # fmt: skip
-    save_model(model, folder / "model.keras", metadata)
+    normalization = NormalizationConfig("standardize", (128.0,), (50.0,))
+    record = ModelRecord(MaskConfig((0, 255)), normalization, config, (572, 388))
+    save_model(model, folder / "model.keras", record)
     return model, export_model(folder / "model.keras", folder / "base")
 
 

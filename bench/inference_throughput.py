@@ -28,18 +28,15 @@ def segmenter(**options):
     """A Segmenter for the default configuration with random weights."""
     import keras
 
-    from unet_keras.config import MaskConfig, ModelConfig, NormalizationConfig
+    from unet_keras.config import MaskConfig, ModelConfig, ModelRecord, NormalizationConfig
     from unet_keras.inference.segmenter import Segmenter
     from unet_keras.model import build_unet
-    from unet_keras.saving import model_metadata
 
     keras.utils.set_random_seed(0)
     config = ModelConfig(filters=16)
-    metadata = model_metadata(
-        MaskConfig((0, 255)), NormalizationConfig("standardize", (128.0,), (50.0,)), config,
-        (316, 132),
-    )  # fmt: skip
-    return Segmenter.from_model(build_unet(**config.to_dict()), metadata, **options)
+    normalization = NormalizationConfig("standardize", (128.0,), (50.0,))
+    record = ModelRecord(MaskConfig((0, 255)), normalization, config, (316, 132))
+    return Segmenter.from_model(build_unet(**config.to_dict()), record, **options)
 
 
 def image(size: int):

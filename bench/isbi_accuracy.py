@@ -65,7 +65,7 @@ def main() -> None:
     from common import publish
 
     from unet_keras.evaluation.scores import mean_scores, segmentation_scores
-    from unet_keras.inference.predict import evaluate_path
+    from unet_keras.evaluation.report import evaluate_path
     from unet_keras.inference.segmenter import Segmenter
 
     work = Path(tempfile.mkdtemp(prefix="isbi_accuracy_"))
@@ -123,7 +123,7 @@ def main() -> None:
 
 def write_figure(segmenter, held_out: Path) -> None:
     """`unet-keras evaluate`'s figure for section 20, its central 256 x 256 (kept small)."""
-    from unet_keras.evaluation.scores import evaluation_figure
+    from unet_keras.evaluation.figures import evaluation_figure
     from unet_keras.io.readers import read_image
     from unet_keras.io.writers import write_image
 

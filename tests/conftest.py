@@ -20,3 +20,62 @@ def isbi() -> Path:
     if not (ISBI / "train" / "images").is_dir():
         pytest.skip(f"ISBI 2012 data not found at {ISBI}")
     return ISBI
+
+
+@pytest.fixture
+def tiny_unet():
+    """The shared tiny U-Net and its record: `tiny_unet(config=TINY, seed=7, tile=(92, 52))`."""
+    from tests.serving_fixtures import tiny_unet
+
+    return tiny_unet
+
+
+@pytest.fixture
+def tiny_model_file(tmp_path: Path):
+    """Saves the tiny U-Net in tmp_path: `tiny_model_file(name, config=, seed=, tile=)`."""
+    from tests.serving_fixtures import save_unet
+
+    def save(*args, **kwargs) -> Path:
+        return save_unet(
+            tmp_path / f"model_{len(list(tmp_path.glob('model_*')))}.keras", *args, **kwargs
+        )
+
+    return save
+
+
+@pytest.fixture
+def membrane_white_model(tiny_model_file) -> Path:
+    """The tiny U-Net whose masks are drawn membrane-white, (255, 0): its `.keras` file."""
+    from unet_keras.config import MaskConfig
+
+    return tiny_model_file(mask=MaskConfig((255, 0)), seed=5)
+
+
+@pytest.fixture(scope="session")
+def tiny_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny U-Net exported as version 1 (tile 76, at most 10**7 pixels); its folder."""
+    from tests.serving_fixtures import export_unet
+
+    return export_unet(tmp_path_factory.mktemp("tiny_export"))
+
+
+@pytest.fixture(scope="session")
+def tiny_server(tiny_export: Path, tmp_path_factory: pytest.TempPathFactory):
+    """`unet-keras serve` of the tiny export in a subprocess, AVAILABLE; its ServerProcess."""
+    from tests.serving_fixtures import UNET, ServerProcess
+
+    log = tmp_path_factory.mktemp("tiny_server") / "server.log"
+    process = ServerProcess(tiny_export.parent, UNET, log, "--poll-seconds", "0.2")
+    process.wait_available()
+    yield process
+    process.terminate()
+    process.wait()
+
+
+@pytest.fixture(scope="session")
+def synthetic_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Six 96x96 synthetic image/mask pairs in images/ and masks/ (ISBI convention)."""
+    from unet_keras.config import SyntheticConfig
+    from unet_keras.workflows import synthetic
+
+    return synthetic(SyntheticConfig(str(tmp_path_factory.mktemp("data")), count=6, size=96))

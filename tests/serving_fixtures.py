@@ -21,12 +21,13 @@ from pathlib import Path
 
 import grpc
 import keras
+import numpy as np
 import tensorflow as tf
-from tensorflow_serving.apis import get_model_status_pb2, model_service_pb2_grpc
+from tensorflow_serving.apis import get_model_status_pb2, model_service_pb2_grpc, predict_pb2
 
-from unet_keras.config import MaskConfig, ModelConfig, NormalizationConfig
+from unet_keras.config import MaskConfig, ModelConfig, ModelRecord, NormalizationConfig
 from unet_keras.model import build_unet
-from unet_keras.saving import model_metadata, save_model
+from unet_keras.saving import save_model
 from unet_keras.serving.export import export_model
 
 HALF_PLUS_TWO = "half_plus_two"
@@ -83,24 +84,63 @@ def export_half_plus_two(base: Path, version: int, a: float = 0.5, b: float = 2.
     )
 
 
-def save_unet(path: Path, config: ModelConfig, tile: tuple[int, int], seed: int) -> Path:
-    """A U-Net of `config` with weights from `seed`, saved as `.keras` with its metadata."""
+# The tiny U-Net the tests share: seeded, 4 filters, depth 2, no dropout, ISBI masks.
+TINY = ModelConfig(filters=4, depth=2, padding="valid", dropout=0.0)
+TINY_NORMALIZATION = NormalizationConfig("standardize", (120.0,), (40.0,), "uint8")
+ISBI_MASKS = MaskConfig((0, 255))
+
+
+def tiny_unet(
+    config: ModelConfig = TINY,
+    seed: int = 7,
+    tile: tuple[int, int] = (92, 52),
+    mask: MaskConfig = ISBI_MASKS,
+) -> tuple[keras.Model, ModelRecord]:
+    """A U-Net of `config` with weights from `seed`, and its record (ISBI masks by default)."""
     keras.utils.set_random_seed(seed)
-    metadata = model_metadata(
-        MaskConfig((0, 255)),
-        NormalizationConfig("standardize", (120.0,), (40.0,), "uint8"),
-        config,
-        tile,
-    )
-    save_model(build_unet(**config.to_dict()), path, metadata)
+    record = ModelRecord(mask, TINY_NORMALIZATION, config, tile)
+    return build_unet(**config.to_dict()), record
+
+
+def save_unet(path: Path, **options: object) -> Path:
+    """`tiny_unet(**options)` saved as a `.keras` file with its record."""
+    model, record = tiny_unet(**options)
+    save_model(model, path, record)
     return path
 
 
 def export_unet(folder: Path, version: int = UNET_VERSION) -> Path:
-    """Exports a seeded tiny valid-padding U-Net (depth 2, 4 filters) under `folder/unet/`."""
-    config = ModelConfig(filters=4, depth=2, padding="valid", dropout=0.0)
-    model_file = save_unet(folder / "model.keras", config, (92, 52), seed=7)
+    """Exports the tiny U-Net under `folder/unet/`; returns the version's folder."""
+    model_file = save_unet(folder / "model.keras")
     return export_model(model_file, folder / UNET, version, tile=76, max_pixels=10**7)
+
+
+def predict_request(
+    model: str = HALF_PLUS_TWO, signature: str = "", **inputs: object
+) -> predict_pb2.PredictRequest:
+    """A PredictRequest with NumPy inputs (which make_tensor_proto puts in tensor_content)."""
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = model
+    request.model_spec.signature_name = signature
+    for name, value in inputs.items():
+        request.inputs[name].CopyFrom(tf.make_tensor_proto(value))
+    return request
+
+
+def floats(*values: float) -> np.ndarray:
+    """half_plus_two's input `x`."""
+    return np.array(values, np.float32)
+
+
+def write_garbage(path: Path) -> None:
+    """A version directory whose saved_model.pb is no protocol buffer."""
+    path.mkdir()
+    (path / "saved_model.pb").write_bytes(b"\x00 not a SavedModel")
+
+
+def random_images(count: int, shape: tuple[int, int] = (45, 61), seed: int = 0) -> np.ndarray:
+    """Random uint8 (count, H, W, 1) images."""
+    return np.random.default_rng(seed).integers(0, 256, (count, *shape, 1), dtype=np.uint8)
 
 
 def free_port() -> int:
@@ -111,19 +151,13 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    """`python -m unet_keras.serving.server` in a subprocess; stderr goes to a log file."""
+    """`unet-keras serve` in a subprocess; stderr goes to a log file."""
 
     def __init__(self, base: Path, name: str, log: Path, *flags: str) -> None:
         self.name = name
         self.address = f"127.0.0.1:{free_port()}"
         self.log = log
-        command = [
-            sys.executable,
-            "-m",
-            "unet_keras.serving.server",
-            "--model-base-path",
-            str(base),
-        ]
+        command = [sys.executable, "-m", "unet_keras.cli", "serve", "--model-base-path", str(base)]
         command += ["--model-name", name, "--port", self.address.split(":")[1], *flags]
         with open(log, "wb") as stderr:
             self.process = subprocess.Popen(

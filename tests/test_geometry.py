@@ -214,15 +214,14 @@ def test_receptive_reach_is_how_far_a_real_unets_output_responds(depth):
 
 def test_windows_with_the_reach_reproduce_the_whole_image_and_less_does_not():
     """What the client and volume blocks rely on, with a real network and Segmenter."""
-    from unet_keras.config import MaskConfig, ModelConfig, NormalizationConfig
+    from unet_keras.config import MaskConfig, ModelConfig, ModelRecord, NormalizationConfig
     from unet_keras.inference.segmenter import Segmenter
-    from unet_keras.saving import model_metadata
 
     depth = 2
     model = tiny_valid_unet(depth)
     config = ModelConfig(depth=depth, filters=4, dropout=0.0)
     normalization = NormalizationConfig("standardize", (128.0,), (64.0,), "uint8")
-    record = model_metadata(MaskConfig((0, 255)), normalization, config, (92, 52))
+    record = ModelRecord(MaskConfig((0, 255)), normalization, config, (92, 52))
     segmenter = Segmenter.from_model(model, record, tile=76)
     image = np.random.default_rng(4).integers(0, 256, (131, 173, 1), dtype=np.uint8)
     whole = segmenter.probabilities(image)

@@ -1,21 +1,106 @@
-"""Settings as dataclasses that round-trip through JSON.
+"""Settings and records as dataclasses: one place for each setting's type, default and help.
 
 Every stage reads its settings from here, so training, prediction and export agree on one
-description of the data (mask convention, intensity normalisation) and of the model.
+description of the data (mask convention, intensity normalisation) and of the model. Each
+field carries its help text (`setting`), and a `Literal` type lists its choices: the
+`unet-keras` flags, their `--help`, the checks on values (from flags, config files or
+Python) and README's settings table are all made from these fields.
+
+`ModelRecord` is what a model file carries besides its weights, and what an export's
+`metadata` signature returns: it must stay readable by every later stage and the client.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
-from typing import Any, TypeVar
+import functools
+import os
+import types
+import typing
+from typing import Any, Literal, TypeVar, Union
 
-T = TypeVar("T")
+T = TypeVar("T", bound="Settings")
+
+
+def setting(default: Any = dataclasses.MISSING, *, help: str, **metadata: Any) -> Any:
+    """A dataclass field with its help text; `cli=False` keeps it off the command line,
+    `positional=True` makes it a positional argument there."""
+    return dataclasses.field(default=default, metadata={"help": help, **metadata})
+
+
+@functools.cache
+def field_types(cls: type) -> dict[str, Any]:
+    """The resolved type of each field of a settings class."""
+    return typing.get_type_hints(cls)
+
+
+def unwrap_optional(kind: Any) -> tuple[Any, bool]:
+    """(the type without `| None`, whether None is allowed)."""
+    if typing.get_origin(kind) in (Union, types.UnionType):
+        members = [k for k in typing.get_args(kind) if k is not type(None)]
+        if len(members) == 1:
+            return members[0], len(members) < len(typing.get_args(kind))
+    return kind, False
+
+
+def choices(kind: Any) -> tuple[Any, ...] | None:
+    """The allowed values of a `Literal` type (or an optional one), else None."""
+    kind, _ = unwrap_optional(kind)
+    return typing.get_args(kind) if typing.get_origin(kind) is Literal else None
+
+
+class Settings:
+    """Mixin for frozen settings dataclasses: checked values and a JSON round trip.
+
+    Values are checked against their field's type as they arrive (a config file or a
+    record from a server may hold anything); subclasses add their own rules in `check`.
+    """
+
+    def __post_init__(self) -> None:
+        for field in dataclasses.fields(self):  # type: ignore[arg-type]
+            value = _checked(type(self), field.name, getattr(self, field.name))
+            object.__setattr__(self, field.name, value)
+        self.check()
+
+    def check(self) -> None:
+        """Raises a ValueError naming the setting when a value breaks a rule of the class."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """Returns the settings as plain JSON-compatible values."""
+        return {f.name: _as_plain(getattr(self, f.name)) for f in dataclasses.fields(self)}  # type: ignore[arg-type]
+
+    @classmethod
+    def from_dict(cls: type[T], values: dict[str, Any]) -> T:
+        """Builds the settings from `to_dict` output, or part of it; unknown keys raise a
+        ValueError. A nested section given in part keeps the rest of its default."""
+        if not isinstance(values, dict):
+            raise ValueError(f"{cls.__name__}: expected a mapping of settings, got {values!r}")
+        fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        unknown = sorted(set(values) - set(fields))
+        if unknown:
+            raise ValueError(
+                f"{cls.__name__}: unknown setting(s) {unknown}; expected some of {sorted(fields)}"
+            )
+        missing = sorted(
+            name
+            for name, field in fields.items()
+            if name not in values
+            and field.default is dataclasses.MISSING
+            and field.default_factory is dataclasses.MISSING
+        )
+        if missing:
+            raise ValueError(f"{cls.__name__}: missing setting(s) {missing}")
+        values = dict(values)
+        for name, value in values.items():
+            default = fields[name].default
+            if isinstance(default, Settings) and isinstance(value, dict):
+                values[name] = type(default).from_dict({**default.to_dict(), **value})
+        return cls(**values)
 
 
 def _as_plain(value: Any) -> Any:
-    """Turns tuples into lists and nested configs into dicts, so the result is plain JSON."""
-    if isinstance(value, _JsonConfig):
+    """Turns tuples into lists and nested settings into dicts, so the result is plain JSON."""
+    if isinstance(value, Settings):
         return value.to_dict()
     if isinstance(value, (list, tuple)):
         return [_as_plain(item) for item in value]
@@ -24,45 +109,63 @@ def _as_plain(value: Any) -> Any:
     return value
 
 
-class _JsonConfig:
-    """Mixin: `to_dict`/`from_dict` and JSON text, rejecting unknown keys by name."""
+def _checked(cls: type, name: str, value: Any) -> Any:
+    """`value` converted to the field's type (lists to tuples, dicts to settings), or a
+    ValueError that names `cls.name`, the expected type and the value."""
+    kind, optional = unwrap_optional(field_types(cls)[name])
+    if value is None and optional:
+        return None
+    where = f"{cls.__name__}.{name}"
+    allowed = choices(kind)
+    if allowed is not None:
+        if value not in allowed:
+            raise ValueError(f"{where} must be one of {allowed}, got {value!r}")
+        return value
+    try:
+        return _converted(kind, value)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{where}: {error}") from None
 
-    def to_dict(self) -> dict[str, Any]:
-        """Returns the settings as plain JSON-compatible values."""
-        return {f.name: _as_plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
 
-    @classmethod
-    def from_dict(cls: type[T], values: dict[str, Any]) -> T:
-        """Builds the config from `to_dict` output; unknown keys raise a ValueError."""
-        known = {f.name: f for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - set(known))
-        if unknown:
-            raise ValueError(
-                f"{cls.__name__}: unknown setting(s) {unknown}; expected some of {sorted(known)}"
-            )
-        converted = {}
-        for name, value in values.items():
-            # JSON has no tuples or nested configs: restore them from the field's default.
-            default = known[name].default
-            if isinstance(value, list) and isinstance(default, tuple):
-                value = tuple(value)
-            elif isinstance(value, dict) and isinstance(default, _JsonConfig):
-                value = type(default).from_dict(value)
-            converted[name] = value
-        return cls(**converted)
+def _converted(kind: Any, value: Any) -> Any:
+    """`value` as `kind`: int, float, str, bool, dict, a settings class or a tuple of them."""
+    if isinstance(kind, type) and issubclass(kind, Settings):
+        if isinstance(value, (list, tuple)):
+            return kind(*value)  # the fields in order, e.g. TileSizes (572, 388)
+        return value if isinstance(value, kind) else kind.from_dict(value)
+    if typing.get_origin(kind) is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise TypeError(f"expected a list, got {value!r}")
+        items = typing.get_args(kind)
+        if len(items) == 2 and items[1] is Ellipsis:
+            return tuple(_converted(items[0], item) for item in value)
+        if len(items) != len(value):
+            raise TypeError(f"expected {len(items)} values, got {value!r}")
+        return tuple(_converted(k, item) for k, item in zip(items, value, strict=True))
+    if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if kind is int and isinstance(value, float) and value.is_integer():
+        return int(value)
+    names = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+    if kind is str and isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if kind in names and type(value) is not kind:
+        raise TypeError(f"expected {names[kind]}, got {value!r}")
+    if typing.get_origin(kind) is dict and not isinstance(value, dict):
+        raise TypeError(f"expected a mapping, got {value!r}")
+    return value
 
-    def to_json(self) -> str:
-        """Returns the settings as indented JSON text."""
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
-    @classmethod
-    def from_json(cls: type[T], text: str) -> T:
-        """Parses `to_json` output."""
-        return cls.from_dict(json.loads(text))
+def _at_least(settings: Settings, minimum: float, *names: str) -> None:
+    """Raises unless every named setting is at least `minimum` (None passes)."""
+    for name in names:
+        value = getattr(settings, name)
+        if value is not None and value < minimum:
+            raise ValueError(f"{name} must be at least {minimum}, got {value}")
 
 
 @dataclasses.dataclass(frozen=True)
-class MaskConfig(_JsonConfig):
+class MaskConfig(Settings):
     """How mask pixel values map to classes, and back when masks are written.
 
     `class_values[k]` is the pixel value of class k. Two values make a binary task whose
@@ -72,22 +175,22 @@ class MaskConfig(_JsonConfig):
     values at or above it count as the larger class value.
     """
 
-    class_values: tuple[int, ...] = (0, 255)
-    threshold: float | None = None
+    class_values: tuple[int, ...] = setting((0, 255), help="mask pixel value of each class")
+    threshold: float | None = setting(
+        None, help="binary masks: values at or above it are the larger class value"
+    )
 
-    def __post_init__(self) -> None:
-        values = tuple(int(v) for v in self.class_values)
+    def check(self) -> None:
+        values = self.class_values
         if len(values) < 2 or len(set(values)) != len(values):
             raise ValueError(
-                f"mask class_values must list at least two distinct pixel values, "
-                f"got {self.class_values!r}"
+                f"mask class_values must list at least two distinct pixel values, got {values!r}"
             )
         if self.threshold is not None and len(values) != 2:
             raise ValueError(
-                f"mask threshold applies to binary masks only; class_values "
-                f"{values!r} has {len(values)} classes"
+                f"mask threshold applies to binary masks only; class_values {values!r} has "
+                f"{len(values)} classes"
             )
-        object.__setattr__(self, "class_values", values)
 
     @property
     def num_classes(self) -> int:
@@ -101,33 +204,28 @@ class MaskConfig(_JsonConfig):
 
 
 @dataclasses.dataclass(frozen=True)
-class NormalizationConfig(_JsonConfig):
+class NormalizationConfig(Settings):
     """Intensity normalisation learnt from the training images: `(x - offset) / scale`.
 
     Stored with the model so prediction and export apply exactly the training
     preprocessing. `offset` and `scale` hold one value per channel.
     """
 
-    method: str = "standardize"
-    offset: tuple[float, ...] = (0.0,)
-    scale: tuple[float, ...] = (1.0,)
-    input_dtype: str = "uint8"
+    method: Literal["standardize", "unit_range"] = setting(
+        "standardize", help="standardize (mean/std) or unit_range (divide by the dtype maximum)"
+    )
+    offset: tuple[float, ...] = setting((0.0,), help="per channel, subtracted first")
+    scale: tuple[float, ...] = setting((1.0,), help="per channel, divided by after")
+    input_dtype: str = setting("uint8", help="dtype of the images it was fitted on")
 
-    def __post_init__(self) -> None:
-        if self.method not in ("standardize", "unit_range"):
+    def check(self) -> None:
+        if len(self.offset) != len(self.scale):
             raise ValueError(
-                f"normalization method must be 'standardize' or 'unit_range', got {self.method!r}"
+                f"normalization offset {self.offset} and scale {self.scale} need one value "
+                "per channel"
             )
-        offset = tuple(float(v) for v in self.offset)
-        scale = tuple(float(v) for v in self.scale)
-        if len(offset) != len(scale):
-            raise ValueError(
-                f"normalization offset {offset} and scale {scale} need one value per channel"
-            )
-        if any(s <= 0 for s in scale):
-            raise ValueError(f"normalization scale must be positive, got {scale}")
-        object.__setattr__(self, "offset", offset)
-        object.__setattr__(self, "scale", scale)
+        if any(s <= 0 for s in self.scale):
+            raise ValueError(f"normalization scale must be positive, got {self.scale}")
 
     @property
     def channels(self) -> int:
@@ -136,117 +234,327 @@ class NormalizationConfig(_JsonConfig):
 
 
 @dataclasses.dataclass(frozen=True)
-class AugmentConfig(_JsonConfig):
+class AugmentConfig(Settings):
     """Training augmentation: the paper's elastic deformation plus optional extras."""
 
-    elastic: bool = True
-    elastic_grid: tuple[int, int] = (3, 3)
-    elastic_sigma: float = 10.0
-    elastic_backend: str = "tensorflow"
-    interpolation: str = "linear"
-    flips: bool = True
-    rotations: bool = True
-    gamma: float = 0.0
-    contrast: float = 0.0
+    elastic: bool = setting(
+        True, help="elastic deformation (random displacements on a coarse grid, as in the paper)"
+    )
+    elastic_grid: tuple[int, int] = setting(
+        (3, 3), help="control points of the displacement grid (rows columns)"
+    )
+    elastic_sigma: float = setting(
+        10.0, help="standard deviation of the grid displacements in pixels"
+    )
+    elastic_backend: Literal["tensorflow", "elasticdeform"] = setting(
+        "tensorflow", help="tensorflow (in-graph, parallel) or elasticdeform (reference)"
+    )
+    interpolation: Literal["linear", "cubic"] = setting(
+        "linear", help="image interpolation under deformation"
+    )
+    flips: bool = setting(True, help="random horizontal flips")
+    rotations: bool = setting(True, help="random 90-degree rotations")
+    gamma: float = setting(0.0, help="random gamma: exp(uniform(-g, g)); 0 disables it")
+    contrast: float = setting(0.0, help="random contrast factor in [1 - c, 1 + c]; 0 disables it")
 
-    def __post_init__(self) -> None:
-        if self.elastic_backend not in ("tensorflow", "elasticdeform"):
-            raise ValueError(
-                f"elastic_backend must be 'tensorflow' or 'elasticdeform', "
-                f"got {self.elastic_backend!r}"
-            )
-        if self.interpolation not in ("linear", "cubic"):
-            raise ValueError(
-                f"interpolation must be 'linear' or 'cubic', got {self.interpolation!r}"
-            )
-        grid = tuple(int(v) for v in self.elastic_grid)
-        if len(grid) != 2 or min(grid) < 2:
+    def check(self) -> None:
+        if min(self.elastic_grid) < 2:
             raise ValueError(
                 f"elastic_grid must be two sizes of at least 2, got {self.elastic_grid!r}"
             )
-        object.__setattr__(self, "elastic_grid", grid)
-        for name in ("elastic_sigma", "gamma", "contrast"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        _at_least(self, 0, "elastic_sigma", "gamma", "contrast")
 
 
 @dataclasses.dataclass(frozen=True)
-class ModelConfig(_JsonConfig):
-    """The U-Net's shape: the keyword arguments of `unet_keras.build_unet`."""
+class ModelConfig(Settings):
+    """The U-Net's shape: the keyword arguments of `unet_keras.model.build_unet`."""
 
-    in_channels: int = 1
-    classes: int = 1
-    depth: int = 4
-    filters: int = 64
-    padding: str = "valid"
-    batch_norm: bool = False
-    dropout: float = 0.5
+    in_channels: int = setting(1, help="image channels (taken from the data)", cli=False)
+    classes: int = setting(
+        1, help="output channels; 1 (sigmoid) for binary masks; must match the masks"
+    )
+    depth: int = setting(4, help="poolings in the U-Net")
+    filters: int = setting(64, help="filters of the first level, doubled at every level")
+    padding: Literal["valid", "same"] = setting(
+        "valid", help="valid: the paper's unpadded convolutions; same: output size = input size"
+    )
+    batch_norm: bool = setting(False, help="batch normalisation after every convolution")
+    dropout: float = setting(
+        0.5, help="dropout rate at the end of the contracting path (0 disables it)"
+    )
 
-    def __post_init__(self) -> None:
-        if self.padding not in ("valid", "same"):
-            raise ValueError(f"padding must be 'valid' or 'same', got {self.padding!r}")
-        for name in ("in_channels", "classes", "depth", "filters"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+    def check(self) -> None:
+        _at_least(self, 1, "in_channels", "classes", "depth", "filters")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
 
 
 @dataclasses.dataclass(frozen=True)
-class TrainConfig(_JsonConfig):
-    """Everything a training run needs; `train_keras.py` flags and config files set it.
+class TileSizes(Settings):
+    """A model's training tile: input and output side lengths in pixels."""
 
-    `data` None trains on the embedded synthetic EM data set. `class_values` None infers
-    the mask convention from the masks (see `unet_keras.io.masks.infer_mask_config`).
+    input: int = setting(help="input tile side")
+    output: int = setting(help="output tile side (smaller with valid padding)")
+
+
+@dataclasses.dataclass(frozen=True)
+class Calibration(Settings):
+    """The threshold chosen on a run's validation images after training."""
+
+    value: float = setting(help="probability at or above which a pixel is foreground")
+    chosen_by: str = setting(help="the score it was chosen by")
+    images: tuple[str, ...] = setting(help="the validation images it was chosen on")
+    scores: dict[str, float] = setting(help="their mean scores at this threshold")
+    scores_at_half: dict[str, float] = setting(help="their mean scores at 0.5")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelRecord(Settings):
+    """What a model carries besides its weights, in its `.keras` file and in exports.
+
+    The mask convention and normalisation of the training data, the model's shape, its
+    training tile and, once calibrated, its threshold. Prediction, export and the client
+    read them from here, never re-derive them.
     """
 
-    data: str | None = None
-    masks: str | None = None
-    class_values: tuple[int, ...] | None = None
-    mask_threshold: float | None = None
-    foreground: str = "auto"
-    normalization: str = "standardize"
-    validation: int = 4
-    model: ModelConfig = ModelConfig(filters=16)
-    tile: int = 316
-    augment: AugmentConfig = AugmentConfig()
-    w0: float = 10.0
-    sigma: float = 5.0
-    loss: str = "cross_entropy"
-    optimizer: str = "adam"
-    learning_rate: float = 1e-3
-    momentum: float = 0.99
-    schedule: str = "constant"
-    batch_size: int = 2
-    epochs: int = 40
-    steps_per_epoch: int = 50
-    seed: int = 0
-    max_time: float | None = None
-    run_dir: str = "runs/unet"
-    strategy: str = "default"
-    precision: str = "float32"
-    jit_compile: bool = False
+    mask: MaskConfig = setting(help="the mask convention")
+    normalization: NormalizationConfig = setting(help="the intensity normalisation")
+    model: ModelConfig = setting(help="the network's shape")
+    tile: TileSizes = setting(help="the training tile")
+    threshold: Calibration | None = setting(None, help="chosen after training, if it was")
 
-    def __post_init__(self) -> None:
-        choices = {
-            "loss": ("cross_entropy", "dice", "cross_entropy+dice"),
-            "optimizer": ("sgd", "adam"),
-            "schedule": ("constant", "cosine"),
-            "strategy": ("default", "mirrored", "multiworker"),
-            "precision": ("float32", "mixed_bfloat16", "mixed_float16"),
-            "foreground": ("auto", "bright", "dark"),
-        }
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
-        for name in ("batch_size", "epochs", "steps_per_epoch", "tile"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.validation < 0:
-            raise ValueError(f"validation must be >= 0 images, got {self.validation}")
+    @property
+    def threshold_value(self) -> float:
+        """The threshold chosen after training, else 0.5."""
+        return 0.5 if self.threshold is None else self.threshold.value
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig(Settings):
+    """Everything a training run needs; `train_keras.py` flags and config files set it."""
+
+    data: str | None = setting(
+        None,
+        help="data folder (images/ + masks/), ISBI TIFF stack, or images folder with --masks; "
+        "none: the embedded synthetic EM data set",
+    )
+    masks: str | None = setting(
+        None, help="masks folder or label stack when not beside the images"
+    )
+    class_values: tuple[int, ...] | None = setting(
+        None,
+        help="mask pixel value of each class, e.g. 0 255 (ISBI: membrane 0, cells 255) or "
+        "255 0 (membrane drawn white); none: inferred from the masks",
+    )
+    mask_threshold: float | None = setting(
+        None,
+        help="binary masks only: values at or above it are the larger class value (for lossy "
+        "masks)",
+    )
+    foreground: Literal["auto", "bright", "dark"] = setting(
+        "auto",
+        help="with inferred binary masks: which value marks the cells (auto: the majority "
+        "value, right for EM membrane masks)",
+    )
+    normalization: Literal["standardize", "unit_range"] = setting(
+        "standardize",
+        help="intensity normalisation learnt from the training images: standardize "
+        "(mean/std) or unit_range (divide by the dtype maximum)",
+    )
+    validation: int = setting(4, help="whole images held out for validation")
+    model: ModelConfig = setting(ModelConfig(filters=16), help="the network's shape")
+    tile: int = setting(
+        316,
+        help="input tile side in pixels (valid padding: the output is 184 px smaller at depth 4)",
+    )
+    augment: AugmentConfig = setting(AugmentConfig(), help="the augmentations")
+    w0: float = setting(10.0, help="border weight map: weight of the gaps between cells")
+    sigma: float = setting(5.0, help="border weight map: width of the gaps in pixels")
+    loss: Literal["cross_entropy", "dice", "cross_entropy+dice"] = setting(
+        "cross_entropy", help="cross_entropy is weighted by the border map"
+    )
+    optimizer: Literal["adam", "sgd"] = setting(
+        "adam", help="adam, or sgd (the paper's, with --momentum)"
+    )
+    learning_rate: float = setting(1e-3, help="initial learning rate")
+    momentum: float = setting(0.99, help="SGD momentum (paper: 0.99)")
+    schedule: Literal["constant", "cosine"] = setting(
+        "constant", help="learning rate schedule: constant, or cosine decay to 0"
+    )
+    batch_size: int = setting(2, help="tiles per step (global, over all replicas)")
+    epochs: int = setting(40, help="epochs to train")
+    steps_per_epoch: int = setting(50, help="training steps per epoch")
+    seed: int = setting(0, help="random seed: data split, weights, tiles")
+    max_time: float | None = setting(
+        None, help="stop after this many seconds, keeping the best model so far"
+    )
+    run_dir: str = setting(
+        "runs/unet", help="directory for the model, logs and summary; rerun to resume"
+    )
+    strategy: Literal["default", "mirrored", "multiworker"] = setting(
+        "default", help="default, mirrored (GPUs of one machine) or multiworker (TF_CONFIG)"
+    )
+    precision: Literal["float32", "mixed_bfloat16", "mixed_float16"] = setting(
+        "float32", help="mixed_bfloat16 suits CPUs with bf16, mixed_float16 GPUs"
+    )
+    jit_compile: bool = setting(False, help="compile the training step with XLA")
+
+    def check(self) -> None:
+        _at_least(self, 1, "batch_size", "epochs", "steps_per_epoch", "tile")
+        _at_least(self, 0, "validation")
         if self.learning_rate <= 0:
             raise ValueError(f"learning_rate must be positive, got {self.learning_rate}")
         if self.max_time is not None and self.max_time <= 0:
             raise ValueError(f"max_time must be positive seconds, got {self.max_time}")
-        if self.class_values is not None:
-            object.__setattr__(self, "class_values", tuple(int(v) for v in self.class_values))
+
+
+@dataclasses.dataclass(frozen=True)
+class InferenceConfig(Settings):
+    """How a model is run over images: tiles, batches, test-time augmentation, threshold."""
+
+    tile: int | None = setting(
+        None,
+        help="input tile side in pixels (default: 700 for valid padding at depth 4, 512 for same)",
+    )
+    batch_size: int = setting(2, help="tiles per model call")
+    overlap: int | None = setting(
+        None,
+        help="same padding: overlap of neighbouring tiles in pixels (default: a quarter of "
+        "the tile)",
+    )
+    tta: bool = setting(
+        False, help="test-time augmentation: average the 8 flips and rotations (8x slower)"
+    )
+    threshold: float | None = setting(
+        None,
+        help="one-channel models: probability at or above which a pixel is foreground "
+        "(default: the one chosen on the validation images after training, else 0.5)",
+    )
+
+    def check(self) -> None:
+        _at_least(self, 1, "tile", "batch_size")
+        _at_least(self, 0, "overlap")
+        if self.threshold is not None and not 0.0 < self.threshold < 1.0:
+            raise ValueError(f"threshold must be in (0, 1), got {self.threshold}")
+
+
+_MODEL_HELP = "a training run directory, a .keras file or an exported SavedModel version"
+
+
+@dataclasses.dataclass(frozen=True)
+class PredictConfig(Settings):
+    """`unet-keras predict`: segment images of any size into masks in the training
+    convention."""
+
+    model: str = setting(help=_MODEL_HELP)
+    input: str = setting(help="image file, multi-page TIFF stack, or folder of images")
+    output: str = setting(help="folder for the masks (DIR/<stem>.png)")
+    probabilities: Literal["png", "tiff"] | None = setting(
+        None, help="also write probability maps: 16-bit PNG or float32 TIFF"
+    )
+    overlay: bool = setting(False, help="also write the images with predicted outlines")
+    inference: InferenceConfig = setting(InferenceConfig(), help="how the model runs")
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluateConfig(Settings):
+    """`unet-keras evaluate`: score a model on labelled images with the ISBI 2012 metrics."""
+
+    model: str = setting(help=_MODEL_HELP)
+    data: str = setting(help="data folder (images/ + masks/) or ISBI TIFF stack")
+    masks: str | None = setting(None, help="masks folder or label stack, if not beside images")
+    output: str | None = setting(None, help="folder for evaluation.json and a figure per image")
+    sweep: bool = setting(
+        False, help="also score thresholds 0.1..0.9 and report the best by adapted Rand error"
+    )
+    inference: InferenceConfig = setting(InferenceConfig(), help="how the model runs")
+
+
+# A 16384 x 16384 image: larger requests are refused (INVALID_ARGUMENT) before any work,
+# which also guards PNG input against decompression bombs.
+DEFAULT_MAX_PIXELS = 16384 * 16384
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportConfig(Settings):
+    """`unet-keras export`: the next SavedModel version that TensorFlow Serving serves."""
+
+    model: str = setting(help="a training run directory or a .keras file")
+    base_path: str = setting(help="model base path; versions go to BASE/<n>/")
+    version: int | None = setting(None, help="version number (default: one more than the latest)")
+    tile: int | None = setting(
+        None,
+        help="largest input tile the graph runs at once (default: 700 for valid padding at "
+        "depth 4)",
+    )
+    threshold: float | None = setting(
+        None,
+        help="one-channel models: probability at or above which the mask is foreground "
+        "(default: the one chosen on the validation images after training, else 0.5)",
+    )
+    max_pixels: int = setting(
+        DEFAULT_MAX_PIXELS,
+        help="largest image (H x W) a request may carry; larger ones get INVALID_ARGUMENT",
+    )
+
+    def check(self) -> None:
+        _at_least(self, 1, "version", "tile", "max_pixels")
+        if self.threshold is not None and not 0.0 < self.threshold < 1.0:
+            raise ValueError(f"threshold must be in (0, 1), got {self.threshold}")
+
+
+# TF Serving's message limit in both directions (ServerBuilder::SetMaxMessageSize(INT32_MAX)).
+MAX_MESSAGE_BYTES = 2**31 - 1
+
+
+@dataclasses.dataclass(frozen=True)
+class ServeConfig(Settings):
+    """`unet-keras serve`: a local server with TensorFlow Serving's gRPC API; flags named
+    after tensorflow_model_server's where it has them."""
+
+    model_base_path: str = setting(help="folder of numbered SavedModel versions (BASE/1/, ...)")
+    model_name: str = setting("unet", help="the name requests give in their model spec")
+    port: int = setting(8500, help="gRPC port (0: any free port)")
+    host: str = setting("127.0.0.1", help="address to listen on; 0.0.0.0 for every interface")
+    poll_seconds: float = setting(
+        1.0, help="interval between looks at the base path for new versions"
+    )
+    tls_cert: str | None = setting(None, help="PEM certificate chain: serve over TLS")
+    tls_key: str | None = setting(None, help="PEM private key of --tls-cert")
+    max_message_bytes: int = setting(MAX_MESSAGE_BYTES, help="largest request or response message")
+    threads: int = setting(16, help="requests served at once (gRPC worker threads)")
+    grace_seconds: float = setting(
+        30.0, help="on SIGTERM or SIGINT, how long requests in flight may take to finish"
+    )
+
+    def check(self) -> None:
+        _at_least(self, 0, "port", "grace_seconds")
+        _at_least(self, 1, "max_message_bytes", "threads")
+        if self.poll_seconds <= 0:
+            raise ValueError(f"poll_seconds must be above 0, got {self.poll_seconds}")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together: give both or neither")
+
+
+@dataclasses.dataclass(frozen=True)
+class SyntheticConfig(Settings):
+    """`unet-keras synthetic`: write the embedded synthetic EM data set as image/mask
+    folders."""
+
+    output: str = setting(help="folder to create images/ and masks/ in", positional=True)
+    count: int = setting(24, help="number of image/mask pairs")
+    size: int = setting(512, help="side length in pixels")
+    seed: int = setting(0, help="random seed")
+
+
+@dataclasses.dataclass(frozen=True)
+class InspectConfig(Settings):
+    """`unet-keras inspect`: load a data set as training would and report what it holds."""
+
+    data: str = setting(
+        help="data folder (images/ + masks/), image folder or TIFF stack", positional=True
+    )
+    masks: str | None = setting(None, help="mask folder or label stack, if not beside data")
+    foreground: Literal["auto", "bright", "dark"] = setting(
+        "auto", help="which mask value marks the objects (auto: the majority value, as in EM)"
+    )

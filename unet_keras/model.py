@@ -57,6 +57,45 @@ def _conv_block(
     return x
 
 
+def _contracting_path(
+    x: keras.KerasTensor, depth: int, filters: int, padding: str, batch_norm: bool, dropout: float
+) -> tuple[keras.KerasTensor, list[keras.KerasTensor]]:
+    """Down to the bottleneck; returns it and each level's output for the skips."""
+    skips = []
+    for level in range(1, depth + 1):
+        x = _conv_block(x, filters * 2 ** (level - 1), f"down{level}", padding, batch_norm)
+        if level == depth and dropout:
+            x = layers.Dropout(dropout, name=f"down{level}_dropout")(x)
+        skips.append(x)
+        x = layers.MaxPooling2D(2, name=f"down{level}_pool")(x)
+    x = _conv_block(x, filters * 2**depth, "bottom", padding, batch_norm)
+    if dropout:
+        x = layers.Dropout(dropout, name="bottom_dropout")(x)
+    return x, skips
+
+
+def _expanding_path(
+    x: keras.KerasTensor,
+    skips: list[keras.KerasTensor],
+    filters: int,
+    padding: str,
+    batch_norm: bool,
+) -> keras.KerasTensor:
+    """Up from the bottleneck, each level joined by its (cropped) skip connection."""
+    for level in range(len(skips), 0, -1):
+        level_filters = filters * 2 ** (level - 1)
+        x = layers.Conv2DTranspose(
+            level_filters, 2, strides=2, kernel_initializer="he_normal", name=f"up{level}_upconv"
+        )(x)
+        x = layers.ReLU(name=f"up{level}_upconv_relu")(x)
+        skip = skips[level - 1]
+        if padding == "valid":
+            skip = CenterCrop2D(name=f"up{level}_crop")([skip, x])
+        x = layers.Concatenate(name=f"up{level}_concat")([skip, x])
+        x = _conv_block(x, level_filters, f"up{level}", padding, batch_norm)
+    return x
+
+
 def build_unet(
     in_channels: int = 1,
     classes: int = 1,
@@ -85,35 +124,8 @@ def build_unet(
         raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
 
     inputs = keras.Input(shape=(None, None, in_channels), name="image")
-    x = inputs
-    skips = []
-    for level in range(1, depth + 1):
-        x = _conv_block(x, filters * 2 ** (level - 1), f"down{level}", padding, batch_norm)
-        if level == depth and dropout:
-            x = layers.Dropout(dropout, name=f"down{level}_dropout")(x)
-        skips.append(x)
-        x = layers.MaxPooling2D(2, name=f"down{level}_pool")(x)
-
-    x = _conv_block(x, filters * 2**depth, "bottom", padding, batch_norm)
-    if dropout:
-        x = layers.Dropout(dropout, name="bottom_dropout")(x)
-
-    for level in range(depth, 0, -1):
-        level_filters = filters * 2 ** (level - 1)
-        x = layers.Conv2DTranspose(
-            level_filters,
-            2,
-            strides=2,
-            kernel_initializer="he_normal",
-            name=f"up{level}_upconv",
-        )(x)
-        x = layers.ReLU(name=f"up{level}_upconv_relu")(x)
-        skip = skips[level - 1]
-        if padding == "valid":
-            skip = CenterCrop2D(name=f"up{level}_crop")([skip, x])
-        x = layers.Concatenate(name=f"up{level}_concat")([skip, x])
-        x = _conv_block(x, level_filters, f"up{level}", padding, batch_norm)
-
+    x, skips = _contracting_path(inputs, depth, filters, padding, batch_norm, dropout)
+    x = _expanding_path(x, skips, filters, padding, batch_norm)
     # float32 keeps the probabilities (and the loss computed from them) exact under
     # mixed precision.
     outputs = layers.Conv2D(

@@ -1,9 +1,10 @@
-"""Model files that carry their own preprocessing, and loading them back.
+"""Model files that carry their own record, and loading models back from files or exports.
 
 A model is saved as a standard `.keras` archive with one extra entry, `unet_keras.json`:
-the mask convention, the intensity normalisation and the tile geometry it was trained
-with. Prediction and export read them from the file, so they always apply exactly the
-training preprocessing, and `keras.models.load_model` still opens the file as it is.
+its `ModelRecord` (mask convention, intensity normalisation, shape, training tile, chosen
+threshold). Prediction and export read the record from the file, so they always apply
+exactly the training preprocessing, and `keras.models.load_model` still opens the file as
+it is (with the `unet_keras.training` modules imported when it was saved compiled).
 """
 
 from __future__ import annotations
@@ -17,105 +18,89 @@ from typing import Any
 
 import keras
 
-# Imported for their registered Keras objects, which loading a model file needs.
-from unet_keras.config import MaskConfig, ModelConfig, NormalizationConfig
+import unet_keras.model  # noqa: F401  (registers the layers a model file needs)
+from unet_keras import contract
+from unet_keras.config import ModelRecord
 from unet_keras.io.atomic import atomic_path
 
-METADATA_ENTRY = "unet_keras.json"
 
-
-def model_metadata(
-    mask: MaskConfig,
-    normalization: NormalizationConfig,
-    model: ModelConfig,
-    tile: tuple[int, int],
-) -> dict[str, Any]:
-    """The preprocessing record stored with a model: masks, normalisation, shape, tiles."""
-    return {
-        "mask": mask.to_dict(),
-        "normalization": normalization.to_dict(),
-        "model": model.to_dict(),
-        "tile": {"input": int(tile[0]), "output": int(tile[1])},
-    }
-
-
-def save_model(model: keras.Model, path: str | os.PathLike, metadata: dict[str, Any]) -> None:
-    """Saves `model` with `metadata` to a `.keras` file, atomically (all or nothing)."""
+def save_model(model: keras.Model, path: str | os.PathLike, record: ModelRecord) -> None:
+    """Saves `model` with its `record` to a `.keras` file, atomically (all or nothing)."""
     path = Path(path)
     if path.suffix != ".keras":
         raise ValueError(f"{path}: model files end in .keras")
     with atomic_path(path) as temporary:
         model.save(temporary)
         with zipfile.ZipFile(temporary, "a") as archive:
-            archive.writestr(METADATA_ENTRY, json.dumps(metadata, indent=2, sort_keys=True))
+            archive.writestr(contract.RECORD_FILE, _record_text(record))
 
 
-def update_metadata(path: str | os.PathLike, changes: dict[str, Any]) -> dict[str, Any]:
-    """Merges `changes` into a model file's preprocessing record, atomically; returns it."""
-    path = _model_file(path)
-    metadata = {**read_metadata(path), **changes}
+def update_record(path: str | os.PathLike, record: ModelRecord) -> None:
+    """Replaces a model file's record, atomically; the weights stay as they are."""
+    path = model_file(path)
     with (
         atomic_path(path) as temporary,
         zipfile.ZipFile(path) as source,
         zipfile.ZipFile(temporary, "w") as target,
     ):
         for entry in source.infolist():
-            if entry.filename != METADATA_ENTRY:
+            if entry.filename != contract.RECORD_FILE:
                 target.writestr(entry, source.read(entry.filename))
-        target.writestr(METADATA_ENTRY, json.dumps(metadata, indent=2, sort_keys=True))
-    return metadata
+        target.writestr(contract.RECORD_FILE, _record_text(record))
 
 
-def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
-    """Reads the preprocessing record of a model file saved by `save_model`."""
-    path = _model_file(path)
+def read_record(path: str | os.PathLike) -> ModelRecord:
+    """Reads the record of a model file saved by `save_model` (or a run directory's)."""
+    path = model_file(path)
     try:
         with zipfile.ZipFile(path) as archive:
-            return json.loads(archive.read(METADATA_ENTRY))
+            text = archive.read(contract.RECORD_FILE)
     except KeyError:
         raise ValueError(
-            f"{path}: a Keras model without unet-keras metadata ({METADATA_ENTRY}); save "
+            f"{path}: a Keras model without a unet-keras record ({contract.RECORD_FILE}); save "
             "models with unet_keras.saving.save_model so they carry their preprocessing"
         ) from None
     except zipfile.BadZipFile as error:
         raise ValueError(f"{path}: not a readable .keras file ({error})") from None
+    return _parse_record(text, path)
 
 
-def load_model(path: str | os.PathLike, compile: bool = True) -> tuple[keras.Model, dict]:
-    """Loads a model file, or a run directory's best model, with its preprocessing record."""
-    path = _model_file(path)
-    metadata = read_metadata(path)
-    return keras.models.load_model(path, compile=compile), metadata
+def load_model(path: str | os.PathLike, compile: bool = True) -> tuple[keras.Model, ModelRecord]:
+    """Loads a model file, or a run directory's best model, with its record."""
+    path = model_file(path)
+    record = read_record(path)
+    return keras.models.load_model(path, compile=compile), record
 
 
-def load_network(path: str | os.PathLike) -> tuple[Callable, dict[str, Any]]:
+def load_network(path: str | os.PathLike) -> tuple[Callable[[Any], Any], ModelRecord]:
     """Loads the network from a `.keras` file, run directory or exported SavedModel version.
 
     Returns a function from normalised float32 tiles [N, h, w, C] to probabilities, and
-    the model's preprocessing record. A SavedModel version directory (as `unet-keras
-    export` writes) provides it through its `tiles` signature and its metadata asset.
+    the model's record. An exported version (as `unet-keras export` writes it) provides
+    them through its `tiles` signature and its record asset.
     """
     path = Path(path)
-    if (path / "saved_model.pb").is_file():
-        import tensorflow as tf
+    if not (path / "saved_model.pb").is_file():
+        model, record = load_model(path, compile=False)
+        return (lambda tiles: model(tiles, training=False)), record
+    import tensorflow as tf
 
-        asset = path / "assets" / METADATA_ENTRY
-        if not asset.is_file():
-            raise ValueError(f"{path}: a SavedModel without unet-keras metadata ({asset.name})")
-        loaded = tf.saved_model.load(str(path))
-        if "tiles" not in loaded.signatures:
-            raise ValueError(f"{path}: a SavedModel without the 'tiles' signature")
+    asset = path / "assets" / contract.RECORD_FILE
+    if not asset.is_file():
+        raise ValueError(f"{path}: a SavedModel without a unet-keras record ({asset.name})")
+    loaded = tf.saved_model.load(str(path))
+    if contract.TILES not in loaded.signatures:
+        raise ValueError(f"{path}: a SavedModel without the {contract.TILES!r} signature")
 
-        def network(tiles: Any) -> Any:
-            # Refers to `loaded`, which owns the variables the signature reads.
-            return loaded.signatures["tiles"](tiles=tiles)["probabilities"]
+    def network(tiles: Any) -> Any:
+        # Through `loaded`, which owns the variables the signature reads: keeps it alive.
+        outputs = loaded.signatures[contract.TILES](**{contract.TILES_INPUT: tiles})
+        return outputs[contract.PROBABILITIES]
 
-        return network, json.loads(asset.read_text())
-    model, metadata = load_model(path, compile=False)
-    return (lambda tiles: model(tiles, training=False)), metadata
+    return network, _parse_record(asset.read_bytes(), asset)
 
 
-def _model_file(path: str | os.PathLike) -> Path:
+def model_file(path: str | os.PathLike) -> Path:
     """Resolves a run directory to its `best.keras`; checks the file exists."""
     path = Path(path)
     if path.is_dir():
@@ -123,3 +108,15 @@ def _model_file(path: str | os.PathLike) -> Path:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such model file (expected a .keras file or run dir)")
     return path
+
+
+def _record_text(record: ModelRecord) -> str:
+    return json.dumps(record.to_dict(), indent=2, sort_keys=True)
+
+
+def _parse_record(text: bytes | str, source: Path) -> ModelRecord:
+    """A record from JSON text, or a ValueError that names the file it came from."""
+    try:
+        return ModelRecord.from_dict(json.loads(text))
+    except ValueError as error:
+        raise ValueError(f"{source}: not a readable unet-keras record ({error})") from None

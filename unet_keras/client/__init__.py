@@ -22,7 +22,7 @@ with SegmentationClient("localhost:8500", "unet", timeout=30) as client:
     results = client.segment_many([image, image], concurrency=8)   # in order
     client.model_status()   # [{"version": 3, "state": "AVAILABLE", ...}]
     client.metadata()   # signatures: input/output names, dtypes, shapes
-    client.model_record()   # normalisation, mask values, model shape, tile, threshold
+    client.model_record()   # ModelRecord: normalisation, mask values, shape, tile, threshold
 ```
 
 `version` is a number, a label (str, from the server's `version_labels`) or None for the
@@ -49,7 +49,7 @@ Every call has a deadline (`timeout`, retries included). Only UNAVAILABLE is ret
 raise a `ServingError` subclass per gRPC status, named as in `tf.errors`
 (`InvalidArgumentError`, `NotFoundError`, `FailedPreconditionError`, `UnavailableError`,
 `DeadlineExceededError`, which is also a `TimeoutError`, `ResourceExhaustedError`, ...),
-with `.code` and the server's message, verbatim, in `.details`.
+with `.code` and the server's message, verbatim, in `.message`.
 
 An image whose request or response would pass a message limit is cut into tiles on the
 model's pooling grid, each with enough context around the part kept (107 pixels for a

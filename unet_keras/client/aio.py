@@ -1,30 +1,28 @@
-"""The asyncio client: `SegmentationClient`'s methods as coroutines, on `grpc.aio`."""
+"""The asyncio client: the shared operations run over `grpc.aio` with `asyncio.sleep`."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 import numpy as np
 
-from unet_keras.client import messages, protocol
-from unet_keras.client.base import ClientBase, available_version, describe
-from unet_keras.client.errors import (
-    DeadlineExceededError,
-    NotFoundError,
-    UnavailableError,
-    from_rpc_error,
-)
-from unet_keras.client.protocol import Layout, Segmentation, Version
+from unet_keras.client.core import Call, ClientCore, Operation
+from unet_keras.client.errors import from_rpc_error
+from unet_keras.client.protocol import Segmentation, Version
+from unet_keras.config import ModelRecord
+
+T = TypeVar("T")
 
 
-class AsyncSegmentationClient(ClientBase):
+class AsyncSegmentationClient(ClientCore):
     """An asyncio client for the U-Net on TF Serving, over one long-lived gRPC channel.
 
-    Create it inside the event loop that uses it, e.g. `async with
-    AsyncSegmentationClient(...) as client:`. The arguments are `ClientBase`'s.
+    `SegmentationClient`'s methods as coroutines. Create it inside the event loop that
+    uses it, e.g. `async with AsyncSegmentationClient(...) as client:`. The arguments are
+    `ClientCore`'s.
     """
 
     def _connect(self) -> grpc.aio.Channel:
@@ -48,61 +46,43 @@ class AsyncSegmentationClient(ClientBase):
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
 
-    async def _call(
-        self, method: messages.Method, request: Any, timeout: float | None = None
-    ) -> Any:
-        """One unary call with the retry policy, all attempts within `timeout` seconds."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._timeout(timeout)
-        attempt = 0
+    async def _run(self, operation: Operation[T]) -> T:
+        """Carries out an operation's calls and pauses; returns its result."""
+        reply: Any = None
+        failure: BaseException | None = None
         while True:
-            attempt += 1
             try:
-                return await self._stubs[method.path](
-                    request, timeout=max(deadline - loop.time(), 0.0)
-                )
+                step = operation.send(reply) if failure is None else operation.throw(failure)
+            except StopIteration as done:
+                return done.value
+            reply, failure = None, None
+            if not isinstance(step, Call):
+                await asyncio.sleep(step.seconds)
+                continue
+            try:
+                reply = await self._stubs[step.method.path](step.request, timeout=step.timeout)
             except grpc.RpcError as error:
-                failure = from_rpc_error(error, method.path)
-                cause = error
-            delay = self.retry.backoff(attempt)
-            if not self.retry.retries(failure.code, attempt) or loop.time() + delay >= deadline:
-                raise failure from cause
-            await asyncio.sleep(delay)
+                failure = from_rpc_error(error, step.method.path)
 
     async def model_status(self, version: Version = None, *, timeout: float | None = None) -> list:
         """Every version's state (ModelService/GetModelStatus), as dicts."""
-        request = self._status_request(version)
-        return protocol.statuses(await self._call(messages.GET_MODEL_STATUS, request, timeout))
+        return await self._run(self._model_status(version, timeout))
 
     async def metadata(self, version: Version = None, *, timeout: float | None = None) -> dict:
         """The model's signatures: inputs and outputs with dtypes and shapes, as dicts."""
-        request = protocol.metadata_request(self._spec(version))
-        return protocol.signatures(await self._call(messages.GET_MODEL_METADATA, request, timeout))
+        return await self._run(self._metadata(version, timeout))
 
-    async def model_record(self, version: Version = None, *, timeout: float | None = None) -> dict:
-        """The model's JSON record (mask, normalization, model, tile, threshold)."""
-        request = self._record_request(version)
-        return protocol.record(await self._call(messages.PREDICT, request, timeout))
+    async def model_record(
+        self, version: Version = None, *, timeout: float | None = None
+    ) -> ModelRecord:
+        """The model's record: mask convention, normalisation, shape, tile, threshold."""
+        return await self._run(self._model_record(version, timeout))
 
     async def wait_until_available(
         self, timeout: float = 60.0, version: Version = None, *, poll_interval: float = 0.5
     ) -> int:
-        """Polls GetModelStatus until a version is AVAILABLE; returns the newest such version."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        last = "no answer yet"
-        while (remaining := deadline - loop.time()) > 0:
-            try:
-                states = await self.model_status(version, timeout=min(self.timeout, remaining))
-            except (NotFoundError, UnavailableError, DeadlineExceededError) as error:
-                last = str(error)
-            else:
-                found = available_version(states)
-                if found is not None:
-                    return found
-                last = describe(states)
-            await asyncio.sleep(max(min(poll_interval, deadline - loop.time()), 0.0))
-        raise self._not_available(timeout, last)
+        """Waits until a version is AVAILABLE and returns the newest such version."""
+        return await self._run(self._wait_until_available(timeout, version, poll_interval))
 
     async def predict(
         self,
@@ -114,8 +94,8 @@ class AsyncSegmentationClient(ClientBase):
         timeout: float | None = None,
     ) -> dict[str, np.ndarray]:
         """Any signature: numpy inputs by alias in, numpy outputs by alias out."""
-        request = protocol.predict_request(self._spec(version, signature), inputs, output_filter)
-        return protocol.outputs(await self._call(messages.PREDICT, request, timeout))
+        operation = self._predict(inputs, signature, version, tuple(output_filter), timeout)
+        return await self._run(operation)
 
     async def segment(
         self,
@@ -126,16 +106,7 @@ class AsyncSegmentationClient(ClientBase):
         timeout: float | None = None,
     ) -> Segmentation:
         """Segments one [H, W] or [H, W, C] image of any size, tiled to fit the message limits."""
-        image = protocol.image_array(image)
-        layout = None
-        if probabilities or not protocol.fits_one_request(image, self.channel_config):
-            layout = await self._layout(version, timeout)
-        tiles = protocol.tiles_for(image, self.channel_config, layout, probabilities)
-        results = []
-        for tile in tiles:
-            request = self._tile_request(image[tile.region], version, probabilities)
-            results.append(protocol.outputs(await self._call(messages.PREDICT, request, timeout)))
-        return protocol.assemble(tiles, results, image)
+        return await self._run(self._segment(image, version, probabilities, timeout))
 
     async def segment_many(
         self,
@@ -158,9 +129,3 @@ class AsyncSegmentationClient(ClientBase):
                 )
 
         return list(await asyncio.gather(*(one(image) for image in images)))
-
-    async def _layout(self, version: Version, timeout: float | None) -> Layout:
-        cached = self._cached_layout(version)
-        if cached is not None:
-            return cached
-        return self._store_layout(version, await self.model_record(version, timeout=timeout))

@@ -21,8 +21,8 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from unet_keras.client.base import available_version, describe
 from unet_keras.client.config import MIB, ChannelConfig
+from unet_keras.client.core import available_version, describe
 from unet_keras.client.errors import ServingError
 from unet_keras.client.protocol import Version
 from unet_keras.client.sync import SegmentationClient

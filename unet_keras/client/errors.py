@@ -6,17 +6,17 @@ import grpc
 
 
 class ServingError(Exception):
-    """A failed call: `code` is the gRPC status, `details` the server's message, verbatim."""
+    """A failed call: `code` is the gRPC status, `message` the server's message, verbatim."""
 
     code = grpc.StatusCode.UNKNOWN
 
-    def __init__(self, details: str, *, method: str = "", code: grpc.StatusCode | None = None):
-        self.details = details
+    def __init__(self, message: str, *, method: str = "", code: grpc.StatusCode | None = None):
+        self.message = message
         self.method = method
         if code is not None:
             self.code = code
         where = f"{method}: " if method else ""
-        super().__init__(f"{where}{self.code.name}: {details}")
+        super().__init__(f"{where}{self.code.name}: {message}")
 
 
 class InvalidArgumentError(ServingError):
@@ -103,14 +103,16 @@ _BY_CODE = {
 }
 
 
-def error_for(code: grpc.StatusCode, details: str, method: str = "") -> ServingError:
+def error_for(code: grpc.StatusCode, message: str, method: str = "") -> ServingError:
     """The typed exception for a status code (ServingError itself for the rest)."""
     cls = _BY_CODE.get(code)
     if cls is None:
-        return ServingError(details, method=method, code=code)
-    return cls(details, method=method)
+        return ServingError(message, method=method, code=code)
+    return cls(message, method=method)
 
 
 def from_rpc_error(error: grpc.RpcError, method: str = "") -> ServingError:
-    """The typed exception for a failed call of `grpc` or `grpc.aio`."""
-    return error_for(error.code(), error.details() or "", method)
+    """The typed exception for a failed call of `grpc` or `grpc.aio`, caused by it."""
+    failure = error_for(error.code(), error.details() or "", method)
+    failure.__cause__ = error
+    return failure

@@ -1,7 +1,7 @@
-"""Requests and responses of the calls the clients make, and the tiling arithmetic.
+"""Requests and responses of the calls the clients make, and which windows to send.
 
-Everything here is free of I/O, so the blocking and the asyncio client share it and
-differ only in how they wait.
+Pure functions, free of I/O: `unet_keras.client.core` builds the clients' operations on
+them.
 """
 
 from __future__ import annotations
@@ -13,9 +13,11 @@ from typing import Any
 
 import numpy as np
 
+from unet_keras import contract
 from unet_keras.client import messages
 from unet_keras.client.config import ChannelConfig
 from unet_keras.client.tensors import dtype_name, make_ndarray, make_tensor_proto
+from unet_keras.config import ModelRecord
 from unet_keras.geometry import Window, plan_image_windows, receptive_reach, stitch, whole_image
 
 # Room for everything in a request or response besides the pixels: model spec, names,
@@ -74,16 +76,20 @@ def outputs(response: Any) -> dict[str, np.ndarray]:
 
 def metadata_request(spec: Any) -> Any:
     """A GetModelMetadataRequest for the model's signatures."""
-    return messages.GetModelMetadataRequest(model_spec=spec, metadata_field=["signature_def"])
+    return messages.GetModelMetadataRequest(
+        model_spec=spec, metadata_field=[contract.METADATA_FIELD]
+    )
 
 
 def signatures(response: Any) -> dict[str, Any]:
     """A GetModelMetadataResponse as plain data: the model, its version, its signatures."""
-    packed = response.metadata.get("signature_def")
+    packed = response.metadata.get(contract.METADATA_FIELD)
     expected = "tensorflow.serving.SignatureDefMap"
     if packed is None or packed.type_url.rsplit("/", 1)[-1] != expected:
         found = "nothing" if packed is None else packed.type_url
-        raise ValueError(f"model metadata: expected a {expected} in signature_def, got {found}")
+        raise ValueError(
+            f"model metadata: expected a {expected} in {contract.METADATA_FIELD}, got {found}"
+        )
     signature_map = messages.SignatureDefMap.FromString(packed.value)
     return {
         "model": response.model_spec.name,
@@ -128,21 +134,26 @@ def _enum_name(enum: Any, number: int) -> str:
     return value.name if value is not None else str(number)
 
 
-def record(response: Any) -> dict[str, Any]:
-    """The model's JSON record from a `metadata` signature PredictResponse."""
-    text = outputs(response).get("metadata")
+def record(response: Any) -> ModelRecord:
+    """The model's record from a `metadata` signature PredictResponse, checked."""
+    text = outputs(response).get(contract.RECORD)
     if text is None or text.shape != ():
-        raise ValueError("the metadata signature returned no scalar 'metadata' output")
-    return json.loads(text[()])
+        raise ValueError(
+            f"the {contract.METADATA} signature returned no scalar {contract.RECORD!r} output"
+        )
+    try:
+        return ModelRecord.from_dict(json.loads(text[()]))
+    except ValueError as error:  # JSON errors are ValueErrors too
+        raise ValueError(f"the model's record is not readable: {error}") from None
 
 
-def layout(model: dict[str, Any], context: int | None, grid: int | None) -> Layout:
-    """Tiling figures from the record's model section, unless given."""
-    depth = int(model["depth"])
+def layout(record: ModelRecord, context: int | None, grid: int | None) -> Layout:
+    """Tiling figures from the model's record, unless given."""
+    depth = record.model.depth
     return Layout(
         receptive_reach(depth) if context is None else context,
         2**depth if grid is None else grid,
-        int(model["classes"]),
+        record.model.classes,
     )
 
 
@@ -159,8 +170,8 @@ def image_array(image: Any) -> np.ndarray:
     return array
 
 
-def max_tile_pixels(image: np.ndarray, channel: ChannelConfig, classes: int = 0) -> int:
-    """The most pixels a tile may have for its request and response to fit the limits.
+def max_window_pixels(image: np.ndarray, channel: ChannelConfig, classes: int = 0) -> int:
+    """The most pixels a window may have for its request and response to fit the limits.
 
     The response holds the mask and, per pixel, `classes` float32 probabilities.
     """
@@ -180,29 +191,29 @@ def max_tile_pixels(image: np.ndarray, channel: ChannelConfig, classes: int = 0)
 
 def fits_one_request(image: np.ndarray, channel: ChannelConfig) -> bool:
     """Whether the image and its mask fit one request and one response."""
-    return image.shape[0] * image.shape[1] <= max_tile_pixels(image, channel)
+    return image.shape[0] * image.shape[1] <= max_window_pixels(image, channel)
 
 
-def tiles_for(
+def windows_for(
     image: np.ndarray, channel: ChannelConfig, layout: Layout | None, probabilities: bool
 ) -> list[Window]:
-    """The tiles to request; one for the whole image when it fits (layout may then be None)."""
+    """The windows to request; the whole image when it fits (layout may then be None)."""
     height, width = image.shape[:2]
     if layout is None:
         return [whole_image(height, width)]
     classes = layout.classes if probabilities else 0
-    limit = max_tile_pixels(image, channel, classes)
+    limit = max_window_pixels(image, channel, classes)
     return plan_image_windows(height, width, limit, layout.context, layout.grid)
 
 
 def assemble(
-    tiles: Sequence[Window], results: Sequence[dict[str, np.ndarray]], image: np.ndarray
+    windows: Sequence[Window], results: Sequence[dict[str, np.ndarray]], image: np.ndarray
 ) -> Segmentation:
-    """The tiles' outputs ([1, h, w, ...] each) stitched into the image's Segmentation."""
+    """The windows' outputs ([1, h, w, ...] each) stitched into the image's Segmentation."""
     height, width = image.shape[:2]
-    masks = [result["mask"][0] for result in results]
-    mask = stitch(tiles, masks, height, width)
-    if "probabilities" not in results[0]:
+    masks = [result[contract.MASK][0] for result in results]
+    mask = stitch(windows, masks, height, width)
+    if contract.PROBABILITIES not in results[0]:
         return Segmentation(mask)
-    probabilities = [result["probabilities"][0] for result in results]
-    return Segmentation(mask, stitch(tiles, probabilities, height, width))
+    probabilities = [result[contract.PROBABILITIES][0] for result in results]
+    return Segmentation(mask, stitch(windows, probabilities, height, width))

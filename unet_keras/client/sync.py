@@ -1,31 +1,28 @@
-"""The blocking client."""
+"""The blocking client: the shared operations run over `grpc` with `time.sleep`."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 import numpy as np
 
-from unet_keras.client import messages, protocol
-from unet_keras.client.base import ClientBase, available_version, describe
-from unet_keras.client.errors import (
-    DeadlineExceededError,
-    NotFoundError,
-    UnavailableError,
-    from_rpc_error,
-)
-from unet_keras.client.protocol import Layout, Segmentation, Version
+from unet_keras.client.core import Call, ClientCore, Operation
+from unet_keras.client.errors import from_rpc_error
+from unet_keras.client.protocol import Segmentation, Version
+from unet_keras.config import ModelRecord
+
+T = TypeVar("T")
 
 
-class SegmentationClient(ClientBase):
+class SegmentationClient(ClientCore):
     """A blocking client for the U-Net on TF Serving, over one long-lived gRPC channel.
 
     Thread-safe: share one per target (`segment_many` calls it from a thread pool). The
-    arguments are `ClientBase`'s.
+    arguments are `ClientCore`'s.
     """
 
     def _connect(self) -> grpc.Channel:
@@ -49,63 +46,47 @@ class SegmentationClient(ClientBase):
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def _call(self, method: messages.Method, request: Any, timeout: float | None = None) -> Any:
-        """One unary call with the retry policy, all attempts within `timeout` seconds."""
-        deadline = time.monotonic() + self._timeout(timeout)
-        attempt = 0
+    def _run(self, operation: Operation[T]) -> T:
+        """Carries out an operation's calls and pauses; returns its result."""
+        reply: Any = None
+        failure: BaseException | None = None
         while True:
-            attempt += 1
             try:
-                return self._stubs[method.path](
-                    request, timeout=max(deadline - time.monotonic(), 0.0)
-                )
+                step = operation.send(reply) if failure is None else operation.throw(failure)
+            except StopIteration as done:
+                return done.value
+            reply, failure = None, None
+            if not isinstance(step, Call):
+                time.sleep(step.seconds)
+                continue
+            try:
+                reply = self._stubs[step.method.path](step.request, timeout=step.timeout)
             except grpc.RpcError as error:
-                failure = from_rpc_error(error, method.path)
-                cause = error
-            delay = self.retry.backoff(attempt)
-            if not self.retry.retries(failure.code, attempt) or (
-                time.monotonic() + delay >= deadline
-            ):
-                raise failure from cause
-            time.sleep(delay)
+                failure = from_rpc_error(error, step.method.path)
 
     def model_status(self, version: Version = None, *, timeout: float | None = None) -> list:
         """Every version's state (ModelService/GetModelStatus), as dicts."""
-        request = self._status_request(version)
-        return protocol.statuses(self._call(messages.GET_MODEL_STATUS, request, timeout))
+        return self._run(self._model_status(version, timeout))
 
     def metadata(self, version: Version = None, *, timeout: float | None = None) -> dict:
         """The model's signatures: inputs and outputs with dtypes and shapes, as dicts."""
-        request = protocol.metadata_request(self._spec(version))
-        return protocol.signatures(self._call(messages.GET_MODEL_METADATA, request, timeout))
+        return self._run(self._metadata(version, timeout))
 
-    def model_record(self, version: Version = None, *, timeout: float | None = None) -> dict:
-        """The model's JSON record (mask, normalization, model, tile, threshold)."""
-        request = self._record_request(version)
-        return protocol.record(self._call(messages.PREDICT, request, timeout))
+    def model_record(
+        self, version: Version = None, *, timeout: float | None = None
+    ) -> ModelRecord:
+        """The model's record: mask convention, normalisation, shape, tile, threshold."""
+        return self._run(self._model_record(version, timeout))
 
     def wait_until_available(
         self, timeout: float = 60.0, version: Version = None, *, poll_interval: float = 0.5
     ) -> int:
-        """Polls GetModelStatus until a version is AVAILABLE; returns the newest such version.
+        """Waits until a version is AVAILABLE and returns the newest such version.
 
         A server still starting (UNAVAILABLE) or not yet knowing the model (NOT_FOUND)
         counts as not available yet. Raises DeadlineExceededError after `timeout` seconds.
         """
-        deadline = time.monotonic() + timeout
-        last = "no answer yet"
-        while (remaining := deadline - time.monotonic()) > 0:
-            try:
-                states = self.model_status(version, timeout=min(self.timeout, remaining))
-            except (NotFoundError, UnavailableError, DeadlineExceededError) as error:
-                last = str(error)
-            else:
-                found = available_version(states)
-                if found is not None:
-                    return found
-                last = describe(states)
-            time.sleep(max(min(poll_interval, deadline - time.monotonic()), 0.0))
-        raise self._not_available(timeout, last)
+        return self._run(self._wait_until_available(timeout, version, poll_interval))
 
     def predict(
         self,
@@ -117,8 +98,8 @@ class SegmentationClient(ClientBase):
         timeout: float | None = None,
     ) -> dict[str, np.ndarray]:
         """Any signature: numpy inputs by alias in, numpy outputs by alias out."""
-        request = protocol.predict_request(self._spec(version, signature), inputs, output_filter)
-        return protocol.outputs(self._call(messages.PREDICT, request, timeout))
+        operation = self._predict(inputs, signature, version, tuple(output_filter), timeout)
+        return self._run(operation)
 
     def segment(
         self,
@@ -132,16 +113,7 @@ class SegmentationClient(ClientBase):
 
         `timeout` applies to each request; an image is one request unless tiled.
         """
-        image = protocol.image_array(image)
-        layout = None
-        if probabilities or not protocol.fits_one_request(image, self.channel_config):
-            layout = self._layout(version, timeout)
-        tiles = protocol.tiles_for(image, self.channel_config, layout, probabilities)
-        results = []
-        for tile in tiles:
-            request = self._tile_request(image[tile.region], version, probabilities)
-            results.append(protocol.outputs(self._call(messages.PREDICT, request, timeout)))
-        return protocol.assemble(tiles, results, image)
+        return self._run(self._segment(image, version, probabilities, timeout))
 
     def segment_many(
         self,
@@ -163,9 +135,3 @@ class SegmentationClient(ClientBase):
 
         with ThreadPoolExecutor(concurrency, thread_name_prefix="unet-client") as pool:
             return list(pool.map(one, images))
-
-    def _layout(self, version: Version, timeout: float | None) -> Layout:
-        cached = self._cached_layout(version)
-        if cached is not None:
-            return cached
-        return self._store_layout(version, self.model_record(version, timeout=timeout))

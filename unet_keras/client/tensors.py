@@ -8,48 +8,25 @@ fills the rest (TF's convention, so one value stands for a constant tensor).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from unet_keras.client.messages import TensorProto, enum_values
-
-
-@dataclass(frozen=True)
-class _Kind:
-    """How one TF dtype maps to numpy and which typed field carries its values."""
-
-    name: str
-    dtype: np.dtype
-    field: str
-
+from unet_keras.contract import WIRE_TYPES, WireType
 
 _DT = enum_values("tensorflow.DataType")
-_KINDS = (
-    _Kind("DT_FLOAT", np.dtype(np.float32), "float_val"),
-    _Kind("DT_DOUBLE", np.dtype(np.float64), "double_val"),
-    _Kind("DT_HALF", np.dtype(np.float16), "half_val"),
-    _Kind("DT_INT8", np.dtype(np.int8), "int_val"),
-    _Kind("DT_INT16", np.dtype(np.int16), "int_val"),
-    _Kind("DT_INT32", np.dtype(np.int32), "int_val"),
-    _Kind("DT_INT64", np.dtype(np.int64), "int64_val"),
-    _Kind("DT_UINT8", np.dtype(np.uint8), "int_val"),
-    _Kind("DT_UINT16", np.dtype(np.uint16), "int_val"),
-    _Kind("DT_UINT32", np.dtype(np.uint32), "uint32_val"),
-    _Kind("DT_UINT64", np.dtype(np.uint64), "uint64_val"),
-    _Kind("DT_BOOL", np.dtype(np.bool_), "bool_val"),
-    _Kind("DT_STRING", np.dtype(object), "string_val"),
-)
-_BY_ENUM = {_DT[kind.name]: kind for kind in _KINDS}
-_BY_DTYPE = {kind.dtype: kind for kind in _KINDS}
+# The wire types NumPy can hold (bfloat16 needs ml_dtypes, which the client goes without).
+_KINDS = [wire for wire in WIRE_TYPES if wire.numpy is not None]
+_BY_ENUM = {_DT[wire.name]: wire for wire in _KINDS}
+_BY_DTYPE = {wire.numpy: wire for wire in _KINDS}
 
 
 def dtype_name(dtype: int) -> str:
     """The numpy name of a `tensorflow.DataType` value ("uint8"), else its TF name."""
     if dtype in _BY_ENUM:
         kind = _BY_ENUM[dtype]
-        return "string" if kind.name == "DT_STRING" else kind.dtype.name
+        return "string" if kind.name == "DT_STRING" else kind.numpy.name
     names = {number: name for name, number in _DT.items()}
     return names.get(dtype, f"DataType {dtype}")
 
@@ -65,12 +42,12 @@ def make_tensor_proto(values: Any) -> Any:
         return proto
     kind = _BY_DTYPE.get(array.dtype.newbyteorder("="))
     if kind is None:
-        supported = ", ".join(sorted(k.dtype.name for k in _KINDS if k.name != "DT_STRING"))
+        supported = ", ".join(sorted(k.numpy.name for k in _KINDS if k.name != "DT_STRING"))
         raise TypeError(
             f"cannot send a {array.dtype} array: expected one of {supported}, or strings"
         )
     proto.dtype = _DT[kind.name]
-    proto.tensor_content = np.ascontiguousarray(array, kind.dtype.newbyteorder("<")).tobytes()
+    proto.tensor_content = np.ascontiguousarray(array, kind.numpy.newbyteorder("<")).tobytes()
     return proto
 
 
@@ -86,28 +63,28 @@ def make_ndarray(proto: Any) -> np.ndarray:
         raise ValueError(f"cannot read a tensor of partly unknown shape {list(shape)}")
     size = int(np.prod(shape, dtype=np.int64))
     if proto.tensor_content and kind.name != "DT_STRING":
-        wire = kind.dtype.newbyteorder("<")
+        wire = kind.numpy.newbyteorder("<")
         if len(proto.tensor_content) != size * wire.itemsize:
             raise ValueError(
                 f"tensor_content holds {len(proto.tensor_content)} bytes; shape "
-                f"{list(shape)} of {kind.dtype.name} needs {size * wire.itemsize}"
+                f"{list(shape)} of {kind.numpy.name} needs {size * wire.itemsize}"
             )
-        values = np.frombuffer(proto.tensor_content, wire).astype(kind.dtype)
+        values = np.frombuffer(proto.tensor_content, wire).astype(kind.numpy)
         return values.reshape(shape)
     return _fill(_typed_values(proto, kind), size, kind.name).reshape(shape)
 
 
-def _typed_values(proto: Any, kind: _Kind) -> np.ndarray:
+def _typed_values(proto: Any, kind: WireType) -> np.ndarray:
     """The values of a typed `*_val` field, as a flat array of the tensor's dtype."""
     field = getattr(proto, kind.field)
     if kind.name == "DT_STRING":
         values = np.empty(len(field), object)
         values[:] = list(field)
         return values
-    if kind.name == "DT_HALF":
-        # half_val carries the IEEE 754 half-precision bit patterns.
-        return np.array(field, np.uint16).view(np.float16)
-    return np.array(field, kind.dtype)
+    if kind.bit_view is not None:
+        # half_val carries bit patterns, the complex fields (real, imaginary) pairs.
+        return np.array(field, kind.bit_view).view(kind.numpy)
+    return np.array(field, kind.numpy)
 
 
 def _fill(values: np.ndarray, size: int, name: str) -> np.ndarray:

@@ -4,16 +4,18 @@ Class-balancing weights (the paper's w_c) and the border term make a trained mod
 probabilities lean towards the rarer class, so 0.5 is rarely the best threshold: on ISBI
 2012 it leaves twice the adapted Rand error of the best one. After training, the
 threshold that scores best on the run's validation images (never the training images) is
-stored with the model; prediction, evaluation and export use it unless told otherwise.
+stored in the model's record; prediction, evaluation and export use it unless told
+otherwise.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from collections.abc import Sequence
-from typing import Any
 
+from unet_keras.config import Calibration
 from unet_keras.evaluation.scores import (
     SWEEP_THRESHOLDS,
     best_threshold,
@@ -23,7 +25,7 @@ from unet_keras.evaluation.scores import (
 from unet_keras.inference.segmenter import Segmenter
 from unet_keras.io.masks import mask_to_labels
 from unet_keras.io.sample import Sample
-from unet_keras.saving import update_metadata
+from unet_keras.saving import update_record
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +34,7 @@ METRIC = "adapted_rand_error"
 
 def calibrate_threshold(
     model_path: str | os.PathLike, samples: Sequence[Sample], metric: str = METRIC
-) -> dict[str, Any] | None:
+) -> Calibration | None:
     """Stores in the model file the threshold that scores best on `samples`; returns it.
 
     Returns None, changing nothing, for multi-class models or without samples.
@@ -48,17 +50,17 @@ def calibrate_threshold(
     by_threshold = [mean_scores(list(entries)) for entries in zip(*sweeps, strict=True)]
     best = best_threshold(by_threshold, metric)
     at_half = next(entry for entry in by_threshold if entry["threshold"] == 0.5)
-    record = {
-        "value": best["threshold"],
-        "chosen_by": metric,
-        "images": [sample.name for sample in samples],
-        "scores": {key: best[key] for key in ("pixel_error", METRIC, "vi_split", "vi_merge")},
-        "scores_at_0.5": {key: at_half[key] for key in ("pixel_error", METRIC)},
-    }
-    update_metadata(model_path, {"threshold": record})
+    calibration = Calibration(
+        value=best["threshold"],
+        chosen_by=metric,
+        images=tuple(sample.name for sample in samples),
+        scores={key: best[key] for key in ("pixel_error", metric, "vi_split", "vi_merge")},
+        scores_at_half={key: at_half[key] for key in ("pixel_error", metric)},
+    )
+    update_record(model_path, dataclasses.replace(segmenter.record, threshold=calibration))
     log.info(
         "threshold %.2f chosen on the %d validation image(s) by %s: %.4f (at 0.5: %.4f); "
         "stored in %s for predict, evaluate and export",
         best["threshold"], len(samples), metric, best[metric], at_half[metric], model_path,
     )  # fmt: skip
-    return record
+    return calibration

@@ -21,10 +21,6 @@ from skimage.metrics import contingency_table, variation_of_information
 
 # The thresholds a sweep scores by default: 0.10, 0.15, ..., 0.90.
 SWEEP_THRESHOLDS = tuple(round(0.05 * i, 2) for i in range(2, 19))
-FIGURE_SEPARATOR = 4
-FALSE_POSITIVE_COLOUR = (255, 0, 255)  # magenta: object predicted on truth boundary
-FALSE_NEGATIVE_COLOUR = (0, 255, 0)  # green: boundary predicted inside a truth object
-WRONG_CLASS_COLOUR = (255, 255, 0)  # yellow: both objects, different classes (multi-class)
 
 # Scores where larger is better; `best_threshold` maximises these and minimises the rest.
 _HIGHER_IS_BETTER_PREFIXES = ("iou_", "dice_", "rand_precision", "rand_recall")
@@ -132,50 +128,6 @@ def mean_scores(scores: Sequence[Mapping[str, float]]) -> dict[str, float]:
     }
 
 
-def evaluation_figure(image: np.ndarray, truth: np.ndarray, predicted: np.ndarray) -> np.ndarray:
-    """Draws image | truth | prediction | errors side by side as one RGB uint8 array.
-
-    The image is scaled to 0..255 by its own min and max. Labels are grey levels, class k at
-    round(255 k / K) where K is the largest class in either label image, so a class has the
-    same grey in both panels. The error panel is the image dimmed, with
-    `FALSE_POSITIVE_COLOUR` where an object is predicted on truth boundary (class 0),
-    `FALSE_NEGATIVE_COLOUR` where boundary is predicted inside a truth object, and
-    `WRONG_CLASS_COLOUR` where both are objects of different classes. Panels are separated
-    by `FIGURE_SEPARATOR` white columns: the result is (H, 4 W + 3 FIGURE_SEPARATOR, 3).
-    """
-    truth, predicted = np.asarray(truth), np.asarray(predicted)
-    image = np.asarray(image)
-    if truth.shape != predicted.shape or truth.ndim != 2:
-        raise ValueError(
-            f"truth and predicted must be (H, W) label images of one shape, got truth "
-            f"{truth.shape} and predicted {predicted.shape}"
-        )
-    if image.shape[:2] != truth.shape or image.ndim not in (2, 3):
-        raise ValueError(
-            f"image must be (H, W) or (H, W, C) with (H, W) = {truth.shape}, got {image.shape}"
-        )
-    for name, labels in (("truth", truth), ("predicted", predicted)):
-        if not np.issubdtype(labels.dtype, np.integer) and labels.dtype != bool:
-            raise ValueError(f"{name} must hold integer class indices, got dtype {labels.dtype}")
-        if labels.size and labels.min() < 0:
-            raise ValueError(f"{name} holds negative class index {labels.min()}")
-
-    grey = image_to_rgb(image)
-    top_class = max(int(truth.max(initial=0)), int(predicted.max(initial=0)), 1)
-    errors = (grey // 2).astype(np.uint8)  # dimmed so the error colours stand out
-    truth_object, predicted_object = truth > 0, predicted > 0
-    errors[predicted_object & ~truth_object] = FALSE_POSITIVE_COLOUR
-    errors[truth_object & ~predicted_object] = FALSE_NEGATIVE_COLOUR
-    errors[truth_object & predicted_object & (truth != predicted)] = WRONG_CLASS_COLOUR
-
-    separator = np.full((truth.shape[0], FIGURE_SEPARATOR, 3), 255, np.uint8)
-    panels = [grey, _labels_to_rgb(truth, top_class), _labels_to_rgb(predicted, top_class)]
-    pieces = []
-    for panel in [*panels, errors]:
-        pieces.extend((panel, separator))
-    return np.concatenate(pieces[:-1], axis=1)
-
-
 def _checked_pair(
     predicted: np.ndarray, truth: np.ndarray, num_classes: int
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -281,22 +233,3 @@ def _object_scores(predicted_objects: np.ndarray, truth_objects: np.ndarray) -> 
 def _ratio(numerator: float, denominator: float) -> float:
     """numerator / denominator as a float, 1.0 when there is nothing to count."""
     return float(numerator) / float(denominator) if denominator else 1.0
-
-
-def image_to_rgb(image: np.ndarray) -> np.ndarray:
-    """Scales an (H, W) or (H, W, C) image by its min/max to RGB uint8; grey is replicated."""
-    values = image.astype(np.float64)
-    if values.ndim == 3:
-        values = values[..., :3] if values.shape[2] >= 3 else values[..., :1]
-    else:
-        values = values[..., None]
-    low, high = float(np.nanmin(values, initial=np.inf)), float(np.nanmax(values, initial=-np.inf))
-    scaled = (values - low) * (255.0 / (high - low)) if high > low else np.zeros_like(values)
-    rgb = np.clip(np.nan_to_num(scaled), 0, 255).round().astype(np.uint8)
-    return np.repeat(rgb, 3, axis=2) if rgb.shape[2] == 1 else rgb
-
-
-def _labels_to_rgb(labels: np.ndarray, top_class: int) -> np.ndarray:
-    """Draws class indices as grey levels spread over 0..255, replicated to RGB."""
-    grey = np.round(labels.astype(np.float64) * (255.0 / top_class)).astype(np.uint8)
-    return np.repeat(grey[..., None], 3, axis=2)

@@ -1,4 +1,4 @@
-"""Segmenting image files, folders and TIFF stacks, and scoring the results against masks.
+"""Segmenting image files, folders and TIFF stacks into masks, probabilities and overlays.
 
 `predict_path` writes, for each input, the mask in the training masks' convention and,
 on request, the probability map and an overlay of the predicted boundaries. A single image
@@ -10,36 +10,22 @@ cannot be read or predicted is reported by name and the others are still process
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
-import re
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from unet_keras.evaluation.scores import (
-    SWEEP_THRESHOLDS,
-    best_threshold,
-    evaluation_figure,
-    image_to_rgb,
-    mean_scores,
-    segmentation_scores,
-    threshold_sweep,
-)
+from unet_keras.inference.overlays import boundary_overlay
 from unet_keras.inference.segmenter import Segmenter
-from unet_keras.io.atomic import atomic_path
-from unet_keras.io.masks import mask_to_labels
-from unet_keras.io.readers import IMAGE_SUFFIXES, list_images, load_dataset, read_pages
+from unet_keras.io.readers import IMAGE_SUFFIXES, list_images, read_pages
 from unet_keras.io.sample import DataError
 from unet_keras.io.writers import write_image, write_stack
 
 log = logging.getLogger(__name__)
 
 PROBABILITY_FORMATS = ("png", "tiff")
-OVERLAY_COLOUR = (255, 48, 48)
 
 
 @dataclasses.dataclass
@@ -90,68 +76,6 @@ def predict_path(
     return report
 
 
-def evaluate_path(
-    segmenter: Segmenter,
-    data: str | os.PathLike,
-    masks: str | os.PathLike | None = None,
-    *,
-    output: str | os.PathLike | None = None,
-    sweep: bool = False,
-    progress: bool = False,
-) -> dict[str, Any]:
-    """Scores the model on labelled data; with `output`, writes the JSON and one figure each.
-
-    Returns `{"images": [{"name", "scores"}...], "mean": {...}}`, and with `sweep` (binary
-    models) also the mean scores at each threshold and the best threshold by adapted Rand
-    error, the ISBI 2012 ranking score.
-    """
-    if sweep and segmenter.classes != 1:
-        raise ValueError("a threshold sweep needs a one-channel (sigmoid) model")
-    samples = load_dataset(data, masks, require_masks=True)
-    images, sweeps = [], []
-    for sample in samples:
-        truth = mask_to_labels(sample.mask, segmenter.mask_config, sample.name)
-        probabilities = segmenter.probabilities(sample.image, sample.name, progress)
-        predicted = segmenter.labels(probabilities)
-        scores = segmentation_scores(predicted, truth, segmenter.mask_config.num_classes)
-        images.append({"name": sample.name, "scores": scores})
-        if sweep:
-            sweeps.append(threshold_sweep(probabilities[..., 0], truth, SWEEP_THRESHOLDS))
-        if output is not None:
-            figure = evaluation_figure(sample.image, truth, predicted)
-            write_image(Path(output) / f"{_safe_stem(sample.name)}_evaluation.png", figure)
-        if progress:
-            log.info("%s: %s", sample.name, _brief(scores))
-    report: dict[str, Any] = {
-        "threshold": segmenter.threshold,
-        "tta": segmenter.tta,
-        "images": images,
-        "mean": mean_scores([image["scores"] for image in images]),
-    }
-    if sweep:
-        by_threshold = [mean_scores(list(entries)) for entries in zip(*sweeps, strict=True)]
-        report["sweep"] = by_threshold
-        report["best_threshold"] = best_threshold(by_threshold)
-    if output is not None:
-        with atomic_path(Path(output) / "evaluation.json") as temporary:
-            temporary.write_text(json.dumps(report, indent=2))
-    return report
-
-
-def boundary_overlay(image: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """The image as 8-bit RGB with the predicted objects' outlines drawn in red."""
-    rgb = image_to_rgb(image)
-    edges = np.zeros(labels.shape, bool)
-    # An object pixel is on an outline when a 4-neighbour belongs to another class.
-    vertical, horizontal = labels[1:] != labels[:-1], labels[:, 1:] != labels[:, :-1]
-    edges[1:] |= vertical
-    edges[:-1] |= vertical
-    edges[:, 1:] |= horizontal
-    edges[:, :-1] |= horizontal
-    rgb[edges & (labels > 0)] = OVERLAY_COLOUR
-    return rgb
-
-
 def _input_files(source: Path) -> list[Path]:
     """The image files to segment: the file itself, or a folder's (or its images/) files."""
     if source.is_file():
@@ -200,16 +124,3 @@ def _predict_file(
         else:
             write_image(target, array[0])
     return list(outputs)
-
-
-def _safe_stem(name: str) -> str:
-    """A file stem for a sample name: `v.tif[03]` -> `v_03`, `a.png` -> `a`."""
-    match = re.fullmatch(r"(.*?)(\.[^.\[]+)?(?:\[(\d+)\])?", name)
-    stem, _, page = match.groups()
-    return f"{stem}_{page}" if page else stem
-
-
-def _brief(scores: dict[str, float]) -> str:
-    """The headline scores as a short line for logs."""
-    keys = ("pixel_error", "adapted_rand_error", "vi_split", "vi_merge")
-    return ", ".join(f"{key} {scores[key]:.4f}" for key in keys)

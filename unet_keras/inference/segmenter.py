@@ -22,7 +22,7 @@ import numpy as np
 import tensorflow as tf
 from tqdm.auto import tqdm
 
-from unet_keras.config import MaskConfig, ModelConfig, NormalizationConfig
+from unet_keras.config import ModelRecord
 from unet_keras.geometry import (
     DEFAULT_OVERLAP,
     DEFAULT_SAME_TILE,
@@ -39,11 +39,6 @@ from unet_keras.saving import load_network
 DIHEDRAL = tuple((turns, flip) for flip in (False, True) for turns in range(4))
 
 
-def stored_threshold(metadata: dict) -> float:
-    """The threshold chosen after training and stored with the model, else 0.5."""
-    return float(metadata.get("threshold", {}).get("value", 0.5))
-
-
 def dihedral(image: np.ndarray, turns: int, flip: bool) -> np.ndarray:
     """A view of an (H, W, ...) array under a symmetry of the square (flip, then turns)."""
     if flip:
@@ -55,8 +50,8 @@ class Segmenter:
     """Segments images of any size with a U-Net and the preprocessing it was trained with.
 
     `network` maps normalised float32 tiles [N, h, w, C] to probabilities (see
-    `from_model` and `from_path`); `metadata` is the record `unet_keras.saving` stores with
-    a model (normalisation, mask convention, model shape). `tile` is the input tile side
+    `from_model` and `from_path`); `record` is the `ModelRecord` stored with the model
+    (normalisation, mask convention, model shape, chosen threshold). `tile` is the input tile side
     (default: 700 for valid padding at depth 4, 512 for same padding); `batch_size` tiles
     go through the model at once; `overlap` (same padding only) is the overlap of
     neighbouring tiles in pixels; `tta` averages the predictions of the image's 8 flips
@@ -68,7 +63,7 @@ class Segmenter:
     def __init__(
         self,
         network: Callable,
-        metadata: dict,
+        record: ModelRecord,
         *,
         tile: int | None = None,
         batch_size: int = 2,
@@ -76,13 +71,14 @@ class Segmenter:
         tta: bool = False,
         threshold: float | None = None,
     ) -> None:
-        self.model_config = ModelConfig.from_dict(metadata["model"])
-        self.normalization = NormalizationConfig.from_dict(metadata["normalization"])
-        self.mask_config = MaskConfig.from_dict(metadata["mask"])
+        self.record = record
+        self.model_config = record.model
+        self.normalization = record.normalization
+        self.mask_config = record.mask
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         if threshold is None:
-            threshold = stored_threshold(metadata)
+            threshold = record.threshold_value
         if not 0.0 < threshold < 1.0:
             raise ValueError(f"threshold must be in (0, 1), got {threshold}")
         self.tile, self.batch_size, self.tta, self.threshold = tile, batch_size, tta, threshold
@@ -98,13 +94,13 @@ class Segmenter:
     @classmethod
     def from_path(cls, path: str | os.PathLike, **options: object) -> Segmenter:
         """Loads a `.keras` file, a run directory's best model or an exported version."""
-        network, metadata = load_network(path)
-        return cls(network, metadata, **options)
+        network, record = load_network(path)
+        return cls(network, record, **options)
 
     @classmethod
-    def from_model(cls, model: keras.Model, metadata: dict, **options: object) -> Segmenter:
-        """Wraps a Keras model (in inference mode) and its preprocessing record."""
-        return cls(lambda tiles: model(tiles, training=False), metadata, **options)
+    def from_model(cls, model: keras.Model, record: ModelRecord, **options: object) -> Segmenter:
+        """Wraps a Keras model (in inference mode) and its record."""
+        return cls(lambda tiles: model(tiles, training=False), record, **options)
 
     @property
     def classes(self) -> int:

@@ -5,11 +5,12 @@ A version directory holds one SavedModel with these signatures:
 - `serving_default`: `image` [N, H, W, C] raw pixels in the training images' dtype, any H
   and W -> `probabilities` float32 [N, H, W, classes] and `mask` [N, H, W] in the training
   masks' value convention. The graph normalises as training did and, for valid padding,
-  cuts mirrored tiles on the 2**depth grid, exactly as `unet_keras.inference.segmenter` does, so it
-  gives the same result; same padding pads the image to a workable size, mirrored.
+  cuts mirrored tiles on the 2**depth grid, exactly as `Segmenter` does (both follow
+  `unet_keras.geometry`), so it gives the same result; same padding pads the image to a
+  workable size, mirrored.
 - `segment_png`: `image_png` [N] PNG bytes (8- or 16-bit) -> `mask_png` [N] PNG bytes.
-- `metadata`: no input -> `metadata`, the model's record (normalisation, mask convention,
-  model shape, tiles) as JSON text; the same record is the asset `unet_keras.json`.
+- `metadata`: no input -> `metadata`, the model's `ModelRecord` (normalisation, mask
+  convention, model shape, tiles, threshold) as JSON text; also the asset `unet_keras.json`.
 - `tiles`: `tiles` [N, h, w, C] normalised float32 tiles of workable size ->
   `probabilities`, the bare network, for clients that tile images themselves.
 
@@ -21,9 +22,9 @@ versions and renamed into place, so a polling server never sees half a version.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
-import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -33,24 +34,24 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from unet_keras.config import MaskConfig, ModelConfig, NormalizationConfig
+from unet_keras import contract
+from unet_keras.config import DEFAULT_MAX_PIXELS, Calibration, ModelRecord
+from unet_keras.contract import next_version
 from unet_keras.geometry import context_margin, largest_output_tile, mirror_index, valid_tiling
-from unet_keras.inference.segmenter import stored_threshold
-from unet_keras.saving import METADATA_ENTRY, load_model
-
-# A 16384 x 16384 image: larger requests are refused (INVALID_ARGUMENT) before any work,
-# which also guards PNG input against decompression bombs.
-DEFAULT_MAX_PIXELS = 16384 * 16384
-_VERSION = re.compile(r"[0-9]+")
+from unet_keras.saving import load_model
 
 
 class ServingModule(tf.Module):
-    """The exported graph: a U-Net wrapped with its preprocessing and tiling."""
+    """The exported graph: a U-Net wrapped with its preprocessing and tiling.
+
+    Its signatures and their inputs and outputs are the serving contract's
+    (`unet_keras.contract`).
+    """
 
     def __init__(
         self,
         model: keras.Model,
-        metadata: dict[str, Any],
+        record: ModelRecord,
         *,
         tile: int | None = None,
         tiles_per_call: int = 4,
@@ -59,51 +60,44 @@ class ServingModule(tf.Module):
     ) -> None:
         super().__init__(name="unet_serving")
         self.model = model
-        self._config = ModelConfig.from_dict(metadata["model"])
-        normalization = NormalizationConfig.from_dict(metadata["normalization"])
-        mask = MaskConfig.from_dict(metadata["mask"])
+        if threshold is not None:
+            if not 0 < threshold < 1:
+                raise ValueError(f"threshold must be in (0, 1), got {threshold}")
+            chosen = Calibration(threshold, "set at export", (), {}, {})
+            record = dataclasses.replace(record, threshold=chosen)
+        self.record = record
+        self._config = record.model
+        normalization, mask = record.normalization, record.mask
         self._dtype = tf.as_dtype(normalization.input_dtype)
         self._offset = tf.constant(normalization.offset, tf.float32)
         self._scale = tf.constant(normalization.scale, tf.float32)
         self._mask_dtype = tf.uint8 if max(mask.class_values) <= 255 else tf.uint16
         self._class_values = tf.constant(mask.class_values, self._mask_dtype)
         self._largest = largest_output_tile(self._config.depth, tile)
-        if threshold is None:
-            threshold = stored_threshold(metadata)
-        if not 0 < threshold < 1:
-            raise ValueError(f"threshold must be in (0, 1), got {threshold}")
-        self._threshold, self._tiles_per_call, self._max_pixels = (
-            threshold,
-            tiles_per_call,
-            max_pixels,
-        )
-        self._metadata_json = json.dumps(metadata, sort_keys=True)
+        self._threshold = record.threshold_value
+        self._tiles_per_call, self._max_pixels = tiles_per_call, max_pixels
+        self.record_json = json.dumps(record.to_dict(), sort_keys=True)
         channels = self._config.in_channels
-        self.serve = tf.function(
-            self._serve,
-            input_signature=[tf.TensorSpec([None, None, None, channels], self._dtype, "image")],
-        )
-        self.segment_png = tf.function(
-            self._segment_png, input_signature=[tf.TensorSpec([None], tf.string, "image_png")]
-        )
+        image = tf.TensorSpec([None, None, None, channels], self._dtype, contract.IMAGE)
+        pngs = tf.TensorSpec([None], tf.string, contract.IMAGE_PNG)
+        tiles = tf.TensorSpec([None, None, None, channels], tf.float32, contract.TILES_INPUT)
+        self.serve = tf.function(self._serve, input_signature=[image])
+        self.segment_png = tf.function(self._segment_png, input_signature=[pngs])
         self.metadata = tf.function(self._metadata, input_signature=[])
-        self.tiles = tf.function(
-            self._tiles,
-            input_signature=[tf.TensorSpec([None, None, None, channels], tf.float32, "tiles")],
-        )
+        self.tiles = tf.function(self._tiles, input_signature=[tiles])
 
     def signatures(self) -> dict[str, Any]:
         """The signatures to save, by name."""
         return {
-            "serving_default": self.serve.get_concrete_function(),
-            "segment_png": self.segment_png.get_concrete_function(),
-            "metadata": self.metadata.get_concrete_function(),
-            "tiles": self.tiles.get_concrete_function(),
+            contract.SEGMENT: self.serve.get_concrete_function(),
+            contract.SEGMENT_PNG: self.segment_png.get_concrete_function(),
+            contract.METADATA: self.metadata.get_concrete_function(),
+            contract.TILES: self.tiles.get_concrete_function(),
         }
 
     def _serve(self, image: tf.Tensor) -> dict[str, tf.Tensor]:
         probabilities = self.probabilities(image)
-        return {"probabilities": probabilities, "mask": self._mask(probabilities)}
+        return {contract.PROBABILITIES: probabilities, contract.MASK: self._mask(probabilities)}
 
     def _segment_png(self, image_png: tf.Tensor) -> dict[str, tf.Tensor]:
         def one(png: tf.Tensor) -> tf.Tensor:
@@ -111,16 +105,16 @@ class ServingModule(tf.Module):
                 self._checked_png(png), channels=self._config.in_channels, dtype=self._dtype
             )
             # serving_default's function, stored once in the export.
-            mask = self.serve(image[tf.newaxis])["mask"][0]
+            mask = self.serve(image[tf.newaxis])[contract.MASK][0]
             return tf.io.encode_png(mask[..., tf.newaxis])
 
-        return {"mask_png": tf.map_fn(one, image_png, fn_output_signature=tf.string)}
+        return {contract.MASK_PNG: tf.map_fn(one, image_png, fn_output_signature=tf.string)}
 
     def _metadata(self) -> dict[str, tf.Tensor]:
-        return {"metadata": tf.constant(self._metadata_json)}
+        return {contract.RECORD: tf.constant(self.record_json)}
 
     def _tiles(self, tiles: tf.Tensor) -> dict[str, tf.Tensor]:
-        return {"probabilities": self.model(tiles, training=False)}
+        return {contract.PROBABILITIES: self.model(tiles, training=False)}
 
     def probabilities(self, image: tf.Tensor) -> tf.Tensor:
         """Class probabilities [N, H, W, classes] for raw images [N, H, W, C]."""
@@ -190,7 +184,7 @@ class ServingModule(tf.Module):
         tiles = tf.reshape(tiles, tf.concat([[calls, chunk], tf.shape(tiles)[1:]], 0))
         outputs = tf.map_fn(
             # The `tiles` signature's function: the network is stored once in the export.
-            lambda batch: self.tiles(batch)["probabilities"],
+            lambda batch: self.tiles(batch)[contract.PROBABILITIES],
             tiles,
             fn_output_signature=tf.TensorSpec([None, None, None, self._config.classes]),
             parallel_iterations=1,
@@ -261,17 +255,6 @@ def owner_index(axis: GraphAxis, size: tf.Tensor) -> tf.Tensor:
     return tile * axis.tile_out + pixel - tile * axis.step
 
 
-def next_version(base_path: str | os.PathLike) -> int:
-    """One more than the largest numbered version under `base_path` (1 when none)."""
-    base_path = Path(base_path)
-    versions = (
-        [int(p.name) for p in base_path.iterdir() if _VERSION.fullmatch(p.name)]
-        if (base_path.is_dir())
-        else []
-    )
-    return max(versions, default=0) + 1
-
-
 def export_model(
     model_path: str | os.PathLike,
     base_path: str | os.PathLike,
@@ -294,16 +277,16 @@ def export_model(
             f"{target}: version {version} exists and is never overwritten; export as "
             f"version {next_version(base_path)} (the default)"
         )
-    model, metadata = load_model(model_path, compile=False)
-    module = ServingModule(model, metadata, **options)
+    model, record = load_model(model_path, compile=False)
+    module = ServingModule(model, record, **options)
     base_path.mkdir(parents=True, exist_ok=True)
     # Non-numeric and hidden: TF Serving ignores it until the rename.
     staging = Path(tempfile.mkdtemp(prefix=f".{version}.partial-", dir=base_path))
     try:
         asset_source = staging / "source"
         asset_source.mkdir()
-        (asset_source / METADATA_ENTRY).write_text(module._metadata_json)
-        module.metadata_asset = tf.saved_model.Asset(str(asset_source / METADATA_ENTRY))
+        (asset_source / contract.RECORD_FILE).write_text(module.record_json)
+        module.record_asset = tf.saved_model.Asset(str(asset_source / contract.RECORD_FILE))
         saved = staging / "saved_model"
         tf.saved_model.save(module, str(saved), signatures=module.signatures())
         os.rename(saved, target)  # fails, rather than merges, if the version appeared

@@ -14,6 +14,7 @@ collectives: `all_workers` gathers a value from each so that all decide alike.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from typing import Any
@@ -106,3 +107,21 @@ def any_worker(strategy: tf.distribute.Strategy, flag: bool) -> bool:
     if not isinstance(strategy, MultiWorkerStrategy):
         return flag
     return float(strategy.count_true(tf.constant(float(flag)))) > 0
+
+
+def check_workers_agree(strategy: tf.distribute.Strategy, settings: dict, epoch: int) -> None:
+    """Refuses a cluster whose workers would run different steps (and wait forever)."""
+    text = json.dumps(settings, sort_keys=True).encode()
+    digest = float(int.from_bytes(hashlib.sha256(text).digest()[:6], "big"))  # exact in f64
+    digests, epochs = zip(*all_workers(strategy, [digest, float(epoch)]), strict=True)
+    if len(set(digests)) > 1:
+        raise ValueError(
+            "the workers were started with different settings: start every worker with the "
+            "same command, TF_CONFIG's task being the only difference"
+        )
+    if len(set(epochs)) > 1:
+        raise ValueError(
+            f"the workers would resume after different epochs {[int(e) for e in epochs]}: "
+            f"--run-dir must be on storage every worker reads (the chief's state.json and "
+            f"last.keras are where all workers resume from)"
+        )

@@ -1,6 +1,6 @@
 """`tf.data` pipelines: random augmented training tiles and whole-image validation tiles.
 
-Examples are prepared once (normalised image, class labels, border weight map) and cached.
+Examples are prepared once (`unet_keras.training.prepare`) and cached.
 A training tile is read through a field of sampling coordinates: the tile's place in the
 image plus the elastic displacement, mirrored at the image border, so a valid-padding
 model's input tile carries real or mirrored context around a fully labelled output tile
@@ -12,92 +12,15 @@ weight 0 marks pixels outside the image, which losses and metrics ignore.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
-from typing import Protocol, TypeVar
 
 import numpy as np
 import tensorflow as tf
 
-from unet_keras.config import AugmentConfig, MaskConfig, NormalizationConfig
+from unet_keras.config import AugmentConfig
 from unet_keras.geometry import mirror_index
-from unet_keras.io.masks import mask_to_labels
-from unet_keras.io.normalization import normalize
-from unet_keras.io.sample import Sample
 from unet_keras.training import augment
-from unet_keras.training.weights import border_weight_map
-
-
-class _HasName(Protocol):
-    name: str
-
-
-Named = TypeVar("Named", bound=_HasName)
-
-
-@dataclasses.dataclass(frozen=True)
-class Example:
-    """A training example ready for the pipeline: everything computed once per image."""
-
-    name: str
-    image: np.ndarray  # float32 [H, W, C], normalised
-    labels: np.ndarray  # int32 [H, W], class indices
-    weights: np.ndarray  # float32 [H, W], the paper's border weight map
-
-
-def prepare_examples(
-    samples: Sequence[Sample],
-    mask_config: MaskConfig,
-    normalization: NormalizationConfig,
-    w0: float = 10.0,
-    sigma: float = 5.0,
-) -> list[Example]:
-    """Normalises images, turns masks into class labels and computes each weight map once."""
-    examples = []
-    for sample in samples:
-        if sample.mask is None:
-            raise ValueError(f"{sample.name}: training needs a mask for every image, found none")
-        labels = mask_to_labels(sample.mask, mask_config, source=sample.name)
-        examples.append(
-            Example(
-                name=sample.name,
-                image=normalize(sample.image, normalization, source=sample.name),
-                labels=labels,
-                weights=border_weight_map(labels, w0, sigma, mask_config.num_classes),
-            )
-        )
-    return examples
-
-
-def split_by_image(
-    examples: Sequence[Named], validation: int | Sequence[str], seed: int = 0
-) -> tuple[list[Named], list[Named]]:
-    """Splits whole images into training and validation: a count drawn at random, or names.
-
-    Works on anything named per image (`Sample`s before preparation, `Example`s after).
-
-    Splitting by image, never by augmented copy, keeps validation honest: tiles of one
-    section look alike, so a split of augmented copies scores a memorised section.
-    """
-    names = [example.name for example in examples]
-    if isinstance(validation, int):
-        if not 0 <= validation < len(examples):
-            raise ValueError(
-                f"validation count must be in [0, {len(examples) - 1}] for "
-                f"{len(examples)} images, got {validation}"
-            )
-        order = np.random.default_rng(seed).permutation(len(examples))
-        chosen = {names[i] for i in order[:validation]}
-    else:
-        chosen = set(validation)
-        unknown = sorted(chosen - set(names))
-        if unknown:
-            raise ValueError(f"validation images {unknown} are not in the data set {names}")
-    training = [example for example in examples if example.name not in chosen]
-    held_out = [example for example in examples if example.name in chosen]
-    if not training:
-        raise ValueError("the validation split leaves no image for training")
-    return training, held_out
+from unet_keras.training.prepare import Example
 
 
 def _example_dataset(examples: Sequence[Example]) -> tf.data.Dataset:
@@ -204,6 +127,46 @@ def _elasticdeform_tile(stack, top, left, grid, input_size, margin, order):
     return image, np.stack([labels[crop, crop], weights[crop, crop]], axis=-1)
 
 
+def _stacked(image: tf.Tensor, labels: tf.Tensor, weights: tf.Tensor, cubic: bool) -> tf.Tensor:
+    """One tensor per image, [image channels..., label, weight]: one deformation moves all
+    of it, and its last two channels are already the targets' layout."""
+    if cubic:
+        image = augment.spline_prefilter(image)  # B-spline coefficients, once per image
+    return tf.concat([image, tf.cast(labels, tf.float32)[..., None], weights[..., None]], -1)
+
+
+def _window(
+    stack: tf.Tensor,
+    top: tf.Tensor,
+    left: tf.Tensor,
+    grid: tf.Tensor,
+    config: AugmentConfig,
+    input_size: int,
+    margin: int,
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """The input tile at (top, left) and the targets of its centre, deformed by `grid` as
+    configured (in the graph, or by elasticdeform), or cut as they are."""
+    channels = int(stack.shape[-1]) - 2
+    inner = slice(margin, input_size - margin)
+    if not config.elastic:
+        window = _mirrored_crop(stack, top, left, input_size)
+    elif config.elastic_backend == "tensorflow":
+        # Per channel: the image as configured, labels without inventing classes, weights
+        # smooth.
+        modes = (config.interpolation,) * channels + ("nearest", "linear")
+        origin = tf.stack([top, left])
+        window = augment.deform(stack, grid, modes, origin, (input_size, input_size))
+    else:
+        order = 3 if config.interpolation == "cubic" else 1
+        return tf.numpy_function(
+            lambda *args: _elasticdeform_tile(*args, input_size, margin, order),
+            [stack, top, left, grid],
+            [tf.float32, tf.float32],
+            stateful=False,
+        )
+    return window[..., :channels], window[inner, inner, channels:]
+
+
 def training_dataset(
     examples: Sequence[Example],
     input_size: int,
@@ -224,21 +187,10 @@ def training_dataset(
     margin = _check_tiles(input_size, output_size)
     config = config or AugmentConfig()
     channels = examples[0].image.shape[-1]
-    interpolation = config.interpolation
-    in_graph = config.elastic and config.elastic_backend == "tensorflow"
-    inner = slice(margin, margin + output_size)
-    # Per channel: the image as configured, labels without inventing classes, weights smooth.
-    modes = (interpolation,) * channels + ("nearest", "linear")
+    cubic = config.elastic and config.elastic_backend == "tensorflow"
+    cubic = cubic and config.interpolation == "cubic"
 
-    def pack(image, labels, weights):
-        # One tensor per image, [image channels..., label, weight]: one deformation moves
-        # all of it, and its last two channels are already the targets layout.
-        if in_graph and interpolation == "cubic":
-            image = augment.spline_prefilter(image)  # B-spline coefficients, once per image
-        stack = tf.concat([image, tf.cast(labels, tf.float32)[..., None], weights[..., None]], -1)
-        return stack
-
-    def make_tile(index, stack):
+    def make_tile(index: tf.Tensor, stack: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         seeds = tf.random.experimental.stateless_split(
             tf.random.experimental.stateless_fold_in([seed, stream], index), 5
         )
@@ -247,27 +199,13 @@ def training_dataset(
         grid = augment.random_displacement_grid(
             seeds[2], config.elastic_grid, config.elastic_sigma
         )
-        if not config.elastic:
-            window = _mirrored_crop(stack, top, left, input_size)
-            tile, targets = window[..., :channels], window[inner, inner, channels:]
-        elif in_graph:
-            origin = tf.stack([top, left])
-            moved = augment.deform(stack, grid, modes, origin, (input_size, input_size))
-            tile, targets = moved[..., :channels], moved[inner, inner, channels:]
-        else:
-            order = 3 if interpolation == "cubic" else 1
-            tile, targets = tf.numpy_function(
-                lambda *args: _elasticdeform_tile(*args, input_size, margin, order),
-                [stack, top, left, grid],
-                [tf.float32, tf.float32],
-                stateful=False,
-            )
+        tile, targets = _window(stack, top, left, grid, config, input_size, margin)
         tile, targets = _flip_rotate(tile, targets, seeds[3], config)
         tile = _intensity(tile, seeds[4], config)
         tile = tf.ensure_shape(tile, (input_size, input_size, channels))
         return tile, tf.ensure_shape(targets, (output_size, output_size, 2))
 
-    stacks = _example_dataset(examples).map(pack).cache()
+    stacks = _example_dataset(examples).map(lambda *arrays: _stacked(*arrays, cubic)).cache()
     stacks = stacks.repeat().shuffle(len(examples), seed=seed)
     return (
         tf.data.Dataset.zip(tf.data.Dataset.counter(), stacks)

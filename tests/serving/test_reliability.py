@@ -63,7 +63,7 @@ def save_tiny_unet(path: Path, seed: int) -> Path:
     # Depth 1 and 2 filters: 800 requests of 512x512 stay cheap; the server's work per
     # request (decoding, tiling, encoding) is the same as for a large network.
     config = ModelConfig(filters=2, depth=1, padding="valid", dropout=0.0)
-    return save_unet(path, config, (92, 76), seed)
+    return save_unet(path, config=config, tile=(92, 76), seed=seed)
 
 
 def digest(mask: np.ndarray) -> bytes:

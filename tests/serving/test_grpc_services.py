@@ -1,32 +1,28 @@
 """`unet-keras serve` against TF Serving's behaviour, through the official gRPC stubs.
 
-A conformance suite: by default it starts local servers (`python -m unet_keras.serving.server`),
-one per model. To hold a real TensorFlow Serving to the same tests:
+A conformance suite: by default it starts local servers (`unet-keras serve`), one per
+model. To hold a real TensorFlow Serving to the same tests:
 
     python -m tests.serving_fixtures /tmp/models --serving-root /models
     docker run -p 8500:8500 -v /tmp/models:/models tensorflow/serving \\
         --model_config_file=/models/models.config
     UNET_TF_SERVING_ADDRESS=localhost:8500 UNET_TF_SERVING_MODELS=/tmp/models \\
-        pytest tests/test_server.py
+        pytest tests/serving/test_grpc_services.py
 
 The real server must serve exactly those models: `half_plus_two` (version 123: y = 0.5 x + 2
 on float32 `x` [None], plus a signature `slowly`) and `unet` (version 1, the seeded tiny
 U-Net export). UNET_TF_SERVING_MODELS, the folder the models were written to, lets the
 U-Net tests compare the served results with the same SavedModel run here; without it they
 skip. Tests that need the local server's files or process (version hot-swap, start-up
-failure, TLS, SIGTERM) skip against a real server.
+TLS) skip against a real server.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import logging
 import os
 import shutil
-import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -55,11 +51,15 @@ from tests.serving_fixtures import (
     ServerProcess,
     export_half_plus_two,
     export_unet,
-    free_port,
+    floats,
+    predict_request,
+    write_garbage,
     write_version,
 )
-from unet_keras.serving import grpc_services as model_server
-from unet_keras.serving import server
+from unet_keras.config import MAX_MESSAGE_BYTES
+from unet_keras.serving.grpc_services import build_server
+from unet_keras.serving.status import StatusError
+from unet_keras.serving.versions import ModelManager
 
 REAL_ADDRESS = os.environ.get("UNET_TF_SERVING_ADDRESS")
 REAL_MODELS = os.environ.get("UNET_TF_SERVING_MODELS")
@@ -81,13 +81,13 @@ local_only = pytest.mark.skipif(
 @contextmanager
 def serve_here(
     base: Path, name: str, tls: tuple[bytes, bytes] | None = None
-) -> Iterator[tuple[str, model_server.ModelManager]]:
+) -> Iterator[tuple[str, ModelManager]]:
     """A server in this process polling `base` every 0.1 s: (port, manager)."""
-    manager = model_server.ModelManager(name, base)
+    manager = ModelManager(name, base)
     stop = threading.Event()
     assert manager.start(0.1, stop)
-    grpc_server, port = model_server.build_server(
-        manager, "127.0.0.1:0", threads=4, max_message_bytes=server.MAX_MESSAGE_BYTES, tls=tls
+    grpc_server, port = build_server(
+        manager, "127.0.0.1:0", threads=4, max_message_bytes=MAX_MESSAGE_BYTES, tls=tls
     )
     grpc_server.start()
     poller = threading.Thread(target=manager.poll_until, args=(0.1, stop))
@@ -167,23 +167,6 @@ def unet_here(served: Served) -> tf.Module:
     if served.folder is None:
         pytest.skip("UNET_TF_SERVING_MODELS is not set: the served files are unknown")
     return tf.saved_model.load(str(served.folder / UNET / str(UNET_VERSION)))
-
-
-def predict_request(
-    model: str = HALF_PLUS_TWO, signature: str = "", **inputs: object
-) -> predict_pb2.PredictRequest:
-    """A PredictRequest with NumPy inputs (which make_tensor_proto puts in tensor_content)."""
-    request = predict_pb2.PredictRequest()
-    request.model_spec.name = model
-    request.model_spec.signature_name = signature
-    for name, value in inputs.items():
-        request.inputs[name].CopyFrom(tf.make_tensor_proto(value))
-    return request
-
-
-def floats(*values: float) -> np.ndarray:
-    """half_plus_two's input `x`."""
-    return np.array(values, np.float32)
 
 
 def status_request(
@@ -422,12 +405,6 @@ def test_graph_errors_keep_their_code_and_message(unet: PredictionStub) -> None:
     assert "[Op:" not in details
 
 
-def write_garbage(path: Path) -> None:
-    """A version directory whose saved_model.pb is no protocol buffer."""
-    path.mkdir()
-    (path / "saved_model.pb").write_bytes(b"\x00 not a SavedModel")
-
-
 @local_only
 def test_versions_hot_swap_and_broken_versions_are_never_served(tmp_path: Path) -> None:
     base = tmp_path / HALF_PLUS_TWO
@@ -494,7 +471,7 @@ def test_removing_every_version_unloads_the_model(tmp_path: Path) -> None:
         shutil.rmtree(base / "1")
         wait_for(lambda: state() == State.END, "1 unloads")
         with (
-            pytest.raises(model_server.ServingError, match=r"Latest\(half_plus_two\)"),
+            pytest.raises(StatusError, match=r"Latest\(half_plus_two\)"),
             manager.servable(predict_request().model_spec),
         ):
             pass
@@ -521,103 +498,3 @@ def test_tls(tmp_path: Path) -> None:
         stub = PredictionStub(channel)
         answer = stub.Predict(predict_request(x=floats(2)), timeout=RPC_TIMEOUT)
         assert list(answer.outputs["y"].float_val) == [3.0]
-
-
-@local_only
-def test_start_fails_when_the_latest_version_cannot_load(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    base = tmp_path / "broken"
-    write_version(base, 5, write_garbage)
-    flags = ["--model-base-path", str(base), "--model-name", "broken", "--port", "0"]
-    assert server.main(flags) == 1
-    assert (
-        "Failed to start server. Error: 1 model(s) did not become available: "
-        "{{name: broken version: 5} due to error: DATA_LOSS: Can't parse "
-    ) in caplog.text
-
-
-@pytest.mark.parametrize(
-    "values",
-    [
-        np.array([[1.5, -2.25]], np.float16),
-        np.array([1.5, -2.25], tf.bfloat16.as_numpy_dtype),
-        np.array([1 + 2j, -3j], np.complex64),
-        np.array([2**40, -1], np.int64),
-        np.array([[True], [False]]),
-        np.array([0, 255], np.uint8),
-        np.array(7, np.int32),
-        np.array([b"\x89PNG\x00", b""], object),
-        np.array(b"ends in NUL\x00", object),
-    ],
-    ids=lambda values: f"{values.dtype}{list(values.shape)}",
-)
-def test_outputs_in_typed_fields_round_trip(values: np.ndarray) -> None:
-    proto = model_server.as_proto_field(tf.constant(values))
-    assert not proto.tensor_content
-    decoded = tf.make_ndarray(proto)
-    assert decoded.shape == values.shape
-    assert decoded.tolist() == values.tolist()
-
-
-def test_serve_subcommand_and_cheap_import() -> None:
-    parser = argparse.ArgumentParser(prog="unet-keras")
-    server.add_serve_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["serve", "--model-base-path", "exports/unet", "--port", "9000"])
-    assert (args.run, args.model_name, args.port, args.host) == (
-        server.run,
-        "unet",
-        9000,
-        "127.0.0.1",
-    )
-    assert args.max_message_bytes == 2**31 - 1
-    # The unet-keras command imports the module for its flags: TensorFlow must stay out.
-    check = "import sys, unet_keras.serving.server; assert 'tensorflow' not in sys.modules"
-    subprocess.run([sys.executable, "-c", check], check=True)
-
-
-def test_tls_flags_go_together(capsys: pytest.CaptureFixture) -> None:
-    flags = ["--model-base-path", "base", "--tls-cert", "cert.pem"]
-    assert server.main(flags) == 2
-    assert "--tls-cert and --tls-key go together" in capsys.readouterr().err
-
-
-@local_only
-def test_sigterm_lets_the_request_in_flight_finish_then_run_returns_0(
-    served: Served, caplog: pytest.LogCaptureFixture
-) -> None:
-    # The real run() in this process, with a real SIGTERM to it; `served` checks that
-    # server processes exit 0 on SIGTERM.
-    caplog.set_level(logging.INFO, logger=server.__name__)
-    port = free_port()
-    answers = []
-
-    def client() -> None:
-        slow = predict_request(
-            signature="slowly", x=floats(2), iterations=np.int64(SLOW_ITERATIONS)
-        )
-        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-            try:
-                # Ready once the server listens, which it does after loading.
-                grpc.channel_ready_future(channel).result(timeout=RPC_TIMEOUT)
-                stub = PredictionStub(channel)
-                in_flight = stub.Predict.future(slow, timeout=RPC_TIMEOUT)
-                time.sleep(0.5)
-            finally:
-                os.kill(os.getpid(), signal.SIGTERM)  # even after a failure: run() must end
-            answers.append(in_flight.result())
-
-    flags = ["--model-base-path", str(served.folder / HALF_PLUS_TWO)]
-    flags += ["--model-name", HALF_PLUS_TWO, "--port", str(port)]
-    # A SIGTERM that comes after run() has restored the handlers must not end pytest.
-    previous = signal.signal(signal.SIGTERM, lambda *_: None)
-    try:
-        thread = threading.Thread(target=client)
-        thread.start()
-        status = server.main(flags)
-        thread.join()
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-    assert status == 0
-    assert [list(a.outputs["y"].float_val) for a in answers] == [[3.0]]
-    assert "Stopping: refusing new requests" in caplog.text

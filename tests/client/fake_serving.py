@@ -24,6 +24,7 @@ import numpy as np
 
 from unet_keras.client import messages
 from unet_keras.client.tensors import make_ndarray, make_tensor_proto
+from unet_keras.config import MaskConfig, ModelConfig, ModelRecord, NormalizationConfig
 
 SIGNATURE_DEFS = {
     "serving_default": {
@@ -37,15 +38,14 @@ SIGNATURE_DEFS = {
 }
 
 
-def model_record(depth: int = 4, classes: int = 1) -> dict[str, Any]:
+def model_record(depth: int = 4, classes: int = 1) -> ModelRecord:
     """A model record like the export's `metadata` signature returns."""
-    return {
-        "mask": {"class_values": [0, 255]},
-        "model": {"depth": depth, "classes": classes, "padding": "valid", "in_channels": 1},
-        "normalization": {"input_dtype": "uint8", "offset": [120.0], "scale": [40.0]},
-        "threshold": {"value": 0.5},
-        "tile": {"input": 572, "output": 388},
-    }
+    return ModelRecord(
+        MaskConfig((0, 255)),
+        NormalizationConfig("standardize", (120.0,), (40.0,), "uint8"),
+        ModelConfig(depth=depth, classes=classes, padding="valid"),
+        (572, 388),
+    )
 
 
 def fake_model(image: np.ndarray, radius: int, block: int) -> dict[str, np.ndarray]:
@@ -84,7 +84,7 @@ class FakeServing:
     model_name: str = "unet"
     radius: int = 0
     block: int = 1
-    record: dict[str, Any] = field(default_factory=model_record)
+    record: ModelRecord = field(default_factory=model_record)
     # Version states GetModelStatus reports, one list per call, the last one repeating;
     # an entry may be a (code, message) pair to fail that call instead.
     statuses: list[Any] = field(default_factory=lambda: [[(3, "AVAILABLE")]])
@@ -175,7 +175,8 @@ class FakeServing:
         response = messages.PredictResponse()
         response.model_spec.CopyFrom(request.model_spec)
         if request.model_spec.signature_name == "metadata":
-            results = {"metadata": np.array(json.dumps(self.record).encode(), object)}
+            record = json.dumps(self.record.to_dict()).encode()
+            results = {"metadata": np.array(record, object)}
         elif request.model_spec.signature_name in ("", "serving_default"):
             image = make_ndarray(request.inputs["image"]) if "image" in request.inputs else None
             if image is None or image.dtype != np.uint8 or image.ndim != 4:

@@ -14,38 +14,23 @@ import pytest
 import tensorflow as tf
 from tensorflow.core.protobuf import saved_model_pb2
 
+from tests.serving_fixtures import save_unet
+from unet_keras import contract
 from unet_keras.cli import main
-from unet_keras.config import MaskConfig, ModelConfig, NormalizationConfig
+from unet_keras.config import ModelConfig, ModelRecord
 from unet_keras.inference.segmenter import Segmenter
 from unet_keras.io.readers import read_image
-from unet_keras.model import build_unet
-from unet_keras.saving import model_metadata, save_model
+from unet_keras.saving import read_record
 from unet_keras.serving import export
 
-ISBI = Path(__file__).resolve().parents[2] / "shared" / "data" / "isbi2012"
 FORBIDDEN_OPS = {"PyFunc", "PyFuncStateless", "EagerPyFunc"}
-
-
-def saved_tiny_model(folder: Path, padding: str) -> Path:
-    """A seeded tiny U-Net with ISBI-style metadata saved as `folder/model.keras`."""
-    keras.utils.set_random_seed(7)
-    config = ModelConfig(filters=4, depth=2, padding=padding, dropout=0.0)
-    metadata = model_metadata(
-        MaskConfig((0, 255)),
-        NormalizationConfig("standardize", (120.0,), (40.0,), "uint8"),
-        config,
-        (92, 52) if padding == "valid" else (64, 64),
-    )
-    path = folder / "model.keras"
-    save_model(build_unet(**config.to_dict()), path, metadata)
-    return path
 
 
 @pytest.fixture(scope="module")
 def valid_export(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """(model file, version directory) of a valid-padding model with 76-pixel tiles."""
+    """(model file, version directory) of the tiny U-Net with 76-pixel tiles."""
     folder = tmp_path_factory.mktemp("valid")
-    model = saved_tiny_model(folder, "valid")
+    model = save_unet(folder / "model.keras")
     return model, export.export_model(model, folder / "base", tile=76, max_pixels=10**6)
 
 
@@ -93,11 +78,11 @@ def test_outputs_equal_tiled_prediction_on_odd_sizes(valid_export: tuple[Path, P
 
 
 @pytest.mark.slow
-def test_outputs_equal_tiled_prediction_on_isbi(valid_export: tuple[Path, Path]) -> None:
-    if not ISBI.is_dir():
-        pytest.skip(f"{ISBI} is absent")
+def test_outputs_equal_tiled_prediction_on_isbi(
+    valid_export: tuple[Path, Path], isbi: Path
+) -> None:
     model, version = valid_export
-    image = read_image(ISBI / "train" / "images" / "00.png")
+    image = read_image(isbi / "train" / "images" / "00.png")
     expected = Segmenter.from_path(model, tile=76).probabilities(image)
     np.testing.assert_allclose(serve(version, image)["probabilities"], expected, atol=1e-5)
     # A model loads from its export too, with the same outputs.
@@ -106,7 +91,8 @@ def test_outputs_equal_tiled_prediction_on_isbi(valid_export: tuple[Path, Path])
 
 
 def test_same_padding_export_matches_one_tile(tmp_path: Path) -> None:
-    model = saved_tiny_model(tmp_path, "same")
+    config = ModelConfig(filters=4, depth=2, padding="same", dropout=0.0)
+    model = save_unet(tmp_path / "model.keras", config=config, tile=(64, 64))
     version = export.export_model(model, tmp_path / "base")
     image = np.random.default_rng(3).integers(0, 256, (101, 70, 1), np.uint8)
     expected = Segmenter.from_path(model, tile=128, overlap=0).probabilities(image)
@@ -132,14 +118,42 @@ def test_png_signature_and_its_guards(valid_export: tuple[Path, Path]) -> None:
         signature(image_png=tf.constant([bomb]))
 
 
-def test_metadata_signature_and_asset(valid_export: tuple[Path, Path]) -> None:
+def test_signatures_are_the_contracts(valid_export: tuple[Path, Path]) -> None:
     _, version = valid_export
-    signature = tf.saved_model.load(str(version)).signatures["metadata"]
-    served = json.loads(signature()["metadata"].numpy())
-    stored = json.loads((version / "assets" / "unet_keras.json").read_text())
-    assert served == stored
-    assert served["mask"]["class_values"] == [0, 255]
-    assert served["normalization"]["offset"] == [120.0]
+    loaded = tf.saved_model.load(str(version))
+    found = {
+        name: (
+            tuple(sorted(function.structured_input_signature[1])),
+            tuple(sorted(function.structured_outputs)),
+        )
+        for name, function in loaded.signatures.items()
+    }
+    expected = {
+        name: (tuple(sorted(inputs)), tuple(sorted(outputs)))
+        for name, (inputs, outputs) in contract.SIGNATURES.items()
+    }
+    assert found == expected
+
+
+def test_metadata_signature_and_asset(valid_export: tuple[Path, Path]) -> None:
+    model, version = valid_export
+    signature = tf.saved_model.load(str(version)).signatures[contract.METADATA]
+    served = ModelRecord.from_dict(json.loads(signature()[contract.RECORD].numpy()))
+    stored = json.loads((version / "assets" / contract.RECORD_FILE).read_text())
+    assert served.to_dict() == stored
+    assert served == read_record(model)
+    assert served.mask.class_values == (0, 255)
+    assert served.normalization.offset == (120.0,)
+
+
+def test_a_threshold_set_at_export_is_in_its_record(
+    valid_export: tuple[Path, Path], tmp_path: Path
+) -> None:
+    model, _ = valid_export
+    version = export.export_model(model, tmp_path / "base", threshold=0.3)
+    record = json.loads((version / "assets" / contract.RECORD_FILE).read_text())
+    assert record["threshold"]["value"] == 0.3
+    assert record["threshold"]["chosen_by"] == "set at export"
 
 
 def test_only_core_tensorflow_ops(valid_export: tuple[Path, Path]) -> None:

@@ -2,27 +2,24 @@
 
 from __future__ import annotations
 
-import keras
 import numpy as np
 import pytest
 
-from unet_keras.config import MaskConfig, ModelConfig, NormalizationConfig
+from unet_keras.config import ModelConfig
 from unet_keras.geometry import context_margin, input_size_for_output, plan_tiles
 from unet_keras.inference.segmenter import DIHEDRAL, Segmenter, dihedral
 from unet_keras.io.sample import DataError
-from unet_keras.model import build_unet
-from unet_keras.saving import model_metadata
-
-NORMALIZATION = NormalizationConfig("standardize", (120.0,), (40.0,), "uint8")
 
 
-def tiny_segmenter(padding: str, depth: int = 2, **options: object) -> Segmenter:
-    """A seeded tiny U-Net (4 filters) wrapped with ISBI-style metadata."""
-    keras.utils.set_random_seed(3)
-    config = ModelConfig(filters=4, depth=depth, padding=padding, dropout=0.0)
-    model = build_unet(**config.to_dict())
-    metadata = model_metadata(MaskConfig((0, 255)), NORMALIZATION, config, (92, 52))
-    return Segmenter.from_model(model, metadata, **options)
+@pytest.fixture
+def tiny_segmenter(tiny_unet):
+    """Makes a Segmenter of the tiny U-Net: `tiny_segmenter(padding, depth=2, **options)`."""
+
+    def make(padding: str, depth: int = 2, **options: object) -> Segmenter:
+        config = ModelConfig(filters=4, depth=depth, padding=padding, dropout=0.0)
+        return Segmenter.from_model(*tiny_unet(config, seed=3), **options)
+
+    return make
 
 
 def smooth_image(height: int, width: int, seed: int = 0) -> np.ndarray:
@@ -51,7 +48,7 @@ def whole_image_prediction(segmenter: Segmenter, image: np.ndarray) -> np.ndarra
     return np.asarray(model(normalised[None]))[0, :height, :width]
 
 
-def test_tiled_valid_prediction_equals_whole_image() -> None:
+def test_tiled_valid_prediction_equals_whole_image(tiny_segmenter) -> None:
     # Odd sizes that take several tiles on both axes (output tiles of 36 pixels).
     segmenter = tiny_segmenter("valid", tile=76, batch_size=3)
     image = np.random.default_rng(1).integers(0, 256, (157, 211, 1), dtype=np.uint8)
@@ -61,7 +58,7 @@ def test_tiled_valid_prediction_equals_whole_image() -> None:
     np.testing.assert_allclose(tiled, whole_image_prediction(segmenter, image), atol=1e-5)
 
 
-def test_image_smaller_than_a_tile() -> None:
+def test_image_smaller_than_a_tile(tiny_segmenter) -> None:
     segmenter = tiny_segmenter("valid")
     image = np.random.default_rng(2).integers(0, 256, (5, 9, 1), dtype=np.uint8)
     np.testing.assert_allclose(
@@ -75,7 +72,7 @@ def seam_ratio(probabilities: np.ndarray, borders: list[int]) -> float:
     return float(jumps[[b - 1 for b in borders]].mean() / jumps.mean())
 
 
-def test_same_padding_blending_leaves_no_seam() -> None:
+def test_same_padding_blending_leaves_no_seam(tiny_segmenter) -> None:
     image = smooth_image(96, 320)
     blended = tiny_segmenter("same", tile=64, overlap=32).probabilities(image)
     naive = tiny_segmenter("same", tile=64, overlap=0).probabilities(image)
@@ -99,7 +96,7 @@ def test_dihedral_gives_the_8_symmetries_as_views() -> None:
     assert all(np.shares_memory(v, image) for v in views)
 
 
-def test_tta_is_the_mean_of_transformed_predictions() -> None:
+def test_tta_is_the_mean_of_transformed_predictions(tiny_segmenter) -> None:
     image = np.random.default_rng(4).integers(0, 256, (90, 70, 1), dtype=np.uint8)
     plain = tiny_segmenter("valid", tile=76)
     expected = np.zeros((90, 70, 1), np.float32)
@@ -112,7 +109,7 @@ def test_tta_is_the_mean_of_transformed_predictions() -> None:
     assert np.abs(augmented - plain.probabilities(image)).max() > 1e-3
 
 
-def test_labels_and_mask_follow_the_training_convention() -> None:
+def test_labels_and_mask_follow_the_training_convention(tiny_segmenter) -> None:
     segmenter = tiny_segmenter("valid", threshold=0.4)
     probabilities = np.array([[[0.1], [0.4]], [[0.9], [0.39]]], np.float32)
     labels = segmenter.labels(probabilities)
@@ -122,7 +119,7 @@ def test_labels_and_mask_follow_the_training_convention() -> None:
     np.testing.assert_array_equal(mask, [[0, 255], [255, 0]])
 
 
-def test_bad_images_and_settings_are_named() -> None:
+def test_bad_images_and_settings_are_named(tiny_segmenter) -> None:
     segmenter = tiny_segmenter("valid")
     with pytest.raises(DataError, match=r"scan\.png: shape \(8, 8, 3\).*\(H, W, 1\)"):
         segmenter.probabilities(np.zeros((8, 8, 3), np.uint8), source="scan.png")

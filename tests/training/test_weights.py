@@ -8,8 +8,6 @@ from scipy import ndimage as ndi
 
 from unet_keras.training.weights import border_weight_map
 
-ISBI = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "isbi2012"
-
 
 def class_weights(labels: np.ndarray) -> np.ndarray:
     """w_c by counting: N / (K * N_c), K the classes present."""
@@ -99,11 +97,10 @@ def full_image_reference(labels: np.ndarray, w0: float, sigma: float) -> np.ndar
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not ISBI.is_dir(), reason="ISBI 2012 data not present")
-def test_isbi_mask_matches_the_full_reference() -> None:
+def test_isbi_mask_matches_the_full_reference(isbi: Path) -> None:
     from PIL import Image
 
-    labels = (np.asarray(Image.open(ISBI / "train" / "masks" / "00.png")) == 255).astype(np.int32)
+    labels = (np.asarray(Image.open(isbi / "train" / "masks" / "00.png")) == 255).astype(np.int32)
     weights = border_weight_map(labels)
     assert np.isfinite(weights).all()
     np.testing.assert_allclose(weights, full_image_reference(labels, 10.0, 5.0), atol=1e-4)

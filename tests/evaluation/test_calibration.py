@@ -1,38 +1,30 @@
-"""Tests for unet_keras.evaluation.calibration: the threshold chosen on validation images."""
+"""unet_keras.evaluation.calibration: the threshold chosen on the validation images."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import keras
 import numpy as np
 
-from unet_keras.config import MaskConfig, ModelConfig, NormalizationConfig
+from unet_keras.config import MaskConfig
 from unet_keras.evaluation.calibration import calibrate_threshold
 from unet_keras.inference.segmenter import Segmenter
 from unet_keras.io.sample import Sample
-from unet_keras.model import build_unet
-from unet_keras.saving import load_model, model_metadata, save_model
+from unet_keras.saving import load_model, save_model
 from unet_keras.serving.export import ServingModule
 
 
-def test_the_threshold_that_reproduces_the_masks_is_chosen_and_stored(tmp_path: Path) -> None:
-    keras.utils.set_random_seed(11)
-    config = ModelConfig(filters=4, depth=2, dropout=0.0)
-    metadata = model_metadata(
-        MaskConfig((255, 0)),
-        NormalizationConfig("standardize", (120.0,), (40.0,), "uint8"),
-        config,
-        (92, 52),
-    )
-    model = build_unet(**config.to_dict())
+def test_the_threshold_that_reproduces_the_masks_is_chosen_and_stored(
+    tmp_path: Path, tiny_unet
+) -> None:
+    model, record = tiny_unet(seed=11, mask=MaskConfig((255, 0)))
     # Steeper output weights spread the probabilities over (0, 1), so that the masks made
     # at 0.45 below differ from those at 0.4 and 0.5.
     output = model.get_layer("output")
     kernel, bias = output.get_weights()
     output.set_weights([kernel * 3, bias - 0.5])
     path = tmp_path / "best.keras"
-    save_model(model, path, metadata)
+    save_model(model, path, record)
     untouched = Segmenter.from_path(path)
     assert untouched.threshold == 0.5
     rng = np.random.default_rng(0)
@@ -46,11 +38,12 @@ def test_the_threshold_that_reproduces_the_masks_is_chosen_and_stored(tmp_path: 
         assert np.any((probabilities >= 0.4) & (probabilities < 0.45))
         assert np.any((probabilities >= 0.45) & (probabilities < 0.5))
 
-    record = calibrate_threshold(path, samples)
-    assert record["value"] == 0.45
-    assert record["images"] == ["v0", "v1"]
-    assert record["scores"]["pixel_error"] == 0 and record["scores"]["adapted_rand_error"] == 0
-    assert record["scores_at_0.5"]["pixel_error"] > 0
+    calibration = calibrate_threshold(path, samples)
+    assert calibration.value == 0.45
+    assert calibration.images == ("v0", "v1")
+    assert calibration.scores["pixel_error"] == 0
+    assert calibration.scores["adapted_rand_error"] == 0
+    assert calibration.scores_at_half["pixel_error"] > 0
 
     # Prediction and export default to it; the model itself is unchanged.
     calibrated = Segmenter.from_path(path)
@@ -60,6 +53,6 @@ def test_the_threshold_that_reproduces_the_masks_is_chosen_and_stored(tmp_path: 
         samples[0].mask,
     )
     model, stored = load_model(path)
-    assert stored["threshold"]["value"] == 0.45 and stored["mask"] == metadata["mask"]
+    assert stored.threshold == calibration and stored.mask == record.mask
     assert ServingModule(model, stored)._threshold == 0.45
     assert Segmenter.from_path(path, threshold=0.6).threshold == 0.6

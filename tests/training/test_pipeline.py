@@ -1,19 +1,16 @@
-"""tf.data pipelines: tile geometry, consistency of image and targets, seeding, splits."""
-
-from pathlib import Path
+"""tf.data pipelines: tile geometry, consistency of image and targets, seeding."""
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from unet_keras.config import AugmentConfig, MaskConfig, NormalizationConfig
+from unet_keras.config import AugmentConfig, MaskConfig
 from unet_keras.io.normalization import fit_normalization
 from unet_keras.io.readers import load_dataset
 from unet_keras.io.sample import Sample
-from unet_keras.io.synthetic import synthetic_em_images
 from unet_keras.training import pipeline
+from unet_keras.training.prepare import Example, prepare_examples
 
-ISBI = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "isbi2012"
 NO_AUGMENTATION = AugmentConfig(elastic=False, flips=False, rotations=False)
 MASKS = MaskConfig((0, 255))
 
@@ -28,7 +25,7 @@ def _threshold_examples(count=3, shape=(40, 52), seed=0):
         image = image.numpy()[8 : 8 + shape[0], 8 : 8 + shape[1]].astype(np.float32)
         labels = (image[..., 0] > 0).astype(np.int32)
         weights = 1.0 + labels.astype(np.float32)
-        examples.append(pipeline.Example(f"ex{index}", image, labels, weights))
+        examples.append(Example(f"ex{index}", image, labels, weights))
     return examples
 
 
@@ -37,41 +34,6 @@ def _agreement(batch_images, batch_targets, margin):
     size = batch_targets.shape[1]
     centre = batch_images[:, margin : margin + size, margin : margin + size, 0]
     return np.mean((centre > 0) == (batch_targets[..., 0] > 0.5))
-
-
-def test_prepare_examples_normalises_labels_and_weights():
-    samples = synthetic_em_images(2, (64, 64))
-    normalization = fit_normalization([s.image for s in samples])
-    examples = pipeline.prepare_examples(samples, MASKS, normalization)
-    assert [e.name for e in examples] == [s.name for s in samples]
-    example = examples[0]
-    assert example.image.dtype == np.float32 and example.image.shape == (64, 64, 1)
-    assert abs(float(np.mean([e.image.mean() for e in examples]))) < 0.1
-    np.testing.assert_array_equal(example.labels, samples[0].mask // 255)
-    assert example.weights.dtype == np.float32 and example.weights.min() > 0
-    # The border term lifts membrane pixels between cells far above the class weight.
-    assert example.weights.max() > 5
-
-
-def test_prepare_examples_needs_masks():
-    image = np.zeros((8, 8, 1), np.uint8)
-    with pytest.raises(ValueError, match=r"unlabelled\.png: training needs a mask"):
-        pipeline.prepare_examples([Sample("unlabelled.png", image)], MASKS, NormalizationConfig())
-
-
-def test_split_is_by_whole_image_and_seeded():
-    examples = _threshold_examples(5)
-    training, validation = pipeline.split_by_image(examples, 2, seed=3)
-    assert len(validation) == 2 and len(training) == 3
-    assert not {e.name for e in training} & {e.name for e in validation}
-    again = pipeline.split_by_image(examples, 2, seed=3)[1]
-    assert [e.name for e in again] == [e.name for e in validation]
-    named = pipeline.split_by_image(examples, ["ex4"])[1]
-    assert [e.name for e in named] == ["ex4"]
-    with pytest.raises(ValueError, match="nope"):
-        pipeline.split_by_image(examples, ["nope"])
-    with pytest.raises(ValueError, match="validation count"):
-        pipeline.split_by_image(examples, 5)
 
 
 def test_training_tiles_have_the_model_geometry():
@@ -188,8 +150,7 @@ def test_bad_tile_sizes_are_named():
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not ISBI.exists(), reason="ISBI 2012 data not present")
-def test_isbi_threshold_mask_survives_deformation():
+def test_isbi_threshold_mask_survives_deformation(isbi):
     # A mask made by thresholding an image, deformed with it, still equals the threshold
     # of the deformed image: image and targets stay aligned through the whole pipeline.
     # Raw sections are noisy: about 4 % of their pixels lie so close to any threshold that
@@ -197,13 +158,13 @@ def test_isbi_threshold_mask_survives_deformation():
     # section 00), and blurring adds boundary pixels that linear and nearest resampling
     # split differently (98.5 % for elasticdeform). The image here has the sections' real
     # geometry without either: their label images, 0 and 255.
-    smoothed = [s.mask[..., None] for s in load_dataset(ISBI / "train")[:4]]
+    smoothed = [s.mask[..., None] for s in load_dataset(isbi / "train")[:4]]
     normalization = fit_normalization(smoothed)
     thresholded = [
         Sample(f"s{i}", image, np.where(image[..., 0] > 128, 255, 0).astype(np.uint8))
         for i, image in enumerate(smoothed)
     ]
-    examples = pipeline.prepare_examples(thresholded, MASKS, normalization)
+    examples = prepare_examples(thresholded, MASKS, normalization)
     threshold = (128 - normalization.offset[0]) / normalization.scale[0]
     config = AugmentConfig(gamma=0.0, contrast=0.0)
     dataset = pipeline.training_dataset(examples, 284, 100, 4, config, seed=0)

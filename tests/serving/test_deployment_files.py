@@ -22,7 +22,7 @@ from google.protobuf import (
 from google.protobuf.message import Message
 from tensorflow_serving.config import model_server_config_pb2
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SERVING = ROOT / "serving"
 KUBERNETES = SERVING / "kubernetes"
 LAUNCH = SERVING / "launch.sh"

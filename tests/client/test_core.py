@@ -1,0 +1,220 @@
+"""The client's operations, each run by both clients (the `connect` and `client` fixtures):
+calls, retries, deadlines, waiting for a version, segmentation and tiling."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import grpc
+import numpy as np
+import pytest
+
+from tests.client.conftest import FAST_RETRY
+from tests.client.fake_serving import FakeServing, fake_model, model_record
+from unet_keras.client import (
+    ChannelConfig,
+    DeadlineExceededError,
+    InvalidArgumentError,
+    NotFoundError,
+    ResourceExhaustedError,
+    RetryPolicy,
+    ServingError,
+    UnavailableError,
+)
+
+
+def test_status_metadata_and_record(client: Any, fake: FakeServing) -> None:
+    assert client.model_status() == [
+        {"version": 3, "state": "AVAILABLE", "error_code": "OK", "error_message": ""}
+    ]
+    signatures = client.metadata()["signatures"]
+    assert signatures["serving_default"]["inputs"] == {
+        "image": {"dtype": "uint8", "shape": [-1, -1, -1, 1]}
+    }
+    assert client.model_record() == model_record()
+    assert fake.calls("Predict")[-1].model_spec.signature_name == "metadata"
+
+
+def test_unavailable_is_retried_until_it_succeeds(client: Any, fake: FakeServing):
+    fake.fail_next(grpc.StatusCode.UNAVAILABLE, "Socket closed", times=2)
+    assert client.model_status()[0]["state"] == "AVAILABLE"
+    assert len(fake.calls("GetModelStatus")) == 3
+
+
+def test_invalid_argument_is_not_retried_and_keeps_the_message(
+    client: Any, fake: FakeServing
+) -> None:
+    fake.fail_next(grpc.StatusCode.INVALID_ARGUMENT, "Expects arg[0] to be uint8 but float is")
+    with pytest.raises(InvalidArgumentError) as raised:
+        client.segment(np.zeros((4, 4), np.uint8))
+    assert raised.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert raised.value.message == "Expects arg[0] to be uint8 but float is"
+    assert "Predict: INVALID_ARGUMENT: Expects arg[0]" in str(raised.value)
+    assert len(fake.calls("Predict")) == 1
+
+
+@pytest.mark.parametrize(
+    ("code", "error"),
+    [
+        (grpc.StatusCode.NOT_FOUND, NotFoundError),
+        (grpc.StatusCode.FAILED_PRECONDITION, ServingError),
+        (grpc.StatusCode.RESOURCE_EXHAUSTED, ResourceExhaustedError),
+        (grpc.StatusCode.DATA_LOSS, ServingError),
+    ],
+)
+def test_other_failures_are_typed_and_not_retried(
+    client: Any, fake: FakeServing, code: grpc.StatusCode, error: type
+) -> None:
+    fake.fail_next(code, "no", times=2)
+    with pytest.raises(error) as raised:
+        client.model_status()
+    assert raised.value.code == code and len(fake.calls("GetModelStatus")) == 1
+
+
+def test_unknown_model_is_not_found(fake: FakeServing, connect: Any) -> None:
+    with (
+        connect(fake.address, "other", retry=FAST_RETRY) as other,
+        pytest.raises(NotFoundError, match="Servable not found"),
+    ):
+        other.model_record()
+
+
+def test_resource_exhausted_is_retried_when_asked(fake: FakeServing, connect: Any) -> None:
+    retry = RetryPolicy(attempts=3, initial_backoff=0.01, retry_resource_exhausted=True)
+    fake.fail_next(grpc.StatusCode.RESOURCE_EXHAUSTED, "Out of memory", times=2)
+    with connect(fake.address, retry=retry) as patient:
+        patient.model_status()
+    assert len(fake.calls("GetModelStatus")) == 3
+
+
+def test_retries_give_up_after_attempts_with_bounded_backoff(
+    fake: FakeServing, connect: Any
+) -> None:
+    retry = RetryPolicy(attempts=4, initial_backoff=0.05, max_backoff=0.08)
+    fake.fail_next(grpc.StatusCode.UNAVAILABLE, "down", times=10)
+    with connect(fake.address, retry=retry) as patient:
+        start = time.monotonic()
+        with pytest.raises(UnavailableError, match="down"):
+            patient.model_status()
+        elapsed = time.monotonic() - start
+    assert len(fake.calls("GetModelStatus")) == 4
+    assert elapsed < 0.05 + 0.08 + 0.08 + 1.0  # the three backoffs at most, plus the calls
+
+
+def test_retries_stop_at_the_deadline(fake: FakeServing, connect: Any) -> None:
+    retry = RetryPolicy(attempts=10_000, initial_backoff=0.02, max_backoff=0.02)
+    fake.fail_next(grpc.StatusCode.UNAVAILABLE, "down", times=10_000)
+    with connect(fake.address, retry=retry, timeout=0.3) as patient:
+        start = time.monotonic()
+        with pytest.raises(UnavailableError):
+            patient.model_status()
+    assert time.monotonic() - start < 1.5
+
+
+def test_slow_calls_raise_deadline_exceeded(client: Any, fake: FakeServing):
+    fake.delay = 1.0
+    start = time.monotonic()
+    with pytest.raises(DeadlineExceededError) as raised:
+        client.model_status(timeout=0.2)
+    assert time.monotonic() - start < 0.9
+    assert isinstance(raised.value, TimeoutError) and len(fake.calls("GetModelStatus")) == 1
+
+
+def test_wait_until_available_polls_through_loading(client: Any, fake: FakeServing) -> None:
+    fake.statuses = [
+        (grpc.StatusCode.NOT_FOUND, "Could not find any versions of model unet"),
+        [(1, "START")],
+        [(1, "LOADING")],
+        [(1, "AVAILABLE"), (2, "LOADING")],
+    ]
+    assert client.wait_until_available(timeout=5, poll_interval=0.01) == 1
+    assert len(fake.calls("GetModelStatus")) == 4
+    fake.statuses = [[(1, "LOADING")]]
+    with pytest.raises(DeadlineExceededError, match="version 1 LOADING"):
+        client.wait_until_available(timeout=2.0, poll_interval=0.05)
+
+
+def test_versions_and_labels_reach_the_model_spec(client: Any, fake: FakeServing):
+    client.segment(np.zeros((3, 3), np.uint8), version=5)
+    client.segment(np.zeros((3, 3), np.uint8), version="canary")
+    first, second = fake.calls("Predict")
+    assert first.model_spec.version.value == 5 and first.model_spec.signature_name == (
+        "serving_default"
+    )
+    assert second.model_spec.version_label == "canary"
+    assert list(first.output_filter) == ["mask"]
+    with pytest.raises(TypeError, match="version must be"):
+        client.segment(np.zeros((3, 3), np.uint8), version=2.0)
+
+
+def test_segment_one_request(client: Any, fake: FakeServing) -> None:
+    image = np.random.default_rng(1).integers(0, 256, (50, 70), dtype=np.uint8)
+    result = client.segment(image)
+    expected = fake_model(image[None, ..., None], 0, 1)
+    np.testing.assert_array_equal(result.mask, expected["mask"][0])
+    assert result.probabilities is None and len(fake.calls("Predict")) == 1
+    with_probabilities = client.segment(image[..., None], probabilities=True)
+    np.testing.assert_array_equal(with_probabilities.probabilities, expected["probabilities"][0])
+    with pytest.raises(ValueError, match=r"\[H, W\] or \[H, W, C\]"):
+        client.segment(np.zeros((1, 4, 4, 1), np.uint8))
+
+
+@pytest.mark.parametrize("probabilities", [False, True])
+def test_tiled_segment_equals_one_request(probabilities: bool, connect: Any) -> None:
+    # The record says depth 4. A depth-4 valid U-Net's output pixel reaches up to 107
+    # pixels (92 + 15, by its place on the pooling grid) and pools on 16-pixel cells; the
+    # fake model does the same.
+    fake = FakeServing(radius=107, block=16).start()
+    limit = 160 * 1024
+    tight = ChannelConfig(max_send_bytes=limit, max_receive_bytes=limit * 6)
+    image = np.random.default_rng(2).integers(0, 256, (700, 530), dtype=np.uint8)
+    try:
+        with connect(fake.address) as roomy:
+            whole = roomy.segment(image, probabilities=probabilities)
+        fake.requests.clear()
+        with connect(fake.address, channel=tight) as tiled_client:
+            tiled = tiled_client.segment(image, probabilities=probabilities)
+    finally:
+        fake.stop()
+    tiles = [r for r in fake.calls("Predict") if r.model_spec.signature_name != "metadata"]
+    assert len(tiles) > 4
+    # Every response fitted too: the client would have failed with RESOURCE_EXHAUSTED.
+    assert max(r.ByteSize() for r in tiles) <= limit
+    np.testing.assert_array_equal(tiled.mask, whole.mask)
+    assert 0.2 < (whole.mask == 255).mean() < 0.8
+    if probabilities:
+        np.testing.assert_array_equal(tiled.probabilities, whole.probabilities)
+
+
+def test_too_little_context_or_an_off_grid_tile_shows(fake: FakeServing, connect: Any) -> None:
+    fake.radius, fake.block = 40, 16
+    image = np.random.default_rng(3).integers(0, 256, (400, 400), dtype=np.uint8)
+
+    def segment(**settings: Any) -> np.ndarray:
+        with connect(fake.address, **settings) as connected:
+            return connected.segment(image).mask
+
+    whole = segment()
+    tight = ChannelConfig(max_send_bytes=60_000)
+    np.testing.assert_array_equal(segment(channel=tight, context=40, grid=16), whole)
+    assert (segment(channel=tight, context=30, grid=16) != whole).any()
+    assert (segment(channel=tight, context=40, grid=5) != whole).any()
+
+
+def test_a_limit_too_small_to_tile_is_explained(fake: FakeServing, connect: Any) -> None:
+    channel = ChannelConfig(max_send_bytes=8192)
+    with (
+        connect(fake.address, channel=channel) as tiny,
+        pytest.raises(ValueError, match="raise the message size limit"),
+    ):
+        tiny.segment(np.zeros((300, 300), np.uint8))
+
+
+def test_segment_many_keeps_order_and_bounds_concurrency(client: Any, fake: FakeServing) -> None:
+    fake.delay = 0.1
+    images = [np.full((10 + i, 12), 20 * i, np.uint8) for i in range(8)]
+    results = client.segment_many(images, concurrency=4)
+    assert [r.mask.shape for r in results] == [(10 + i, 12) for i in range(8)]
+    assert [int(r.mask[0, 0]) for r in results] == [255 if 20 * i > 127 else 0 for i in range(8)]
+    assert 2 <= fake.most_in_flight <= 4

@@ -1,0 +1,91 @@
+"""`unet-keras serve` as a process: start-up failures, TLS flags, SIGTERM."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from tensorflow_serving.apis import prediction_service_pb2_grpc
+
+from tests.serving_fixtures import (
+    HALF_PLUS_TWO,
+    export_half_plus_two,
+    floats,
+    free_port,
+    predict_request,
+    write_garbage,
+    write_version,
+)
+from unet_keras.cli import main
+from unet_keras.serving import server
+
+RPC_TIMEOUT = 30.0
+# Empty loop steps of half_plus_two's `slowly`: about 2 s on one core.
+SLOW_ITERATIONS = 300_000
+
+
+def test_start_fails_when_the_latest_version_cannot_load(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    base = tmp_path / "broken"
+    write_version(base, 5, write_garbage)
+    flags = ["--model-base-path", str(base), "--model-name", "broken", "--port", "0"]
+    assert main(["serve", *flags]) == 1
+    assert (
+        "Failed to start server. Error: 1 model(s) did not become available: "
+        "{{name: broken version: 5} due to error: DATA_LOSS: Can't parse "
+    ) in caplog.text
+
+
+def test_tls_flags_go_together(capsys: pytest.CaptureFixture) -> None:
+    flags = ["--model-base-path", "base", "--tls-cert", "cert.pem"]
+    assert main(["serve", *flags]) == 2
+    assert "tls_cert and tls_key go together" in capsys.readouterr().err
+
+
+def test_sigterm_lets_the_request_in_flight_finish_then_run_returns_0(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The real serve() in this process, with a real SIGTERM to it; `served` checks that
+    # server processes exit 0 on SIGTERM.
+    caplog.set_level(logging.INFO, logger=server.__name__)
+    port = free_port()
+    answers = []
+
+    def client() -> None:
+        slow = predict_request(
+            signature="slowly", x=floats(2), iterations=np.int64(SLOW_ITERATIONS)
+        )
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            try:
+                # Ready once the server listens, which it does after loading.
+                grpc.channel_ready_future(channel).result(timeout=RPC_TIMEOUT)
+                stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+                in_flight = stub.Predict.future(slow, timeout=RPC_TIMEOUT)
+                time.sleep(0.5)
+            finally:
+                os.kill(os.getpid(), signal.SIGTERM)  # even after a failure: serve() must end
+            answers.append(in_flight.result())
+
+    export_half_plus_two(tmp_path / HALF_PLUS_TWO, 1)
+    flags = ["--model-base-path", str(tmp_path / HALF_PLUS_TWO)]
+    flags += ["--model-name", HALF_PLUS_TWO, "--port", str(port)]
+    # A SIGTERM that comes after serve() has restored the handlers must not end pytest.
+    previous = signal.signal(signal.SIGTERM, lambda *_: None)
+    try:
+        thread = threading.Thread(target=client)
+        thread.start()
+        status = main(["serve", *flags])
+        thread.join()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert status == 0
+    assert [list(a.outputs["y"].float_val) for a in answers] == [[3.0]]
+    assert "Stopping: refusing new requests" in caplog.text

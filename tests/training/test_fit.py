@@ -1,0 +1,103 @@
+"""Training runs: the files a run leaves, resume after SIGKILL, mixed precision with XLA."""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+# A tiny model on small images: depth 2 valid padding takes 60 px tiles to 20 px outputs.
+TINY = ["--depth", "2", "--filters", "4", "--tile", "60", "--validation", "2"]
+TINY += ["--batch-size", "2", "--steps-per-epoch", "3", "--dropout", "0"]
+
+
+def _train(*argv):
+    return subprocess.run(
+        [sys.executable, str(ROOT / "train_keras.py"), *argv],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )
+
+
+def test_a_run_leaves_its_files_and_a_loadable_best_model(synthetic_data, tmp_path):
+    from unet_keras.saving import load_model
+
+    run = tmp_path / "run"
+    result = _train("--data", str(synthetic_data), "--run-dir", str(run), "--epochs", "2", *TINY)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip().splitlines()[-1] == f"best model: {run / 'best.keras'}"
+    for name in ("config.json", "last.keras", "best.keras", "state.json", "summary.json"):
+        assert (run / name).is_file(), name
+    assert not [p for p in run.iterdir() if ".partial" in p.name]
+    with open(run / "log.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [row["epoch"] for row in rows] == ["1", "2"]
+    assert {"loss", "val_loss", "val_pixel_error", "val_iou"} <= set(rows[0])
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["epochs"] == 2 and summary["training_images_per_second"] > 0
+    assert 0 <= summary["best_validation"]["val_pixel_error"] <= 1
+    config = json.loads((run / "config.json").read_text())
+    assert config["class_values"] == [0, 255] and config["model"]["classes"] == 1
+    assert list((run / "tensorboard").rglob("events.out.tfevents.*"))
+    model, record = load_model(run)
+    # The threshold is chosen on the validation images and stored with the model.
+    assert summary["threshold"]["images"] == summary["validation_images"]
+    assert len(summary["validation_images"]) == 2
+    assert record.threshold.to_dict() == summary["threshold"]
+    assert record.mask.class_values == (0, 255)
+    assert record.tile.to_dict() == {"input": 60, "output": 20}
+    assert model.predict(np.zeros((1, 60, 60, 1)), verbose=0).shape == (1, 20, 20, 1)
+
+
+@pytest.mark.slow
+def test_sigkill_then_rerun_resumes_from_the_last_completed_epoch(synthetic_data, tmp_path):
+    run = tmp_path / "run"
+    argv = [sys.executable, str(ROOT / "train_keras.py"), "--data", str(synthetic_data)]
+    argv += ["--run-dir", str(run), "--epochs", "4", *TINY, "--steps-per-epoch", "8"]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    process = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    state = run / "state.json"
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and process.poll() is None:
+        if state.exists() and json.loads(state.read_text())["epoch"] >= 1:
+            break
+        time.sleep(0.05)
+    assert process.poll() is None, "training ended before it could be killed"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    killed_at = json.loads(state.read_text())["epoch"]
+    assert 1 <= killed_at < 4
+
+    result = subprocess.run(argv, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"resuming {run} after epoch {killed_at}" in result.stderr
+    with open(run / "log.csv") as handle:
+        epochs = [row["epoch"] for row in csv.DictReader(handle)]
+    assert epochs == ["1", "2", "3", "4"]  # no finished epoch lost, none repeated
+    assert json.loads((run / "summary.json").read_text())["epochs"] == 4
+    assert not [p for p in run.iterdir() if ".partial" in p.name]
+    # The optimizer state came back too: its step count spans all 4 epochs of 8 steps.
+    from unet_keras.saving import load_model
+
+    last, _ = load_model(run / "last.keras")
+    assert int(last.optimizer.iterations) == 32
+
+
+@pytest.mark.slow
+def test_bfloat16_with_xla_trains_to_a_finite_loss(synthetic_data, tmp_path):
+    run = tmp_path / "run"
+    result = _train(
+        "--data", str(synthetic_data), "--run-dir", str(run), "--epochs", "1", *TINY,
+        "--precision", "mixed_bfloat16", "--jit-compile",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((run / "summary.json").read_text())
+    assert np.isfinite(summary["best_validation"]["val_loss"])

@@ -1,0 +1,48 @@
+"""From samples to examples: labels, normalisation, weight maps, the split by image, and
+the mask convention and model shape a run settles."""
+
+import numpy as np
+import pytest
+
+from unet_keras.config import MaskConfig, NormalizationConfig
+from unet_keras.io.normalization import fit_normalization
+from unet_keras.io.sample import Sample
+from unet_keras.io.synthetic import synthetic_em_images
+from unet_keras.training.prepare import prepare_examples, split_by_image
+
+MASKS = MaskConfig((0, 255))
+
+
+def test_prepare_examples_normalises_labels_and_weights():
+    samples = synthetic_em_images(2, (64, 64))
+    normalization = fit_normalization([s.image for s in samples])
+    examples = prepare_examples(samples, MASKS, normalization)
+    assert [e.name for e in examples] == [s.name for s in samples]
+    example = examples[0]
+    assert example.image.dtype == np.float32 and example.image.shape == (64, 64, 1)
+    assert abs(float(np.mean([e.image.mean() for e in examples]))) < 0.1
+    np.testing.assert_array_equal(example.labels, samples[0].mask // 255)
+    assert example.weights.dtype == np.float32 and example.weights.min() > 0
+    # The border term lifts membrane pixels between cells far above the class weight.
+    assert example.weights.max() > 5
+
+
+def test_prepare_examples_needs_masks():
+    image = np.zeros((8, 8, 1), np.uint8)
+    with pytest.raises(ValueError, match=r"unlabelled\.png: training needs a mask"):
+        prepare_examples([Sample("unlabelled.png", image)], MASKS, NormalizationConfig())
+
+
+def test_split_is_by_whole_image_and_seeded():
+    examples = [Sample(f"ex{i}", np.zeros((4, 4, 1), np.uint8)) for i in range(5)]
+    training, validation = split_by_image(examples, 2, seed=3)
+    assert len(validation) == 2 and len(training) == 3
+    assert not {e.name for e in training} & {e.name for e in validation}
+    again = split_by_image(examples, 2, seed=3)[1]
+    assert [e.name for e in again] == [e.name for e in validation]
+    named = split_by_image(examples, ["ex4"])[1]
+    assert [e.name for e in named] == ["ex4"]
+    with pytest.raises(ValueError, match="nope"):
+        split_by_image(examples, ["nope"])
+    with pytest.raises(ValueError, match="validation count"):
+        split_by_image(examples, 5)

@@ -1,0 +1,42 @@
+"""The run directory: a run with other settings is never resumed."""
+
+import json
+
+from unet_keras import cli
+from unet_keras.config import TrainConfig
+
+# A tiny model on small images: depth 2 valid padding takes 60 px tiles to 20 px outputs.
+TINY = ["--depth", "2", "--filters", "4", "--tile", "60", "--validation", "2"]
+
+
+def test_a_run_directory_refuses_other_settings(synthetic_data, tmp_path, capsys):
+    run = tmp_path / "run"
+    (run).mkdir()
+    (run / "config.json").write_text(json.dumps({**TrainConfig().to_dict(), "seed": 99}))
+    code = cli.main(["train", "--data", str(synthetic_data), "--run-dir", str(run), *TINY])
+    assert code == 2
+    assert "holds a run with other settings" in capsys.readouterr().err
+
+
+def test_each_worker_writes_its_own_copy_and_the_chief_the_run(tmp_path, monkeypatch):
+    from unet_keras.training.run_directory import RunDirectory
+
+    cluster = {"worker": ["127.0.0.1:1", "127.0.0.1:2"]}
+    for index, expected in ((0, tmp_path), (1, tmp_path / "worker-1")):
+        task = {"type": "worker", "index": index}
+        monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": cluster, "task": task}))
+        assert RunDirectory.for_this_worker(tmp_path).path == expected
+
+
+def test_a_new_run_starts_from_epoch_0_and_json_files_are_written_whole(tmp_path):
+    from unet_keras.training.run_directory import RunDirectory
+
+    run = RunDirectory(tmp_path / "run")
+    assert run.state(batch_size=4) == {
+        "epoch": 0, "best": None, "best_epoch": None, "best_logs": {},
+        "seconds": 0.0, "images": 0, "batch_size": 4,
+    }  # fmt: skip
+    run.write_json("state.json", {"epoch": 3})
+    assert run.state(batch_size=4) == {"epoch": 3}
+    assert [p.name for p in run.path.iterdir()] == ["state.json"]
+    run.check_resumable({"seed": 1})  # no config.json yet: nothing to compare

@@ -1,0 +1,146 @@
+"""Whole jobs above the stages: what each `unet-keras` command does, as one library call.
+
+The command line only turns flags into the settings these take and prints what they
+return, so a job run from Python gives what the command gives. Jobs that span stages
+live here, not in a stage: training is `fit` and then the threshold chosen on the
+validation images, which needs inference and evaluation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+from typing import Any
+
+from unet_keras.config import (
+    EvaluateConfig,
+    ExportConfig,
+    InferenceConfig,
+    InspectConfig,
+    PredictConfig,
+    ServeConfig,
+    SyntheticConfig,
+    TrainConfig,
+)
+
+log = logging.getLogger(__name__)
+
+
+def train(config: TrainConfig) -> dict[str, Any]:
+    """Trains (or resumes) a run, then stores the threshold chosen on its validation images.
+
+    Returns the run's summary, also written to `RUN/summary.json`. In a cluster, workers
+    other than the chief return their own summary and leave calibration to the chief.
+    """
+    from unet_keras.evaluation.calibration import calibrate_threshold
+    from unet_keras.training.distribute import is_chief
+    from unet_keras.training.fit import fit
+    from unet_keras.training.prepare import prepare_data
+    from unet_keras.training.run_directory import RunDirectory
+
+    data = prepare_data(config)
+    summary = fit(config, data)
+    if not is_chief():
+        return summary
+    run_dir = RunDirectory(summary["run_dir"])
+    calibration = calibrate_threshold(run_dir.file("best.keras"), data.validation_samples)
+    summary["threshold"] = None if calibration is None else calibration.to_dict()
+    run_dir.write_json("summary.json", summary)
+    return summary
+
+
+def segmenter(model: str, inference: InferenceConfig) -> Any:
+    """The `Segmenter` for a run directory, `.keras` file or export, run as `inference` says."""
+    from unet_keras.inference.segmenter import Segmenter
+
+    return Segmenter.from_path(model, **dataclasses.asdict(inference))
+
+
+def predict(config: PredictConfig, progress: bool = True) -> Any:
+    """Segments an image, a folder or a TIFF stack into `config.output`; returns what was
+    written and which inputs failed (`PredictionReport`)."""
+    from unet_keras.inference.predict import predict_path
+
+    return predict_path(
+        segmenter(config.model, config.inference),
+        config.input,
+        config.output,
+        probabilities=config.probabilities,
+        overlays=config.overlay,
+        progress=progress,
+    )
+
+
+def evaluate(config: EvaluateConfig, progress: bool = True) -> dict[str, Any]:
+    """Scores a model on labelled images; returns the report (also written with figures to
+    `config.output` when given)."""
+    from unet_keras.evaluation.report import evaluate_path
+
+    return evaluate_path(
+        segmenter(config.model, config.inference),
+        config.data,
+        config.masks,
+        output=config.output,
+        sweep=config.sweep,
+        progress=progress,
+    )
+
+
+def export(config: ExportConfig) -> Path:
+    """Exports a model as the next (or the given) SavedModel version; returns its folder."""
+    from unet_keras.serving.export import export_model
+
+    options = {"tile": config.tile, "threshold": config.threshold}
+    return export_model(
+        config.model, config.base_path, config.version, max_pixels=config.max_pixels, **options
+    )
+
+
+def serve(config: ServeConfig) -> int:
+    """Serves exported versions like TensorFlow Serving until SIGTERM or SIGINT; returns
+    the exit status (0 after a clean stop, 1 when it cannot start)."""
+    from unet_keras.serving.server import serve as run_server
+
+    return run_server(config)
+
+
+def synthetic(config: SyntheticConfig) -> Path:
+    """Writes the embedded synthetic EM data set as `output/images` and `output/masks`."""
+    from unet_keras.io.synthetic import synthetic_em_images
+    from unet_keras.io.writers import write_image
+
+    output = Path(config.output)
+    for sample in synthetic_em_images(config.count, (config.size, config.size), config.seed):
+        write_image(output / "images" / f"{sample.name}.png", sample.image)
+        write_image(output / "masks" / f"{sample.name}.png", sample.mask)
+    return output
+
+
+def inspect(config: InspectConfig) -> dict[str, Any]:
+    """Loads a data set as training would; reports sizes, dtype, classes and normalisation."""
+    import numpy as np
+
+    from unet_keras.io.masks import infer_mask_config
+    from unet_keras.io.normalization import fit_normalization
+    from unet_keras.io.readers import load_dataset
+
+    samples = load_dataset(config.data, config.masks)
+    labelled = [s.mask for s in samples if s.mask is not None]
+    report: dict[str, Any] = {
+        "samples": len(samples),
+        "labelled": len(labelled),
+        "sizes": sorted({f"{s.image.shape[0]}x{s.image.shape[1]}" for s in samples}),
+        "channels": samples[0].image.shape[-1],
+        "dtype": str(samples[0].image.dtype),
+        "normalization": fit_normalization([s.image for s in samples]).to_dict(),
+    }
+    if labelled:
+        mask = infer_mask_config(labelled, foreground=config.foreground)
+        total = sum(m.size for m in labelled)
+        report["mask"] = mask.to_dict()
+        report["class_fractions"] = {
+            str(value): round(sum(int(np.sum(m == value)) for m in labelled) / total, 4)
+            for value in mask.class_values
+        }
+    return report
