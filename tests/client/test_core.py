@@ -218,3 +218,23 @@ def test_segment_many_keeps_order_and_bounds_concurrency(client: Any, fake: Fake
     assert [r.mask.shape for r in results] == [(10 + i, 12) for i in range(8)]
     assert [int(r.mask[0, 0]) for r in results] == [255 if 20 * i > 127 else 0 for i in range(8)]
     assert 2 <= fake.most_in_flight <= 4
+
+
+def test_both_clients_get_what_the_export_computes_from_the_local_server(
+    tiny_server: Any, tiny_export: Any, connect: Any
+) -> None:
+    """Against `unet-keras serve` of the tiny export, tiled and not: the export's own
+    masks, and the export's record."""
+    import tensorflow as tf
+
+    from tests.serving_fixtures import TINY_NORMALIZATION
+
+    image = np.random.default_rng(6).integers(0, 256, (300, 260), dtype=np.uint8)
+    signature = tf.saved_model.load(str(tiny_export)).signatures["serving_default"]
+    expected = signature(image=tf.constant(image[None, ..., None]))["mask"].numpy()[0]
+    tight = ChannelConfig(max_send_bytes=40_000, max_receive_bytes=40_000)
+    with connect(tiny_server.address, timeout=30, channel=tight) as served:
+        served.wait_until_available(timeout=60)
+        record = served.model_record()
+        assert record.normalization == TINY_NORMALIZATION
+        np.testing.assert_array_equal(served.segment(image).mask, expected)
