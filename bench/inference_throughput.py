@@ -69,19 +69,9 @@ def memory_worker(size: int) -> None:
     print(json.dumps({"size": size, "extra": peak - before - arrays, "seconds": seconds}))
 
 
-def main() -> None:
-    """Runs the measurements and publishes the table."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--append", action="store_true", help="append to docs/benchmarks.md")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--memory-worker", type=int, help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.memory_worker:
-        memory_worker(args.memory_worker)
-        return
-
+def tiled_throughput(repeats: int) -> tuple[dict, object]:
+    """Mpx/s of the network on single tiles and of tiled 4096^2 prediction; and the plan."""
     import numpy as np
-    from common import publish
 
     from unet_keras.geometry import plan_tiles
 
@@ -96,7 +86,7 @@ def main() -> None:
     )
     predictor._forward(tiles)  # warm-up
     tile_rates, tiled_rates = [], []
-    for _ in range(args.repeats):
+    for _ in range(repeats):
         started = time.perf_counter()
         for _ in range(8):
             predictor._forward(tiles)
@@ -104,20 +94,27 @@ def main() -> None:
         started = time.perf_counter()
         predictor.probabilities(big)
         tiled_rates.append(big.shape[0] * big.shape[1] / (time.perf_counter() - started))
-    tile_rate, tiled_rate = statistics.median(tile_rates), statistics.median(tiled_rates)
+    rates = {"tile": statistics.median(tile_rates), "tiled": statistics.median(tiled_rates)}
+    return rates, axis
 
+
+def section_seconds(repeats: int) -> dict[str, float]:
+    """Median seconds for a 512^2 section, plain and with test-time augmentation."""
     section = image(512)
-    plain, augmented = segmenter(), segmenter(tta=True)
-    plain.probabilities(section)
-    augmented.probabilities(section)
-    times = {"plain": [], "tta": []}
-    for _ in range(args.repeats):
-        for name, which in (("plain", plain), ("tta", augmented)):
+    predictors = {"plain": segmenter(), "tta": segmenter(tta=True)}
+    for predictor in predictors.values():
+        predictor.probabilities(section)  # warm-up
+    times = {name: [] for name in predictors}
+    for _ in range(repeats):
+        for name, predictor in predictors.items():
             started = time.perf_counter()
-            which.probabilities(section)
+            predictor.probabilities(section)
             times[name].append(time.perf_counter() - started)
-    plain_s, tta_s = statistics.median(times["plain"]), statistics.median(times["tta"])
+    return {name: statistics.median(seconds) for name, seconds in times.items()}
 
+
+def peak_memory() -> dict[int, dict]:
+    """Extra peak memory and seconds at 4096^2 and 8192^2, each in a fresh process."""
     memory = {}
     for size in (4096, 8192):
         output = subprocess.run(
@@ -125,15 +122,34 @@ def main() -> None:
             capture_output=True, text=True, check=True,
         ).stdout  # fmt: skip
         memory[size] = json.loads(output.strip().splitlines()[-1])
+    return memory
 
+
+def main() -> None:
+    """Runs the measurements and publishes the table."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--append", action="store_true", help="append to docs/benchmarks.md")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--memory-worker", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.memory_worker:
+        memory_worker(args.memory_worker)
+        return
+    from common import publish
+
+    rates, axis = tiled_throughput(args.repeats)
+    seconds = section_seconds(args.repeats)
+    memory = peak_memory()
     mib = 2**20
+    batch = segmenter().batch_size
     rows = [
-        f"| network alone, batches of {len(tiles)} tiles of {axis.tile_in}^2 "
-        f"| {tile_rate / 1e6:.3f} Mpx/s | |",
-        f"| tiled 4096^2 ({len(axis.starts)}^2 tiles) | {tiled_rate / 1e6:.3f} Mpx/s "
-        f"| {tiled_rate / tile_rate:.1%} of the network alone |",
-        f"| 512^2 section, plain | {plain_s:.2f} s | |",
-        f"| 512^2 section, TTA (8 symmetries) | {tta_s:.2f} s | {tta_s / plain_s:.1f}x |",
+        f"| network alone, batches of {batch} tiles of {axis.tile_in}^2 "
+        f"| {rates['tile'] / 1e6:.3f} Mpx/s | |",
+        f"| tiled 4096^2 ({len(axis.starts)}^2 tiles) | {rates['tiled'] / 1e6:.3f} Mpx/s "
+        f"| {rates['tiled'] / rates['tile']:.1%} of the network alone |",
+        f"| 512^2 section, plain | {seconds['plain']:.2f} s | |",
+        f"| 512^2 section, TTA (8 symmetries) | {seconds['tta']:.2f} s "
+        f"| {seconds['tta'] / seconds['plain']:.1f}x |",
         f"| extra peak memory, 4096^2 | {memory[4096]['extra'] / mib:.0f} MiB | "
         f"{memory[4096]['seconds']:.0f} s |",
         f"| extra peak memory, 8192^2 | {memory[8192]['extra'] / mib:.0f} MiB | "
@@ -143,8 +159,8 @@ def main() -> None:
     publish(
         "Overlap-tile prediction",
         f"Default network (16 filters, depth 4, valid padding), float32, default tiles "
-        f"({axis.tile_in} in, {axis.tile_out} out), batch {predictor.batch_size}; medians "
-        f"of {args.repeats}. Extra memory: peak resident memory during the prediction minus "
+        f"({axis.tile_in} in, {axis.tile_out} out), batch {batch}; medians of "
+        f"{args.repeats}. Extra memory: peak resident memory during the prediction minus "
         "that before it, minus the input (uint8) and output (float32) arrays; each size in "
         "a fresh process.",
         ["what", "figure", "note"],

@@ -64,10 +64,6 @@ def main() -> None:
 
     from common import publish
 
-    from unet_keras.evaluation.scores import mean_scores, segmentation_scores
-    from unet_keras.evaluation.report import evaluate_path
-    from unet_keras.inference.segmenter import Segmenter
-
     work = Path(tempfile.mkdtemp(prefix="isbi_accuracy_"))
     train, held_out = split(work)
     run_dir = Path(args.run_dir) if args.run_dir else work / "run"
@@ -80,30 +76,7 @@ def main() -> None:
     subprocess.run(command, check=True)
     summary = json.loads((run_dir / "summary.json").read_text())
 
-    rows = []
-    truths = [np.asarray(_read(held_out / "masks" / f"{n}.png")) == 255 for n in HELD_OUT]
-    trivial = mean_scores([segmentation_scores(np.ones_like(t, int), t, 2) for t in truths])
-    rows.append(score_row("all cell (trivial)", trivial))
-    stored = Segmenter.from_path(run_dir).threshold
-    for tta in (False, True):
-        segmenter = Segmenter.from_path(run_dir, tta=tta)
-        started = time.perf_counter()
-        report = evaluate_path(
-            segmenter, held_out, output=work / f"evaluation_tta{int(tta)}", sweep=True
-        )
-        seconds = (time.perf_counter() - started) / len(HELD_OUT)
-        name = "U-Net + TTA" if tta else "U-Net"
-        at_half = next(entry for entry in report["sweep"] if entry["threshold"] == 0.5)
-        rows.append(score_row(f"{name}, threshold 0.5", at_half))
-        rows.append(
-            score_row(
-                f"{name}, threshold {stored:.2f} (chosen on validation)", report["mean"], seconds
-            )
-        )
-        best = report["best_threshold"]
-        rows.append(score_row(f"{name}, threshold {best['threshold']:.2f} (best here)", best))
-        if args.figure and not tta:
-            write_figure(segmenter, held_out)
+    rows = score_rows(run_dir, held_out, work, args.figure)
     flags = " ".join(args.train_flags) or "defaults"
     publish(
         f"ISBI 2012 accuracy after {args.max_time:.0f} s of training ({flags})",
@@ -119,6 +92,35 @@ def main() -> None:
         rows,
         args.append,
     )
+
+
+def score_rows(run_dir: Path, held_out: Path, work: Path, figure: bool) -> list[str]:
+    """The table's rows: the trivial answer, then the model with and without TTA at 0.5, at
+    the threshold chosen on validation, and at the best threshold on the held-out sections."""
+    from unet_keras.evaluation.report import evaluate_path
+    from unet_keras.evaluation.scores import mean_scores, segmentation_scores
+    from unet_keras.inference.segmenter import Segmenter
+
+    truths = [np.asarray(_read(held_out / "masks" / f"{n}.png")) == 255 for n in HELD_OUT]
+    trivial = mean_scores([segmentation_scores(np.ones_like(t, int), t, 2) for t in truths])
+    rows = [score_row("all cell (trivial)", trivial)]
+    stored = Segmenter.from_path(run_dir).threshold
+    for tta in (False, True):
+        segmenter = Segmenter.from_path(run_dir, tta=tta)
+        started = time.perf_counter()
+        output = work / f"evaluation_tta{int(tta)}"
+        report = evaluate_path(segmenter, held_out, output=output, sweep=True)
+        seconds = (time.perf_counter() - started) / len(HELD_OUT)
+        name = "U-Net + TTA" if tta else "U-Net"
+        at_half = next(entry for entry in report["sweep"] if entry["threshold"] == 0.5)
+        rows.append(score_row(f"{name}, threshold 0.5", at_half))
+        chosen = f"{name}, threshold {stored:.2f} (chosen on validation)"
+        rows.append(score_row(chosen, report["mean"], seconds))
+        best = report["best_threshold"]
+        rows.append(score_row(f"{name}, threshold {best['threshold']:.2f} (best here)", best))
+        if figure and not tta:
+            write_figure(segmenter, held_out)
+    return rows
 
 
 def write_figure(segmenter, held_out: Path) -> None:
