@@ -8,21 +8,30 @@ import time
 from importlib.metadata import version
 from pathlib import Path
 
+# The CPU features that change which kernels TensorFlow runs, and how fast.
+CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16")
+
 
 def machine_description() -> str:
-    """CPU model, core count and the versions that decide the figures."""
+    """CPU model, features, core count and the versions that decide the figures."""
+    cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
     model = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        ),
+        (line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")),
         platform.processor() or platform.machine(),
+    )
+    present = next(
+        (set(line.split(":", 1)[1].split()) for line in cpuinfo if line.startswith("flags")), set()
+    )
+    flags = " ".join(flag for flag in CPU_FLAGS if flag in present) or "none of " + "/".join(
+        CPU_FLAGS
     )
     packages = ", ".join(
         f"{name} {version(name)}" for name in ("tensorflow", "keras", "numpy", "elasticdeform")
     )
-    return f"{model}, {os.cpu_count()} cores; Python {platform.python_version()}, {packages}"
+    return (
+        f"{model} ({flags}), {os.cpu_count()} cores; Python {platform.python_version()}, "
+        f"{packages}"
+    )
 
 
 def percentile(values: list[float], q: float) -> float:
