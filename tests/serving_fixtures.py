@@ -143,6 +143,57 @@ def random_images(count: int, shape: tuple[int, int] = (45, 61), seed: int = 0) 
     return np.random.default_rng(seed).integers(0, 256, (count, *shape, 1), dtype=np.uint8)
 
 
+def certificates(folder: Path) -> dict[str, Path]:
+    """A test CA, and certificates it signed for the server (localhost) and a client.
+
+    Made in-process with `cryptography`, so TLS tests need no openssl command. Returns
+    the paths of ca.pem, server.pem, server.key, client.pem and client.key in `folder`.
+    """
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    def name(common: str) -> x509.Name:
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common)])
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = (
+        x509.CertificateBuilder().subject_name(name("test-ca")).issuer_name(name("test-ca"))
+        .public_key(ca_key.public_key()).serial_number(1)
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )  # fmt: skip
+    paths = {"ca.pem": folder / "ca.pem"}
+    paths["ca.pem"].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    for serial, who in enumerate(("server", "client"), start=2):
+        key = ec.generate_private_key(ec.SECP256R1())
+        certificate = (
+            x509.CertificateBuilder().subject_name(name("localhost" if who == "server" else who))
+            .issuer_name(ca.subject).public_key(key.public_key()).serial_number(serial)
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), False)
+            .sign(ca_key, hashes.SHA256())
+        )  # fmt: skip
+        paths[f"{who}.pem"] = folder / f"{who}.pem"
+        paths[f"{who}.key"] = folder / f"{who}.key"
+        paths[f"{who}.pem"].write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+        paths[f"{who}.key"].write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+    return paths
+
+
 def free_port() -> int:
     """A TCP port that was free a moment ago on 127.0.0.1."""
     with socket.socket() as probe:

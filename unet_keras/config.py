@@ -521,19 +521,29 @@ class ServeConfig(Settings):
     )
     tls_cert: str | None = setting(None, help="PEM certificate chain: serve over TLS")
     tls_key: str | None = setting(None, help="PEM private key of --tls-cert")
+    tls_client_ca: str | None = setting(
+        None, help="PEM CA certificates: require clients to present a certificate they signed"
+    )
     max_message_bytes: int = setting(MAX_MESSAGE_BYTES, help="largest request or response message")
     threads: int = setting(16, help="requests served at once (gRPC worker threads)")
+    max_concurrent_requests: int = setting(
+        32,
+        help="requests in progress or queued; more get RESOURCE_EXHAUSTED at once, as each "
+        "holds its message in memory",
+    )
     grace_seconds: float = setting(
         30.0, help="on SIGTERM or SIGINT, how long requests in flight may take to finish"
     )
 
     def check(self) -> None:
         _at_least(self, 0, "port", "grace_seconds")
-        _at_least(self, 1, "max_message_bytes", "threads")
+        _at_least(self, 1, "max_message_bytes", "threads", "max_concurrent_requests")
         if self.poll_seconds <= 0:
             raise ValueError(f"poll_seconds must be above 0, got {self.poll_seconds}")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("tls_cert and tls_key go together: give both or neither")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ValueError("tls_client_ca needs tls_cert and tls_key: mutual TLS is TLS too")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -99,10 +99,14 @@ def export(config: ExportConfig) -> Path:
 
 def serve(config: ServeConfig) -> int:
     """Serves exported versions like TensorFlow Serving until SIGTERM or SIGINT; returns
-    the exit status (0 after a clean stop, 1 when it cannot start)."""
+    the exit status (0 after a clean stop, 1 when it cannot start).
+
+    A process's job: requests still computing `grace_seconds` after the signal end the
+    process at once (see `unet_keras.serving.server.serve`).
+    """
     from unet_keras.serving.server import serve as run_server
 
-    return run_server(config)
+    return run_server(config, exit_when_stuck=True)
 
 
 def synthetic(config: SyntheticConfig) -> Path:

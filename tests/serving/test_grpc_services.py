@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -49,6 +48,7 @@ from tests.serving_fixtures import (
     UNET,
     UNET_VERSION,
     ServerProcess,
+    certificates,
     export_half_plus_two,
     export_unet,
     floats,
@@ -57,7 +57,7 @@ from tests.serving_fixtures import (
     write_version,
 )
 from unet_keras.config import MAX_MESSAGE_BYTES
-from unet_keras.serving.grpc_services import build_server
+from unet_keras.serving.grpc_services import TlsFiles, build_server
 from unet_keras.serving.status import StatusError
 from unet_keras.serving.versions import ModelManager
 
@@ -80,7 +80,7 @@ local_only = pytest.mark.skipif(
 
 @contextmanager
 def serve_here(
-    base: Path, name: str, tls: tuple[bytes, bytes] | None = None
+    base: Path, name: str, tls: TlsFiles | None = None
 ) -> Iterator[tuple[str, ModelManager]]:
     """A server in this process polling `base` every 0.1 s: (port, manager)."""
     manager = ModelManager(name, base)
@@ -426,6 +426,10 @@ def test_versions_hot_swap_and_broken_versions_are_never_served(tmp_path: Path) 
         # Half plus three: answers tell the versions apart.
         export_half_plus_two(base, 2, b=3.0)
         wait_for(lambda: states(models, HALF_PLUS_TWO).get(2) == State.AVAILABLE, "2 loads")
+        # Version 1 still had the request when 2 became available: it was loaded before 1
+        # could unload, and 1 waits for the request.
+        assert not in_flight.done(), "the slow request ended before version 2 loaded"
+        assert states(models, HALF_PLUS_TWO)[1] in (State.AVAILABLE, State.UNLOADING)
         wait_for(lambda: states(models, HALF_PLUS_TWO)[1] != State.AVAILABLE, "1 unloads")
         # The old version finishes the request it had when the new one took over.
         answer = in_flight.result()
@@ -479,20 +483,13 @@ def test_removing_every_version_unloads_the_model(tmp_path: Path) -> None:
 
 @local_only
 def test_tls(tmp_path: Path) -> None:
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl is not installed")
-    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-         "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost",
-         "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True,
-    )  # fmt: skip
+    pem = certificates(tmp_path)
     base = tmp_path / HALF_PLUS_TWO
     export_half_plus_two(base, 1)
-    credentials = grpc.ssl_channel_credentials(root_certificates=cert.read_bytes())
+    credentials = grpc.ssl_channel_credentials(root_certificates=pem["ca.pem"].read_bytes())
+    tls = TlsFiles(pem["server.key"].read_bytes(), pem["server.pem"].read_bytes())
     with (
-        serve_here(base, HALF_PLUS_TWO, tls=(key.read_bytes(), cert.read_bytes())) as (port, _),
+        serve_here(base, HALF_PLUS_TWO, tls=tls) as (port, _),
         grpc.secure_channel(f"localhost:{port}", credentials) as channel,
     ):
         stub = PredictionStub(channel)

@@ -16,6 +16,8 @@ from tensorflow_serving.apis import prediction_service_pb2_grpc
 
 from tests.serving_fixtures import (
     HALF_PLUS_TWO,
+    ServerProcess,
+    certificates,
     export_half_plus_two,
     floats,
     free_port,
@@ -57,7 +59,7 @@ def test_sigterm_lets_the_request_in_flight_finish_then_run_returns_0(
     # server processes exit 0 on SIGTERM.
     caplog.set_level(logging.INFO, logger=server.__name__)
     port = free_port()
-    answers = []
+    answers, in_flight_at_signal = [], []
 
     def client() -> None:
         slow = predict_request(
@@ -72,6 +74,7 @@ def test_sigterm_lets_the_request_in_flight_finish_then_run_returns_0(
                 time.sleep(0.5)
             finally:
                 os.kill(os.getpid(), signal.SIGTERM)  # even after a failure: serve() must end
+            in_flight_at_signal.append(not in_flight.done())
             answers.append(in_flight.result())
 
     export_half_plus_two(tmp_path / HALF_PLUS_TWO, 1)
@@ -87,5 +90,75 @@ def test_sigterm_lets_the_request_in_flight_finish_then_run_returns_0(
     finally:
         signal.signal(signal.SIGTERM, previous)
     assert status == 0
+    assert in_flight_at_signal == [True]  # the drain was put to the test
     assert [list(a.outputs["y"].float_val) for a in answers] == [[3.0]]
     assert "Stopping: refusing new requests" in caplog.text
+
+
+def slow_request(seconds: float) -> object:
+    """half_plus_two's `slowly`, about `seconds` long on one core."""
+    iterations = np.int64(SLOW_ITERATIONS * seconds / 2)
+    return predict_request(signature="slowly", x=floats(2), iterations=iterations)
+
+
+def test_the_grace_period_bounds_a_shutdown(tmp_path: Path) -> None:
+    export_half_plus_two(tmp_path / HALF_PLUS_TWO, 1)
+    process = ServerProcess(
+        tmp_path / HALF_PLUS_TWO, HALF_PLUS_TWO, tmp_path / "log", "--grace-seconds", "1"
+    )
+    process.wait_available()
+    with grpc.insecure_channel(process.address) as channel:
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        in_flight = stub.Predict.future(slow_request(12), timeout=RPC_TIMEOUT)
+        time.sleep(1.0)
+        assert not in_flight.done()
+        signalled = time.monotonic()
+        process.terminate()
+        status = process.wait()
+        took = time.monotonic() - signalled
+    assert status == 0
+    assert took < 4, f"the process ended {took:.1f} s after SIGTERM, with a grace of 1 s"
+    assert "still running after --grace-seconds" in (tmp_path / "log").read_text()
+
+
+def test_a_request_whose_deadline_passed_in_the_queue_is_not_started(tmp_path: Path) -> None:
+    """One worker thread, busy; a request that waits in the queue past its deadline must
+    not run when its turn comes: the next request is then answered without that wait."""
+    export_half_plus_two(tmp_path / HALF_PLUS_TWO, 1)
+    process = ServerProcess(
+        tmp_path / HALF_PLUS_TWO, HALF_PLUS_TWO, tmp_path / "log", "--threads", "1"
+    )
+    try:
+        process.wait_available()
+        with grpc.insecure_channel(process.address) as channel:
+            stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+            first = stub.Predict.future(slow_request(3), timeout=RPC_TIMEOUT)
+            time.sleep(0.5)
+            late = stub.Predict.future(slow_request(20), timeout=1.0)
+            time.sleep(0.2)
+            after = stub.Predict.future(predict_request(x=floats(2)), timeout=RPC_TIMEOUT)
+            assert list(first.result().outputs["y"].float_val) == [3.0]
+            finished_first = time.monotonic()
+            with pytest.raises(grpc.RpcError) as raised:
+                late.result()
+            assert raised.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            assert list(after.result().outputs["y"].float_val) == [3.0]
+            # Had the late request run, `after` would have waited about 20 s more.
+            assert time.monotonic() - finished_first < 5
+    finally:
+        process.terminate()
+        process.wait()
+
+
+def test_a_bad_certificate_is_named_before_anything_starts(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    pem = certificates(tmp_path)
+    flags = ["--model-base-path", str(tmp_path), "--tls-cert", str(pem["server.pem"])]
+    assert main(["serve", *flags, "--tls-key", str(pem["client.key"])]) == 2
+    error = capsys.readouterr().err
+    assert "not a usable certificate and private key" in error and "client.key" in error
+    (tmp_path / "ca.txt").write_text("not a certificate")
+    flags += ["--tls-key", str(pem["server.key"]), "--tls-client-ca", str(tmp_path / "ca.txt")]
+    assert main(["serve", *flags]) == 2
+    assert "--tls-client-ca" in capsys.readouterr().err

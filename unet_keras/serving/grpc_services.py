@@ -10,6 +10,7 @@ session run; the client gets DEADLINE_EXCEEDED either way).
 
 from __future__ import annotations
 
+import dataclasses
 from concurrent import futures
 
 import grpc
@@ -32,15 +33,12 @@ _MESSAGE_LIMIT = 1024
 
 
 def predict(
-    servable: Servable, request: predict_pb2.PredictRequest, max_message_bytes: int
+    servable: Servable, request: predict_pb2.PredictRequest
 ) -> predict_pb2.PredictResponse:
-    """Runs a Predict request on a version, as predict_util.cc's RunPredict does.
-
-    `max_message_bytes`: the server's request size limit, which bounds the values decoded.
-    """
+    """Runs a Predict request on a version, as predict_util.cc's RunPredict does."""
     name = request.model_spec.signature_name or contract.SEGMENT
     signature, function = servable.signature(name)
-    inputs = requests.request_inputs(signature, request, max_message_bytes)
+    inputs = requests.request_inputs(signature, request)
     aliases = requests.output_aliases(signature, list(request.output_filter))
     feeds = requests.feeds(signature, inputs)
     try:
@@ -81,9 +79,8 @@ def _abort(context: grpc.ServicerContext, error: StatusError) -> None:
 class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
     """PredictionService: Predict and GetModelMetadata (the rest stays UNIMPLEMENTED)."""
 
-    def __init__(self, manager: ModelManager, max_message_bytes: int) -> None:
+    def __init__(self, manager: ModelManager) -> None:
         self._manager = manager
-        self._max_message_bytes = max_message_bytes
 
     def Predict(  # noqa: N802 (the gRPC method's name)
         self, request: predict_pb2.PredictRequest, context: grpc.ServicerContext
@@ -96,7 +93,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
             if remaining is not None and remaining <= 0:
                 raise StatusError(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
             with self._manager.servable(request.model_spec) as servable:
-                return predict(servable, request, self._max_message_bytes)
+                return predict(servable, request)
         except StatusError as error:
             _abort(context, error)
 
@@ -131,20 +128,42 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
             _abort(context, error)
 
 
+@dataclasses.dataclass(frozen=True)
+class TlsFiles:
+    """The server's TLS credentials in PEM; with `client_ca`, clients must present a
+    certificate it signed (TF Serving's client_verify)."""
+
+    private_key: bytes
+    certificate_chain: bytes
+    client_ca: bytes | None = None
+
+    def credentials(self) -> grpc.ServerCredentials:
+        """gRPC's server credentials for these files."""
+        return grpc.ssl_server_credentials(
+            [(self.private_key, self.certificate_chain)],
+            root_certificates=self.client_ca,
+            require_client_auth=self.client_ca is not None,
+        )
+
+
 def build_server(
     manager: ModelManager,
     address: str,
     *,
     threads: int,
     max_message_bytes: int,
-    tls: tuple[bytes, bytes] | None = None,
+    max_concurrent_requests: int | None = None,
+    tls: TlsFiles | None = None,
 ) -> tuple[grpc.Server, int]:
     """A gRPC server for `manager` bound to `address`, not started, and its port.
 
-    `tls`: (private key, certificate chain) in PEM. OSError when it cannot listen.
+    Past `max_concurrent_requests` calls in progress, gRPC answers RESOURCE_EXHAUSTED at
+    once rather than queue them (each queued call holds its message in memory). OSError
+    when it cannot listen.
     """
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="grpc"),
+        maximum_concurrent_rpcs=max_concurrent_requests,
         options=[
             ("grpc.max_send_message_length", max_message_bytes),
             ("grpc.max_receive_message_length", max_message_bytes),
@@ -153,14 +172,14 @@ def build_server(
         ],
     )
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-        PredictionServicer(manager, max_message_bytes), server
+        PredictionServicer(manager), server
     )
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(manager), server)
     try:
         if tls is None:
             port = server.add_insecure_port(address)
         else:
-            port = server.add_secure_port(address, grpc.ssl_server_credentials([tls]))
+            port = server.add_secure_port(address, tls.credentials())
     except RuntimeError as error:
         raise OSError(f"cannot listen on {address}: {error}") from None
     if port == 0:

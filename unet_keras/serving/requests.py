@@ -9,15 +9,13 @@ servables/tensorflow/get_model_metadata_impl.cc.
 Deviations: an input whose shape contradicts the signature is refused with
 INVALID_ARGUMENT before running (TF Serving feeds it and lets the graph fail or not); with
 several inputs, the i of a wrong dtype's "Expects arg[i]" counts them in alias order (TF
-Serving: its feed order); a request whose input shapes hold more values than a message of
---max-message-bytes can carry is refused with INVALID_ARGUMENT before decoding (TF Serving
-allocates them, filling in the values a tensor leaves out, and fails only where the
-allocation does).
+Serving: its feed order); a tensor must carry every value its shape holds, or the request
+is refused with INVALID_ARGUMENT before decoding (TF Serving fills in the values a tensor
+leaves out, so a request of a few bytes could claim gigabytes).
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 
 import grpc
@@ -28,7 +26,7 @@ from tensorflow.core.protobuf import meta_graph_pb2
 from tensorflow_serving.apis import get_model_metadata_pb2, predict_pb2
 
 from unet_keras import contract
-from unet_keras.serving.codec import type_name
+from unet_keras.serving.codec import check_carried, type_name
 from unet_keras.serving.status import StatusError
 
 
@@ -44,34 +42,15 @@ def _check_input_count(signature: meta_graph_pb2.SignatureDef, sent: set[str]) -
         )
 
 
-def _check_value_count(request: predict_pb2.PredictRequest, max_message_bytes: int) -> None:
-    """Refuses shapes a request cannot carry in full: each value takes at least one byte.
-
-    A tensor may carry fewer values than its shape holds, and decoding fills in the rest,
-    so without this a request of a few bytes could claim all the server's memory.
-    """
-    values = 0
-    for alias, proto in sorted(request.inputs.items()):
-        # Negative sizes are left to the parser, which refuses them.
-        values += math.prod(max(dim.size, 0) for dim in proto.tensor_shape.dim)
-        if values > max_message_bytes:
-            raise StatusError(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"input {alias}: shape {[dim.size for dim in proto.tensor_shape.dim]} brings "
-                f"the request to {values} values, more than a request of at most "
-                f"{max_message_bytes} bytes can carry",
-            )
-
-
 def request_inputs(
     signature: meta_graph_pb2.SignatureDef,
     request: predict_pb2.PredictRequest,
-    max_message_bytes: int,
 ) -> dict[str, tuple[int, np.ndarray]]:
     """Alias -> (dtype, values) of every signature input, as GetInputValues reads them."""
     sent = set(request.inputs)
     _check_input_count(signature, sent)
-    _check_value_count(request, max_message_bytes)
+    for alias, proto in sorted(request.inputs.items()):
+        check_carried(alias, proto)
     inputs = {}
     for alias in sorted(signature.inputs):
         if alias in request.inputs:

@@ -127,6 +127,7 @@ class ModelManager:
         self.base_path = Path(base_path)
         self._lock = threading.Lock()
         self._serving: dict[int, Servable] = {}
+        self._in_flight = 0
         self._states: dict[int, get_model_status_pb2.ModelVersionStatus] = {}
         self._failed: dict[int, StatusError] = {}
         self._listing_error = ""
@@ -186,10 +187,19 @@ class ModelManager:
                     grpc.StatusCode.NOT_FOUND, f"Servable not found for request: {wanted}"
                 )
             servable.acquire()
+            self._in_flight += 1
         try:
             yield servable
         finally:
             servable.release()
+            with self._lock:
+                self._in_flight -= 1
+
+    @property
+    def requests_in_flight(self) -> int:
+        """Requests that hold a version now."""
+        with self._lock:
+            return self._in_flight
 
     def status(self, spec: model_pb2.ModelSpec) -> get_model_status_pb2.GetModelStatusResponse:
         """The states of the versions GetModelStatus asks for, newest first."""
