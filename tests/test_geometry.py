@@ -31,7 +31,7 @@ from unet_keras.geometry import (
     stitch,
     valid_input_size,
 )
-from unet_keras.serving.export import GraphAxis, owner_index, tile_index
+from unet_keras.serving.export import GraphAxis, owned_span, tile_index
 
 
 def simulate_valid(n: int, depth: int) -> int | None:
@@ -140,34 +140,34 @@ def test_same_plan_overlaps_and_covers() -> None:
 
 @pytest.mark.parametrize("depth", [1, 2, 3, 4, 5])
 def test_the_export_graph_the_numpy_plan_and_windows_agree_on_every_size(depth):
-    """Sizes 1 to 600, three tile sizes: the same tiles, owners and inputs; windows whose
-    kept pixels see all they need on the grid a whole-image pass uses."""
+    """Sizes 1 to 600, three tile sizes: the same tiles, inputs and owned spans; windows
+    whose kept pixels see all they need on the grid a whole-image pass uses."""
     grid, reach = 2**depth, receptive_reach(depth)
 
     @tf.function(reduce_retracing=True)
     def graph_plan(size, largest):
         axis = GraphAxis.plan(size, depth, largest)
-        return axis.count, axis.tile_in, tile_index(axis, size), owner_index(axis, size)
+        spans = tf.map_fn(
+            lambda tile: tf.stack(owned_span(axis, tile, size)), tf.range(axis.count)
+        )
+        return axis.count, axis.tile_in, tile_index(axis, size), spans
 
     tiles = [None, input_size_for_output(grid, depth), input_size_for_output(130, depth)]
     for tile in tiles:
         largest = largest_output_tile(depth, tile)
         for size in range(1, 601):
             plan = plan_tiles(size, depth, "valid", tile)
-            count, tile_in, inputs, owners = graph_plan(tf.constant(size), largest)
+            count, tile_in, inputs, spans = graph_plan(tf.constant(size), largest)
             assert (int(count), int(tile_in)) == (len(plan.starts), plan.tile_in)
             expected_inputs = [
                 mirror_index(np.arange(plan.tile_in) + start - plan.margin, size)
                 for start in plan.starts
             ]
             np.testing.assert_array_equal(inputs, expected_inputs)
-            # Tile i's outputs sit at [i * tile_out, (i + 1) * tile_out) side by side.
-            places = enumerate(zip(plan.starts, plan.spans, strict=True))
-            expected_owners = np.concatenate(
-                [np.arange(low, high) - start + i * plan.tile_out
-                 for i, (start, (low, high)) in places]
-            )  # fmt: skip
-            np.testing.assert_array_equal(owners, expected_owners)
+            # Each tile writes the pixels the NumPy plan gives it, from its start on.
+            np.testing.assert_array_equal(spans, plan.spans)
+            starts = [low for low, _ in plan.spans]
+            assert starts == list(plan.starts)
             extent = max(2 * reach + grid, plan.tile_in)
             for span in plan_windows(size, extent, reach, grid):
                 assert span.start % grid == 0

@@ -112,10 +112,12 @@ def test_png_signature_and_its_guards(valid_export: tuple[Path, Path]) -> None:
         np.testing.assert_array_equal(tf.io.decode_png(data).numpy()[..., 0], expected)
     with pytest.raises(tf.errors.InvalidArgumentError, match="not PNG data"):
         signature(image_png=tf.constant([b"GIF89a garbage bytes here......"]))
-    # A header that claims 100000 x 100000 pixels is refused before decoding.
-    bomb = png8.numpy()[:16] + (100000).to_bytes(4, "big") * 2 + png8.numpy()[24:]
-    with pytest.raises(tf.errors.InvalidArgumentError, match="more pixels than"):
-        signature(image_png=tf.constant([bomb]))
+    # Headers that claim more than the limit are refused before decoding, even where the
+    # product of their sides would overflow int64.
+    for side in (100000, 2**32 - 1):
+        bomb = png8.numpy()[:16] + side.to_bytes(4, "big") * 2 + png8.numpy()[24:]
+        with pytest.raises(tf.errors.InvalidArgumentError, match="more pixels in all than"):
+            signature(image_png=tf.constant([bomb]))
 
 
 def test_signatures_are_the_contracts(valid_export: tuple[Path, Path]) -> None:
@@ -211,7 +213,76 @@ def test_failed_export_leaves_nothing(
     assert list((tmp_path / "base").iterdir()) == []
 
 
-def test_oversized_image_is_refused(valid_export: tuple[Path, Path]) -> None:
+def test_every_signature_refuses_more_pixels_per_request_than_the_limit(
+    valid_export: tuple[Path, Path],
+) -> None:
+    """The limit (10**6 here) is for a whole request, N x H x W, on every signature."""
     _, version = valid_export
-    with pytest.raises(tf.errors.InvalidArgumentError, match="limit of 1000000 pixels"):
+    signatures = tf.saved_model.load(str(version)).signatures
+    message = "at most 1000000 pixels in all"
+    with pytest.raises(tf.errors.InvalidArgumentError, match=message):
         serve(version, np.zeros((1001, 1000, 1), np.uint8))
+    with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+        signatures["serving_default"](image=tf.zeros([5, 500, 500, 1], tf.uint8))
+    with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+        signatures["tiles"](tiles=tf.zeros([5, 500, 500, 1]))
+    assert signatures["tiles"](tiles=tf.zeros([1, 92, 92, 1]))["probabilities"].shape[1] == 52
+    png = tf.io.encode_png(tf.zeros([500, 500, 1], tf.uint8))
+    with pytest.raises(tf.errors.InvalidArgumentError, match="more pixels in all than"):
+        signatures["segment_png"](image_png=tf.stack([png] * 5))
+    with pytest.raises(tf.errors.InvalidArgumentError, match="at least 1 pixel a side"):
+        signatures["serving_default"](image=tf.zeros([1, 0, 5, 1], tf.uint8))
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_tiles_are_run_a_chunk_at_a_time_with_the_same_result(
+    valid_export: tuple[Path, Path], batch: int
+) -> None:
+    """Several images and many tiles (76-pixel tiles: 5 x 4 per 157 x 211 image) go
+    through the network 4 tiles at a time; each pixel written by the tile that owns it."""
+    model, version = valid_export
+    images = np.random.default_rng(9).integers(0, 256, (batch, 157, 211, 1), np.uint8)
+    signature = tf.saved_model.load(str(version)).signatures["serving_default"]
+    served = signature(image=tf.constant(images))["probabilities"].numpy()
+    segmenter = Segmenter.from_path(model, tile=76)
+    for image, result in zip(images, served, strict=True):
+        np.testing.assert_allclose(result, segmenter.probabilities(image), atol=1e-5)
+
+
+def test_exports_running_at_once_take_their_own_versions(
+    valid_export: tuple[Path, Path], tmp_path: Path
+) -> None:
+    model, _ = valid_export
+    base = tmp_path / "base"
+    command = [sys.executable, "-m", "unet_keras.cli", "export", "--model", str(model)]
+    command += ["--base-path", str(base)]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    runs = [subprocess.Popen(command, env=env, stdout=subprocess.PIPE, text=True) for _ in "ab"]
+    outputs = [run.communicate(timeout=300)[0] for run in runs]
+    assert [run.returncode for run in runs] == [0, 0]
+    assert sorted(output.strip().splitlines()[-1] for output in outputs) == [
+        str(base / "1"), str(base / "2"),
+    ]  # fmt: skip
+    assert sorted(p.name for p in base.iterdir()) == ["1", "2"]
+
+
+def test_a_model_file_with_a_broken_record_is_named(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    import zipfile
+
+    model = save_unet(tmp_path / "model.keras")
+    broken = tmp_path / "broken.keras"
+    with zipfile.ZipFile(model) as source, zipfile.ZipFile(broken, "w") as target:
+        for entry in source.infolist():
+            data = source.read(entry.filename)
+            if entry.filename == contract.RECORD_FILE:
+                record = json.loads(data)
+                del record["model"]
+                data = json.dumps(record).encode()
+            target.writestr(entry, data)
+    status = main(["export", "--model", str(broken), "--base-path", str(tmp_path / "base")])
+    assert status == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "broken.keras: not a readable unet-keras record" in error
+    assert "missing setting(s) ['model']" in error

@@ -38,6 +38,7 @@ from unet_keras import contract
 from unet_keras.config import DEFAULT_MAX_PIXELS, Calibration, ModelRecord
 from unet_keras.contract import next_version
 from unet_keras.geometry import context_margin, largest_output_tile, mirror_index, valid_tiling
+from unet_keras.io.atomic import sync_directory, sync_tree
 from unet_keras.saving import load_model
 
 
@@ -85,6 +86,11 @@ class ServingModule(tf.Module):
         self.segment_png = tf.function(self._segment_png, input_signature=[pngs])
         self.metadata = tf.function(self._metadata, input_signature=[])
         self.tiles = tf.function(self._tiles, input_signature=[tiles])
+        # The bare network, which the signatures share: the export stores it once.
+        self.network = tf.function(
+            lambda tiles: self.model(tiles, training=False),
+            input_signature=[tf.TensorSpec([None, None, None, channels], tf.float32)],
+        )
 
     def signatures(self) -> dict[str, Any]:
         """The signatures to save, by name."""
@@ -96,69 +102,109 @@ class ServingModule(tf.Module):
         }
 
     def _serve(self, image: tf.Tensor) -> dict[str, tf.Tensor]:
-        probabilities = self.probabilities(image)
-        return {contract.PROBABILITIES: probabilities, contract.MASK: self._mask(probabilities)}
+        probabilities, mask = self.segment(image)
+        return {contract.PROBABILITIES: probabilities, contract.MASK: mask}
 
     def _segment_png(self, image_png: tf.Tensor) -> dict[str, tf.Tensor]:
         def one(png: tf.Tensor) -> tf.Tensor:
-            image = tf.io.decode_png(
-                self._checked_png(png), channels=self._config.in_channels, dtype=self._dtype
-            )
+            image = tf.io.decode_png(png, channels=self._config.in_channels, dtype=self._dtype)
             # serving_default's function, stored once in the export.
             mask = self.serve(image[tf.newaxis])[contract.MASK][0]
             return tf.io.encode_png(mask[..., tf.newaxis])
 
+        with tf.control_dependencies([self._check_pngs(image_png)]):  # before decoding
+            image_png = tf.identity(image_png)
         return {contract.MASK_PNG: tf.map_fn(one, image_png, fn_output_signature=tf.string)}
 
     def _metadata(self) -> dict[str, tf.Tensor]:
         return {contract.RECORD: tf.constant(self.record_json)}
 
     def _tiles(self, tiles: tf.Tensor) -> dict[str, tf.Tensor]:
-        return {contract.PROBABILITIES: self.model(tiles, training=False)}
+        with tf.control_dependencies([self._check_pixels(tf.shape(tiles), contract.TILES_INPUT)]):
+            tiles = tf.identity(tiles)
+        return {contract.PROBABILITIES: self.network(tiles)}
 
-    def probabilities(self, image: tf.Tensor) -> tf.Tensor:
-        """Class probabilities [N, H, W, classes] for raw images [N, H, W, C]."""
+    def segment(self, image: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        """Class probabilities [N, H, W, classes] and mask [N, H, W] of raw images."""
         shape = tf.shape(image)
-        height, width = shape[1], shape[2]
-        checks = [
-            tf.debugging.assert_positive(
-                tf.stack([height, width]), message="image height and width must be at least 1"
-            ),
-            tf.debugging.assert_less_equal(
-                tf.cast(height, tf.int64) * tf.cast(width, tf.int64),
-                tf.constant(self._max_pixels, tf.int64),
-                message=f"image larger than this model's limit of {self._max_pixels} pixels",
-            ),
-        ]
-        with tf.control_dependencies(checks):  # before any work on the image
-            image = (tf.cast(image, tf.float32) - self._offset) / self._scale
+        with tf.control_dependencies([self._check_pixels(shape, contract.IMAGE)]):
+            batch, height, width = tf.unstack(shape[:3])  # before any work on the image
         if self._config.padding == "same":
-            return self._same(image, height, width)
-        return self._valid(image, height, width)
+            image = (tf.cast(image, tf.float32) - self._offset) / self._scale
+            probabilities = self._same(image, height, width)
+            return probabilities, self._mask(probabilities)
+        return self._valid(image, batch, height, width)
 
-    def _valid(self, image: tf.Tensor, height: tf.Tensor, width: tf.Tensor) -> tf.Tensor:
-        """Edge-to-edge output tiles on the 2**depth grid, as `geometry.plan_tiles` lays them."""
+    def _check_pixels(self, shape: tf.Tensor, name: str) -> tf.Operation:
+        """An assertion that [N, H, W, ...] holds at least one pixel per image and at most
+        `max_pixels` in all (N x H x W, without overflowing int64)."""
+        batch, height, width = tf.unstack(tf.cast(shape[:3], tf.int64))
+        # N and H and W are each below 2**31, so H * W fits; N * (H * W) might not.
+        within = tf.logical_or(
+            batch == 0, height * width <= self._max_pixels // tf.maximum(batch, 1)
+        )
+        return tf.debugging.Assert(
+            tf.logical_and(tf.reduce_all(shape[1:3] >= 1), within),
+            [f"{name}: images need at least 1 pixel a side and a request at most "
+             f"{self._max_pixels} pixels in all (this model's limit)"],
+        )  # fmt: skip
+
+    def _valid(
+        self, image: tf.Tensor, batch: tf.Tensor, height: tf.Tensor, width: tf.Tensor
+    ) -> tuple[tf.Tensor, tf.Tensor]:
+        """Edge-to-edge output tiles on the 2**depth grid, as `geometry.plan_tiles` lays them.
+
+        `tiles_per_call` tiles at a time: each is cut from the raw image through mirrored
+        indices, normalised, run, and its own part written into the probabilities and the
+        mask, so memory beyond the image and the results stays bounded by the tile size.
+        """
         depth = self._config.depth
         rows = GraphAxis.plan(height, depth, self._largest)
         cols = GraphAxis.plan(width, depth, self._largest)
-        # Gather every tile's mirrored input at once: [N, rows, tile_in, cols, tile_in, C].
-        tiles = tf.gather(image, tile_index(rows, height), axis=1)
-        tiles = tf.gather(tiles, tile_index(cols, width), axis=3)
-        batch, channels = tf.shape(image)[0], tf.shape(image)[3]
-        tiles = tf.transpose(tiles, [0, 1, 3, 2, 4, 5])
-        tiles = tf.reshape(tiles, [-1, rows.tile_in, cols.tile_in, channels])
-        outputs = self._run_tiles(tiles)
-        classes = tf.shape(outputs)[-1]
-        outputs = tf.reshape(
-            outputs, [batch, rows.count, cols.count, rows.tile_out, cols.tile_out, classes]
+        per_image = rows.count * cols.count
+        count = batch * per_image
+        classes = self._config.classes
+        results = (
+            tf.zeros(tf.stack([batch, height, width, classes]), tf.float32),
+            tf.zeros(tf.stack([batch, height, width]), self._mask_dtype),
         )
-        outputs = tf.transpose(outputs, [0, 1, 3, 2, 4, 5])
-        outputs = tf.reshape(
-            outputs, [batch, rows.count * rows.tile_out, cols.count * cols.tile_out, classes]
-        )
-        # Output pixel p comes from tile min(p // step, count - 1), which owns it.
-        outputs = tf.gather(outputs, owner_index(rows, height), axis=1)
-        return tf.gather(outputs, owner_index(cols, width), axis=2)
+
+        def run_chunk(first: tf.Tensor, results: tuple) -> tuple[tf.Tensor, tuple]:
+            chunk = tf.range(first, tf.minimum(first + self._tiles_per_call, count))
+            image_of, place = chunk // per_image, chunk % per_image
+            row_of, col_of = place // cols.count, place % cols.count
+            windows = _gather_windows(image, image_of, row_of, col_of, rows, cols, height, width)
+            windows = (tf.cast(windows, tf.float32) - self._offset) / self._scale
+            outputs = self.network(windows)
+
+            def write(k: tf.Tensor, results: tuple) -> tuple[tf.Tensor, tuple]:
+                top, bottom = owned_span(rows, row_of[k], height)
+                left, right = owned_span(cols, col_of[k], width)
+                owned = outputs[k, : bottom - top, : right - left][tf.newaxis]
+                begin = tf.stack([image_of[k], top, left, 0])
+                end = tf.stack([image_of[k] + 1, bottom, right, classes])
+                probabilities, mask = results
+                # Updates in place where the buffer is not shared (it is not, in the loop).
+                probabilities = tf.raw_ops.TensorStridedSliceUpdate(
+                    input=probabilities, begin=begin, end=end, strides=[1, 1, 1, 1], value=owned
+                )
+                mask = tf.raw_ops.TensorStridedSliceUpdate(
+                    input=mask, begin=begin[:3], end=end[:3], strides=[1, 1, 1],
+                    value=self._mask(owned),
+                )  # fmt: skip
+                return k + 1, (probabilities, mask)
+
+            _, results = tf.while_loop(
+                lambda k, _: k < tf.size(chunk), write, [tf.constant(0), results],
+                parallel_iterations=1,
+            )  # fmt: skip
+            return first + self._tiles_per_call, results
+
+        _, results = tf.while_loop(
+            lambda first, _: first < count, run_chunk, [tf.constant(0), results],
+            parallel_iterations=1,
+        )  # fmt: skip
+        return results
 
     def _same(self, image: tf.Tensor, height: tf.Tensor, width: tf.Tensor) -> tf.Tensor:
         """The whole image at once, mirrored out to a multiple of 2**depth, centred."""
@@ -183,8 +229,7 @@ class ServingModule(tf.Module):
         tiles = tf.pad(tiles, [[0, calls * chunk - count], [0, 0], [0, 0], [0, 0]])
         tiles = tf.reshape(tiles, tf.concat([[calls, chunk], tf.shape(tiles)[1:]], 0))
         outputs = tf.map_fn(
-            # The `tiles` signature's function: the network is stored once in the export.
-            lambda batch: self.tiles(batch)[contract.PROBABILITIES],
+            self.network,
             tiles,
             fn_output_signature=tf.TensorSpec([None, None, None, self._config.classes]),
             parallel_iterations=1,
@@ -200,30 +245,35 @@ class ServingModule(tf.Module):
             labels = tf.argmax(probabilities, axis=-1, output_type=tf.int32)
         return tf.gather(self._class_values, labels)
 
-    def _checked_png(self, png: tf.Tensor) -> tf.Tensor:
-        """`png`, once it has passed for PNG data within the pixel limit (before decoding)."""
+    def _check_pngs(self, pngs: tf.Tensor) -> tf.Operation:
+        """An assertion that every element is PNG data whose header claims at least one pixel,
+        and that all of them together claim at most `max_pixels` (guards decompression
+        bombs: nothing is decoded before it passes)."""
+        name = contract.IMAGE_PNG
         # Graph ops run in data order, not program order: each check waits for the last.
         # tf.debugging.Assert with the message alone: the other asserts would print the
         # bytes, and binary data makes an error message that is not UTF-8.
         check = tf.debugging.Assert(
-            tf.equal(tf.strings.substr(png, 0, 8), b"\x89PNG\r\n\x1a\n"),
-            ["image_png: not PNG data"],
+            tf.reduce_all(tf.strings.length(pngs) >= 24), [f"{name}: truncated PNG header"]
         )
         with tf.control_dependencies([check]):
-            check = tf.debugging.Assert(
-                tf.strings.length(png) >= 24, ["image_png: truncated PNG header"]
-            )
+            signature = tf.strings.substr(pngs, 0, 8) == b"\x89PNG\r\n\x1a\n"
+            check = tf.debugging.Assert(tf.reduce_all(signature), [f"{name}: not PNG data"])
         with tf.control_dependencies([check]):
             # IHDR: width and height as big-endian uint32 at bytes 16-23.
-            size = tf.cast(tf.io.decode_raw(tf.strings.substr(png, 16, 8), tf.uint8), tf.int64)
-            width = ((size[0] * 256 + size[1]) * 256 + size[2]) * 256 + size[3]
-            height = ((size[4] * 256 + size[5]) * 256 + size[6]) * 256 + size[7]
+            size = tf.io.decode_raw(tf.strings.substr(pngs, 16, 8), tf.uint8)
+            size = tf.reshape(tf.cast(size, tf.int64), [-1, 2, 4])
+            width, height = tf.unstack(tf.reduce_sum(size * [2**24, 2**16, 2**8, 1], -1), axis=1)
+            # Each side is below 2**32: compare by division, as the product can overflow.
+            each = tf.logical_and(height >= 1, width <= self._max_pixels // tf.maximum(height, 1))
+            each = tf.logical_and(each, width >= 1)
+            pixels = tf.reduce_sum(tf.where(each, width * height, 0))
             check = tf.debugging.Assert(
-                width * height <= self._max_pixels,
-                [f"image_png: more pixels than this model's limit of {self._max_pixels}"],
-            )
-        with tf.control_dependencies([check]):
-            return tf.identity(png)
+                tf.logical_and(tf.reduce_all(each), pixels <= self._max_pixels),
+                [f"{name}: PNG headers claim no pixels, or more pixels in all than this "
+                 f"model's limit of {self._max_pixels}"],
+            )  # fmt: skip
+        return check
 
 
 class GraphAxis(NamedTuple):
@@ -248,11 +298,35 @@ def tile_index(axis: GraphAxis, size: tf.Tensor) -> tf.Tensor:
     return mirror_index(starts[:, tf.newaxis] + tf.range(axis.tile_in)[tf.newaxis], size, tf)
 
 
-def owner_index(axis: GraphAxis, size: tf.Tensor) -> tf.Tensor:
-    """For each output pixel, its place in the tiles laid side by side."""
-    pixel = tf.range(size)
-    tile = tf.minimum(pixel // axis.step, axis.count - 1)
-    return tile * axis.tile_out + pixel - tile * axis.step
+def owned_span(axis: GraphAxis, tile: tf.Tensor, size: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """[start, stop) of the pixels tile `tile` writes along an axis (the last: to the end)."""
+    start = tile * axis.step
+    return start, tf.where(tile == axis.count - 1, size, start + axis.step)
+
+
+def _gather_windows(
+    image: tf.Tensor,
+    image_of: tf.Tensor,
+    row_of: tf.Tensor,
+    col_of: tf.Tensor,
+    rows: GraphAxis,
+    cols: GraphAxis,
+    height: tf.Tensor,
+    width: tf.Tensor,
+) -> tf.Tensor:
+    """The mirrored input windows [k, tile_in, tile_in, C] of k tiles, from raw image."""
+    row_index = tf.gather(tile_index(rows, height), row_of)  # [k, tile_in]
+    col_index = tf.gather(tile_index(cols, width), col_of)
+    shape = tf.stack([tf.size(image_of), rows.tile_in, cols.tile_in])
+    indices = tf.stack(
+        [
+            tf.broadcast_to(image_of[:, tf.newaxis, tf.newaxis], shape),
+            tf.broadcast_to(row_index[:, :, tf.newaxis], shape),
+            tf.broadcast_to(col_index[:, tf.newaxis, :], shape),
+        ],
+        axis=-1,
+    )
+    return tf.gather_nd(image, indices)
 
 
 def export_model(
@@ -264,24 +338,23 @@ def export_model(
     """Exports a `.keras` model or run directory to `base_path/<version>/`; returns it.
 
     `version` defaults to the next free number; an existing version is never replaced.
+    Exports running at once each take their own number: the version is claimed by the
+    rename that publishes it, and a number taken meanwhile moves a default one on.
     `options` go to `ServingModule` (tile, tiles_per_call, threshold, max_pixels).
     """
     base_path = Path(base_path)
-    if version is None:
-        version = next_version(base_path)
-    if version < 1:
+    if version is not None and version < 1:
         raise ValueError(f"--version must be a positive integer, got {version}")
-    target = base_path / str(version)
-    if target.exists():
+    if version is not None and (base_path / str(version)).exists():
         raise FileExistsError(
-            f"{target}: version {version} exists and is never overwritten; export as "
-            f"version {next_version(base_path)} (the default)"
+            f"{base_path / str(version)}: version {version} exists and is never overwritten; "
+            f"export as version {next_version(base_path)} (the default)"
         )
     model, record = load_model(model_path, compile=False)
     module = ServingModule(model, record, **options)
     base_path.mkdir(parents=True, exist_ok=True)
     # Non-numeric and hidden: TF Serving ignores it until the rename.
-    staging = Path(tempfile.mkdtemp(prefix=f".{version}.partial-", dir=base_path))
+    staging = Path(tempfile.mkdtemp(prefix=".partial-", dir=base_path))
     try:
         asset_source = staging / "source"
         asset_source.mkdir()
@@ -289,10 +362,31 @@ def export_model(
         module.record_asset = tf.saved_model.Asset(str(asset_source / contract.RECORD_FILE))
         saved = staging / "saved_model"
         tf.saved_model.save(module, str(saved), signatures=module.signatures())
-        os.rename(saved, target)  # fails, rather than merges, if the version appeared
+        sync_tree(saved)  # all on disk before it becomes visible
+        return _publish(saved, base_path, version)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return target
+
+
+def _publish(saved: Path, base_path: Path, version: int | None) -> Path:
+    """Renames a finished export to its version folder; returns the folder."""
+    while True:
+        number = next_version(base_path) if version is None else version
+        target = base_path / str(number)
+        try:
+            # A rename onto an existing folder fails rather than merges (ENOTEMPTY/EEXIST).
+            os.rename(saved, target)
+        except OSError as error:
+            if not target.exists():
+                raise
+            if version is not None:
+                raise FileExistsError(
+                    f"{target}: version {number} appeared during the export and is never "
+                    f"overwritten; export as version {next_version(base_path)}"
+                ) from error
+            continue  # another export took this number: take the next
+        sync_directory(base_path)
+        return target
 
 
 def variables_bytes(model: keras.Model) -> int:
