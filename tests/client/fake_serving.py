@@ -94,6 +94,8 @@ class FakeServing:
     requests: list[tuple[str, Any]] = field(default_factory=list)
     in_flight: int = 0
     most_in_flight: int = 0
+    # A hostile server: makes the response to each segmentation request.
+    answer: Any = None
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
@@ -177,6 +179,8 @@ class FakeServing:
         if request.model_spec.signature_name == "metadata":
             record = json.dumps(self.record.to_dict()).encode()
             results = {"metadata": np.array(record, object)}
+        elif self.answer is not None:
+            return self.answer(request)
         elif request.model_spec.signature_name in ("", "serving_default"):
             image = make_ndarray(request.inputs["image"]) if "image" in request.inputs else None
             if image is None or image.dtype != np.uint8 or image.ndim != 4:

@@ -68,3 +68,17 @@ def test_console_script_is_installed() -> None:
     script = Path(sys.executable).parent / "unet-client"
     result = subprocess.run([str(script), "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "segment" in result.stdout and "status" in result.stdout
+
+
+def test_segment_refuses_to_overwrite_its_input(
+    fake: FakeServing, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    image = tmp_path / "b.png"
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(image)
+    before = image.read_bytes()
+    status = client_cli.main(
+        ["segment", str(image), "-o", str(tmp_path), "--server", fake.address]
+    )
+    assert status == 2
+    assert "would overwrite the input" in capsys.readouterr().err
+    assert image.read_bytes() == before

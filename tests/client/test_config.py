@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import random
-import subprocess
+import socket
+import threading
+import time
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
 import pytest
 
 from tests.client.fake_serving import FakeServing, fake_model
+from tests.serving_fixtures import HALF_PLUS_TWO, ServerProcess, certificates, export_half_plus_two
 from unet_keras.client import ChannelConfig, RetryPolicy, SegmentationClient, UnavailableError
 
 
@@ -37,57 +42,87 @@ def test_settings_are_checked() -> None:
     assert '"round_robin"' in options["grpc.service_config"]
 
 
-def test_gzip_compression_reaches_the_server(fake: FakeServing) -> None:
-    with SegmentationClient(fake.address, channel=ChannelConfig(compression="gzip")) as packed:
-        image = np.random.default_rng(0).integers(0, 256, (40, 30), dtype=np.uint8)
+class CountingProxy:
+    """A TCP relay that counts the bytes a client sends through it to the server."""
+
+    def __init__(self, target: str) -> None:
+        host, port = target.rsplit(":", 1)
+        self.target = (host, int(port))
+        self.sent = 0
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.address = f"127.0.0.1:{self._listener.getsockname()[1]}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            client, _ = self._listener.accept()
+            server = socket.create_connection(self.target)
+            threading.Thread(target=self._pipe, args=(client, server, True), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(server, client, False), daemon=True).start()
+
+    def _pipe(self, source: socket.socket, sink: socket.socket, counted: bool) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                if counted:
+                    self.sent += len(data)
+                sink.sendall(data)
+        with contextlib.suppress(OSError):
+            sink.shutdown(socket.SHUT_WR)
+
+
+@pytest.mark.parametrize("compression", [None, "gzip", "deflate"])
+def test_compression_reaches_the_wire(fake: FakeServing, connect: Any, compression: str) -> None:
+    proxy = CountingProxy(fake.address)
+    image = np.zeros((1000, 1000), np.uint8)  # 1 MB that compresses to almost nothing
+    channel = ChannelConfig(compression=compression)
+    with connect(proxy.address, channel=channel, timeout=10) as client:
         np.testing.assert_array_equal(
-            packed.segment(image).mask, fake_model(image[None, ..., None], 0, 1)["mask"][0]
+            client.segment(image).mask, fake_model(image[None, ..., None], 0, 1)["mask"][0]
         )
+    if compression is None:
+        assert proxy.sent > 1_000_000
+    else:
+        assert proxy.sent < 100_000, proxy.sent
 
 
-@pytest.mark.skipif(not Path("/usr/bin/openssl").exists(), reason="needs openssl")
-def test_mutual_tls(tmp_path: Path) -> None:
-    pem = _certificates(tmp_path)
-    server_credentials = grpc.ssl_server_credentials(
-        [(pem["server.key"], pem["server.pem"])],
-        root_certificates=pem["ca.pem"],
-        require_client_auth=True,
+def test_the_backoff_is_slept(fake: FakeServing, connect: Any, monkeypatch) -> None:
+    monkeypatch.setattr(random, "uniform", lambda low, high: high)  # the cap every time
+    retry = RetryPolicy(attempts=4, initial_backoff=0.2, max_backoff=1.0, multiplier=2.0)
+    fake.fail_next(grpc.StatusCode.UNAVAILABLE, "down", times=3)
+    with connect(fake.address, retry=retry, timeout=10) as client:
+        started = time.monotonic()
+        client.model_status()
+        elapsed = time.monotonic() - started
+    assert len(fake.calls("GetModelStatus")) == 4
+    assert 0.2 + 0.4 + 0.8 <= elapsed < 0.2 + 0.4 + 0.8 + 1.5
+
+
+def test_mutual_tls_with_the_local_server(tmp_path: Path) -> None:
+    """`unet-keras serve --tls-client-ca` admits clients with a certificate its CA signed."""
+    pem = certificates(tmp_path)
+    export_half_plus_two(tmp_path / HALF_PLUS_TWO, 1)
+    flags = ["--tls-cert", pem["server.pem"], "--tls-key", pem["server.key"]]
+    flags += ["--tls-client-ca", pem["ca.pem"]]
+    server = ServerProcess(
+        tmp_path / HALF_PLUS_TWO, HALF_PLUS_TWO, tmp_path / "log", *map(str, flags)
     )
-    server = FakeServing().start(server_credentials)
+    target = server.address.replace("127.0.0.1", "localhost")
     try:
         channel = ChannelConfig(
             tls=True,
-            root_certificates=pem["ca.pem"],
-            private_key=pem["client.key"],
-            certificate_chain=pem["client.pem"],
+            root_certificates=pem["ca.pem"].read_bytes(),
+            private_key=pem["client.key"].read_bytes(),
+            certificate_chain=pem["client.pem"].read_bytes(),
         )
-        with SegmentationClient(server.address, channel=channel, timeout=5) as secure:
-            assert secure.model_status()[0]["state"] == "AVAILABLE"
-        anonymous = ChannelConfig(tls=True, root_certificates=pem["ca.pem"])
+        with SegmentationClient(target, HALF_PLUS_TWO, channel=channel, timeout=10) as secure:
+            assert secure.wait_until_available(timeout=60) == 1
+        anonymous = ChannelConfig(tls=True, root_certificates=pem["ca.pem"].read_bytes())
         once = RetryPolicy(attempts=1)
         with (
-            SegmentationClient(server.address, channel=anonymous, retry=once, timeout=5) as bare,
+            SegmentationClient(target, HALF_PLUS_TWO, channel=anonymous, retry=once) as bare,
             pytest.raises(UnavailableError),
         ):
-            bare.model_status()
+            bare.model_status(timeout=5)
     finally:
-        server.stop()
-
-
-def _certificates(folder: Path) -> dict[str, bytes]:
-    """A test CA, and server (for localhost) and client certificates it signed."""
-
-    def openssl(*args: str) -> None:
-        subprocess.run(["openssl", *args], cwd=folder, check=True, capture_output=True)
-
-    key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
-    openssl("req", "-x509", *key, "-keyout", "ca.key", "-out", "ca.pem", "-days", "1",
-            "-subj", "/CN=test-ca")  # fmt: skip
-    (folder / "san.ext").write_text("subjectAltName=DNS:localhost\n")
-    for name in ("server", "client"):
-        openssl("req", *key, "-keyout", f"{name}.key", "-out", f"{name}.csr",
-                "-subj", f"/CN={'localhost' if name == 'server' else 'client'}")  # fmt: skip
-        openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-                "-CAcreateserial", "-out", f"{name}.pem", "-days", "1",
-                "-extfile", "san.ext")  # fmt: skip
-    return {p.name: p.read_bytes() for p in folder.iterdir() if p.suffix in (".pem", ".key")}
+        server.terminate()
+        server.wait()

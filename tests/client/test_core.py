@@ -220,21 +220,78 @@ def test_segment_many_keeps_order_and_bounds_concurrency(client: Any, fake: Fake
     assert 2 <= fake.most_in_flight <= 4
 
 
-def test_both_clients_get_what_the_export_computes_from_the_local_server(
-    tiny_server: Any, tiny_export: Any, connect: Any
-) -> None:
-    """Against `unet-keras serve` of the tiny export, tiled and not: the export's own
-    masks, and the export's record."""
+@pytest.fixture(scope="module")
+def same_padding_server(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """`unet-keras serve` of a same-padding tiny U-Net; (ServerProcess, version folder)."""
+    from tests.serving_fixtures import UNET, ServerProcess, save_unet
+    from unet_keras.config import ModelConfig
+    from unet_keras.serving.export import export_model
+
+    folder = tmp_path_factory.mktemp("same")
+    config = ModelConfig(filters=4, depth=2, padding="same", dropout=0.0)
+    model = save_unet(folder / "model.keras", config=config, tile=(64, 64))
+    version = export_model(model, folder / UNET)
+    server = ServerProcess(folder / UNET, UNET, folder / "server.log")
+    server.wait_available()
+    yield server, version
+    server.terminate()
+    server.wait()
+
+
+def served_directly(version: Any, image: np.ndarray) -> dict[str, np.ndarray]:
+    """The export's serving_default on one image, in this process."""
     import tensorflow as tf
 
+    signature = tf.saved_model.load(str(version)).signatures["serving_default"]
+    outputs = signature(image=tf.constant(image[None, ..., None]))
+    return {name: value.numpy()[0] for name, value in outputs.items()}
+
+
+@pytest.mark.parametrize("probabilities", [False, True])
+def test_both_clients_get_what_the_export_computes_from_the_local_server(
+    tiny_server: Any, tiny_export: Any, connect: Any, probabilities: bool
+) -> None:
+    """Against `unet-keras serve` of the tiny (valid-padding) export, tiled under a 40 kB
+    limit: exactly the export's own masks and probabilities, and its record."""
     from tests.serving_fixtures import TINY_NORMALIZATION
 
     image = np.random.default_rng(6).integers(0, 256, (300, 260), dtype=np.uint8)
-    signature = tf.saved_model.load(str(tiny_export)).signatures["serving_default"]
-    expected = signature(image=tf.constant(image[None, ..., None]))["mask"].numpy()[0]
-    tight = ChannelConfig(max_send_bytes=40_000, max_receive_bytes=40_000)
+    expected = served_directly(tiny_export, image)
+    tight = ChannelConfig(max_send_bytes=40_000, max_receive_bytes=160_000)
     with connect(tiny_server.address, timeout=30, channel=tight) as served:
         served.wait_until_available(timeout=60)
-        record = served.model_record()
-        assert record.normalization == TINY_NORMALIZATION
-        np.testing.assert_array_equal(served.segment(image).mask, expected)
+        assert served.model_record().normalization == TINY_NORMALIZATION
+        result = served.segment(image, probabilities=probabilities)
+    np.testing.assert_array_equal(result.mask, expected["mask"])
+    if probabilities:
+        np.testing.assert_allclose(result.probabilities, expected["probabilities"], atol=1e-5)
+
+
+def test_same_padding_through_the_local_server_tiled_and_whole(
+    same_padding_server: Any, connect: Any
+) -> None:
+    """Same padding: tiled requests agree with one request but for a few pixels near
+    window borders (zero padding there), which valid padding does not have."""
+    server, version = same_padding_server
+    image = np.random.default_rng(8).integers(0, 256, (240, 200), dtype=np.uint8)
+    expected = served_directly(version, image)["mask"]
+    tight = ChannelConfig(max_send_bytes=20_000, max_receive_bytes=80_000)
+    with connect(server.address, timeout=30, channel=tight) as served:
+        mask = served.segment(image, probabilities=True).mask
+    assert mask.shape == expected.shape
+    assert np.mean(mask == expected) > 0.98
+
+
+def test_unet_client_writes_what_the_export_computes(
+    tiny_server: Any, tiny_export: Any, tmp_path: Any
+) -> None:
+    from PIL import Image
+
+    from unet_keras.client import cli as client_cli
+
+    image = np.random.default_rng(7).integers(0, 256, (150, 170), dtype=np.uint8)
+    Image.fromarray(image).save(tmp_path / "a.png")
+    arguments = ["segment", str(tmp_path / "a.png"), "-o", str(tmp_path / "out")]
+    assert client_cli.main([*arguments, "--server", tiny_server.address, "--wait", "60"]) == 0
+    written = np.asarray(Image.open(tmp_path / "out" / "a.png"))
+    np.testing.assert_array_equal(written, served_directly(tiny_export, image)["mask"])

@@ -40,7 +40,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return args.command(args)
-    except (UsageError, ServingError, OSError, ValueError) as error:
+    except (UsageError, ServingError, OSError, ValueError, MemoryError) as error:
         print(f"unet-client: {_one_line(str(error))}", file=sys.stderr)
         return 2
 
@@ -139,6 +139,7 @@ def _status(args: argparse.Namespace) -> int:
 
 def _segment(args: argparse.Namespace) -> int:
     images = _inputs(args.input)
+    _refuse_overwriting(images, args.output)
     args.output.mkdir(parents=True, exist_ok=True)
     with _client(args) as client:
         if args.wait:
@@ -153,7 +154,13 @@ def _segment(args: argparse.Namespace) -> int:
             try:
                 mask = client.segment(_read(path), version=args.version).mask
                 _write_png(mask, args.output / f"{path.stem}.png")
-            except (ServingError, OSError, ValueError, Image.DecompressionBombError) as error:
+            except (
+                ServingError,
+                OSError,
+                ValueError,
+                MemoryError,
+                Image.DecompressionBombError,
+            ) as error:
                 return f"unet-client: {path}: {_one_line(str(error))}"
             return None
 
@@ -166,6 +173,18 @@ def _segment(args: argparse.Namespace) -> int:
                     failures += 1
                     progress.write(failure, file=sys.stderr)
     return 1 if failures else 0
+
+
+def _refuse_overwriting(images: list[Path], output: Path) -> None:
+    """Stops before anything is written when a mask would replace one of the inputs."""
+    inputs = {image.resolve() for image in images}
+    for image in images:
+        target = output / f"{image.stem}.png"
+        if target.resolve() in inputs:
+            raise UsageError(
+                f"-o {output}: writing {target.name} would overwrite the input {image}; "
+                "choose another output folder"
+            )
 
 
 def _inputs(path: Path) -> list[Path]:

@@ -70,8 +70,18 @@ def predict_request(spec: Any, inputs: dict[str, Any], output_filter: Sequence[s
 
 
 def outputs(response: Any) -> dict[str, np.ndarray]:
-    """A PredictResponse's outputs as numpy arrays, by alias."""
-    return {name: make_ndarray(tensor) for name, tensor in response.outputs.items()}
+    """A PredictResponse's outputs as numpy arrays, by alias.
+
+    Every value must be in the response: a server cannot make the client allocate more
+    than it sent.
+    """
+    arrays = {}
+    for name, tensor in response.outputs.items():
+        try:
+            arrays[name] = make_ndarray(tensor, fill=False)
+        except TypeError as error:  # a dtype NumPy cannot hold: the response is unusable
+            raise ValueError(f"the server's {name!r} output: {error}") from None
+    return arrays
 
 
 def metadata_request(spec: Any) -> Any:
@@ -206,11 +216,29 @@ def windows_for(
     return plan_image_windows(height, width, limit, layout.context, layout.grid)
 
 
+def _check_window_result(window: Window, result: dict[str, np.ndarray]) -> None:
+    """Raises a ValueError unless a window's outputs have the window's size."""
+    rows = window.rows.stop - window.rows.start
+    cols = window.cols.stop - window.cols.start
+    mask = result.get(contract.MASK)
+    if mask is None or mask.shape != (1, rows, cols):
+        found = "no mask" if mask is None else f"a mask of shape {list(mask.shape)}"
+        raise ValueError(f"the server answered a {rows}x{cols} image with {found}")
+    probabilities = result.get(contract.PROBABILITIES)
+    if probabilities is not None and probabilities.shape[:3] != (1, rows, cols):
+        raise ValueError(
+            f"the server answered a {rows}x{cols} image with probabilities of shape "
+            f"{list(probabilities.shape)}"
+        )
+
+
 def assemble(
     windows: Sequence[Window], results: Sequence[dict[str, np.ndarray]], image: np.ndarray
 ) -> Segmentation:
     """The windows' outputs ([1, h, w, ...] each) stitched into the image's Segmentation."""
     height, width = image.shape[:2]
+    for window, result in zip(windows, results, strict=True):
+        _check_window_result(window, result)
     masks = [result[contract.MASK][0] for result in results]
     mask = stitch(windows, masks, height, width)
     if contract.PROBABILITIES not in results[0]:

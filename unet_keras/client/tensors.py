@@ -8,6 +8,7 @@ fills the rest (TF's convention, so one value stands for a constant tensor).
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -51,8 +52,13 @@ def make_tensor_proto(values: Any) -> Any:
     return proto
 
 
-def make_ndarray(proto: Any) -> np.ndarray:
-    """The numpy array a `tensorflow.TensorProto` holds (strings as an object array of bytes)."""
+def make_ndarray(proto: Any, *, fill: bool = True) -> np.ndarray:
+    """The numpy array a `tensorflow.TensorProto` holds (strings as an object array of bytes).
+
+    With `fill` (TensorFlow's convention) typed values fewer than the shape holds are
+    extended by repeating the last one; without it they must all be there, which bounds
+    the array by the message's size (for what a server sends back).
+    """
     kind = _BY_ENUM.get(proto.dtype)
     if kind is None:
         raise TypeError(f"cannot read a {dtype_name(proto.dtype)} tensor into numpy")
@@ -61,7 +67,7 @@ def make_ndarray(proto: Any) -> np.ndarray:
     shape = tuple(dim.size for dim in proto.tensor_shape.dim)
     if any(n < 0 for n in shape):
         raise ValueError(f"cannot read a tensor of partly unknown shape {list(shape)}")
-    size = int(np.prod(shape, dtype=np.int64))
+    size = math.prod(shape)
     if proto.tensor_content and kind.name != "DT_STRING":
         wire = kind.numpy.newbyteorder("<")
         if len(proto.tensor_content) != size * wire.itemsize:
@@ -71,7 +77,13 @@ def make_ndarray(proto: Any) -> np.ndarray:
             )
         values = np.frombuffer(proto.tensor_content, wire).astype(kind.numpy)
         return values.reshape(shape)
-    return _fill(_typed_values(proto, kind), size, kind.name).reshape(shape)
+    values = _typed_values(proto, kind)
+    if not fill and len(values) != size:
+        raise ValueError(
+            f"a {kind.name} tensor of shape {list(shape)} holds {size} values but carries "
+            f"{len(values)}"
+        )
+    return _fill(values, size, kind.name).reshape(shape)
 
 
 def _typed_values(proto: Any, kind: WireType) -> np.ndarray:
