@@ -89,3 +89,20 @@ def test_bad_options_stop_with_a_clear_message(
     )  # fmt: skip
     assert status == 2
     assert "none.keras: no such model file" in capsys.readouterr().err
+
+
+def test_an_output_folder_that_would_overwrite_inputs_is_refused(
+    membrane_white_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    folder = tmp_path / "pin"
+    write_image(folder / "a.png", images(1)[0])
+    write_stack(folder / "v.tif", images(2)[..., 0])
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    for source in (folder, folder / "a.png", folder / "v.tif"):
+        status = main(
+            ["predict", "--model", str(membrane_white_model), "--input", str(source),
+             "--output", str(folder)]
+        )  # fmt: skip
+        assert status == 2
+        assert "would overwrite the input" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before

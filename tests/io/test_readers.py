@@ -259,3 +259,34 @@ def test_palette_image_reads_as_its_colours(tmp_path):
         tmp_path / "p.png"
     )
     np.testing.assert_array_equal(read_image(tmp_path / "p.png"), rgb)
+
+
+def test_every_problem_of_a_data_set_is_named_at_once(tmp_path):
+    write(tmp_path / "images" / "a.png", random_image((6, 8)))
+    write(tmp_path / "masks" / "a.png", binary_mask())
+    write(tmp_path / "images" / "lonely.png", random_image((6, 8)))
+    write(tmp_path / "images" / "cut.png", random_image((6, 8)))
+    write(tmp_path / "masks" / "cut.png", binary_mask())
+    (tmp_path / "images" / "cut.png").write_bytes(
+        (tmp_path / "images" / "cut.png").read_bytes()[:40]
+    )
+    write(tmp_path / "images" / "odd.png", random_image((6, 8)))
+    write(tmp_path / "masks" / "odd.png", binary_mask((5, 8)))
+    with pytest.raises(DataError) as raised:
+        load_dataset(tmp_path, require_masks=True)
+    message = str(raised.value)
+    assert message.startswith("the data set has 3 problems:")
+    assert "lonely.png" in message and "cut.png: cannot read it" in message
+    assert "odd.png" in message and "5 x 8" in message
+
+
+def test_a_tiff_that_claims_gigapixels_is_refused_before_decoding(tmp_path):
+    path = tmp_path / "bomb.tif"
+    # A small compressed TIFF whose header then claims 30000 x 30000 pixels.
+    tifffile.imwrite(path, np.zeros((16, 16), np.uint8), compression="zlib")
+    with tifffile.TiffFile(path, mode="r+b") as tif:
+        tif.pages[0].tags["ImageWidth"].overwrite(30000)
+        tif.pages[0].tags["ImageLength"].overwrite(30000)
+    assert path.stat().st_size < 1024
+    with pytest.raises(DataError, match=r"bomb\.tif: pages of 30000 x 30000 pixels, more than"):
+        read_image(path)

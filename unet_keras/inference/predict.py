@@ -62,6 +62,7 @@ def predict_path(
         )
     source, output = Path(source), Path(output)
     files = _input_files(source)
+    _refuse_overwriting(files, output)
     report = PredictionReport()
     # One bar over the files of a folder; over the tiles of a single (large) image.
     per_file = progress and len(files) > 1
@@ -74,6 +75,24 @@ def predict_path(
             log.error("%s: %s", path, error)
             report.failed.append((str(path), str(error)))
     return report
+
+
+def _refuse_overwriting(files: list[Path], output: Path) -> None:
+    """Stops before anything is written when an output could replace one of the inputs.
+
+    A file's outputs are named after its stem, with .png or .tif by whether it turns out
+    to be a stack: both are checked, before any file is read.
+    """
+    inputs = {path.resolve() for path in files}
+    for path in files:
+        for name in ("", "_probabilities", "_overlay"):
+            for suffix in (".png", ".tif"):
+                target = output / f"{path.stem}{name}{suffix}"
+                if target.resolve() in inputs:
+                    raise DataError(
+                        f"--output {output}: writing {target.name} would overwrite the input "
+                        f"{path}; choose another output folder"
+                    )
 
 
 def _input_files(source: Path) -> list[Path]:

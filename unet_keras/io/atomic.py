@@ -1,4 +1,6 @@
-"""Atomic file writing: a reader sees the old file or the whole new one, never a part."""
+"""Atomic, durable file writing: a reader sees the old file or the whole new one, never a
+part, and after a power cut the same holds (the file is on disk before its rename, and the
+rename before the write returns)."""
 
 from __future__ import annotations
 
@@ -23,10 +25,38 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     temporary = _create_unique(path)
     try:
         yield Path(temporary)
+        _sync(temporary)
         os.replace(temporary, path)
+        sync_directory(path.parent)
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.remove(temporary)
+
+
+def sync_directory(folder: str | os.PathLike) -> None:
+    """Makes a folder's entries (a rename into it) durable."""
+    descriptor = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def sync_tree(folder: str | os.PathLike) -> None:
+    """Makes every file and folder under `folder` durable, before it is renamed into view."""
+    for root, _, files in os.walk(folder):
+        for name in files:
+            _sync(Path(root, name))
+        sync_directory(root)
+
+
+def _sync(file: str | os.PathLike) -> None:
+    """Flushes a file's content to the disk."""
+    descriptor = os.open(file, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
 
 
 def _create_unique(path: Path) -> Path:

@@ -9,6 +9,7 @@ shows. Bilevel images read as uint8 0/255, as Pillow converts them.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from pathlib import Path
@@ -20,6 +21,9 @@ from PIL import Image
 from unet_keras.io.sample import DataError, Sample
 
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff")
+# At most this many values (pixels x channels x pages) are read from one file: 2 GiB of
+# uint8. Larger stacks belong in chunked storage.
+MAX_FILE_VALUES = 2**31
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
@@ -102,25 +106,42 @@ def load_dataset(
 
 
 def _load_folders(image_dir: Path, mask_dir: Path | None) -> list[Sample]:
-    """Reads the images of a folder with the masks of the same stems from another."""
+    """Reads the images of a folder with the masks of the same stems from another.
+
+    Every problem is found before any is reported: one error lists them all (unpaired,
+    unreadable and mismatched files), so a data set is fixed in one go.
+    """
     image_files = list_images(image_dir)
     mask_files = {} if mask_dir is None else list_images(mask_dir)
+    problems = []
     if mask_dir is not None:
         lonely_images = [p.name for s, p in image_files.items() if s not in mask_files]
         lonely_masks = [p.name for s, p in mask_files.items() if s not in image_files]
         if lonely_images or lonely_masks:
-            raise DataError(
+            problems.append(
                 f"{image_dir} and {mask_dir} do not pair up by file stem: images without a "
                 f"mask: {_few(lonely_images)}; masks without an image: {_few(lonely_masks)}"
             )
     samples = []
     for stem, image_path in image_files.items():
-        image, mask = read_image(image_path), None
-        if mask_dir is not None:
-            mask = read_mask(mask_files[stem])
-            _check_same_size(image, image_path, mask, mask_files[stem])
-        samples.append(Sample(image_path.name, image, mask))
-    _check_alike(samples, image_dir)
+        try:
+            image, mask = read_image(image_path), None
+            if stem in mask_files:
+                mask = read_mask(mask_files[stem])
+                _check_same_size(image, image_path, mask, mask_files[stem])
+        except DataError as error:
+            problems.append(str(error))
+            continue
+        if mask_dir is None or stem in mask_files:
+            samples.append(Sample(image_path.name, image, mask))
+    if samples:
+        try:
+            _check_alike(samples, image_dir)
+        except DataError as error:
+            problems.append(str(error))
+    if problems:
+        count = f"{len(problems)} problems" if len(problems) > 1 else "a problem"
+        raise DataError(f"the data set has {count}:\n  " + "\n  ".join(problems))
     return samples
 
 
@@ -225,6 +246,7 @@ def _read_tiff(path: Path) -> tuple[np.ndarray, bool, bool]:
     """Reads a TIFF's first series as (pages, H, W[, C]), whether it has alpha, is a stack."""
     with tifffile.TiffFile(path) as tif:
         series = tif.series[0]
+        _check_size(path, series.shape, series.axes)  # before a single pixel is decoded
         data, axes = series.asarray(), series.axes
         has_alpha = any(kind in (1, 2) for kind in tif.pages[0].extrasamples)
     # 'S' is the samples (colour) axis; every axis other than Y, X and S counts pages.
@@ -236,6 +258,29 @@ def _read_tiff(path: Path) -> tuple[np.ndarray, bool, bool]:
     is_stack = len(axes) > 2
     pages = data.reshape(-1, *data.shape[len(axes) - 2 :])
     return pages, has_alpha, is_stack
+
+
+def _check_size(path: Path, shape: tuple[int, ...], axes: str) -> None:
+    """Refuses a TIFF whose header claims more than can sensibly be read into memory.
+
+    A compressed TIFF of a megabyte can declare gigapixels (a decompression bomb). Pages
+    are held to Pillow's limit for PNG (twice `PIL.Image.MAX_IMAGE_PIXELS`; raise it to
+    read larger images) and a whole file to MAX_FILE_VALUES.
+    """
+    height, width = (shape[axes.index(axis)] if axis in axes else 1 for axis in "YX")
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit is not None and height * width > 2 * limit:
+        raise DataError(
+            f"{path}: pages of {height} x {width} pixels, more than {2 * limit} (twice "
+            "PIL.Image.MAX_IMAGE_PIXELS, the limit that guards against decompression bombs); "
+            "raise that limit to read it"
+        )
+    values = math.prod(shape)
+    if values > MAX_FILE_VALUES:
+        raise DataError(
+            f"{path}: {values} values ({' x '.join(map(str, shape))}), more than "
+            f"{MAX_FILE_VALUES} in one file; split the stack"
+        )
 
 
 def _drop_alpha(data: np.ndarray, path: Path) -> np.ndarray:
