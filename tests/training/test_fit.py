@@ -93,6 +93,8 @@ def test_sigkill_then_rerun_resumes_from_the_last_completed_epoch(synthetic_data
 
 @pytest.mark.slow
 def test_bfloat16_with_xla_trains_to_a_finite_loss(synthetic_data, tmp_path):
+    from unet_keras.saving import load_model
+
     run = tmp_path / "run"
     result = _train(
         "--data", str(synthetic_data), "--run-dir", str(run), "--epochs", "1", *TINY,
@@ -101,3 +103,18 @@ def test_bfloat16_with_xla_trains_to_a_finite_loss(synthetic_data, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((run / "summary.json").read_text())
     assert np.isfinite(summary["best_validation"]["val_loss"])
+    # Both took effect: the layers compute in bfloat16, the step was compiled with XLA.
+    model, _ = load_model(run / "last.keras")
+    assert model.get_layer("down1_conv1").dtype_policy.name == "mixed_bfloat16"
+    assert model.get_layer("output").dtype_policy.name == "float32"
+    assert model.jit_compile is True
+
+
+def test_the_time_budget_stops_a_run_and_says_so(synthetic_data, tmp_path):
+    run = tmp_path / "run"
+    argv = ["--data", str(synthetic_data), "--run-dir", str(run), *TINY]
+    result = _train(*argv, "--epochs", "500", "--max-time", "4")
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["stopped_by_time_budget"] and 1 <= summary["epochs"] < 500
+    assert summary["wall_seconds"] < 30
