@@ -21,7 +21,7 @@ def compile_protos(output: Path) -> None:
         from grpc_tools import protoc
     except ImportError:
         raise RuntimeError(
-            "building unet-keras needs grpcio-tools>=1.60 to compile unet_keras/client/protos; "
+            "building unet-keras needs grpcio-tools>=1.68.1 to compile unet_keras/client/protos; "
             "pip installs it by itself unless run with --no-build-isolation: then install it"
         ) from None
 
