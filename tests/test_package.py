@@ -27,6 +27,7 @@ TENSORFLOW_FREE = (
     "unet_keras.training.prepare",
     "unet_keras.training.weights",
     "unet_keras.inference.overlays",
+    "unet_keras.inference.instances",
     "unet_keras.evaluation.scores",
     "unet_keras.evaluation.figures",
     "unet_keras.client",

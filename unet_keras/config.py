@@ -172,12 +172,16 @@ class MaskConfig(Settings):
     class 1 is the foreground ("cells": the objects the border weight map separates):
     ISBI 2012 masks are `(0, 255)` (membrane black, cell interior white); data sets that
     draw membranes white use `(255, 0)`. `threshold` (binary only) accepts lossy masks:
-    values at or above it count as the larger class value.
+    values at or above it count as the larger class value. `ignore_value` marks pixels that
+    carry no label (sparse annotations): no loss, metric, calibration or score counts them.
     """
 
     class_values: tuple[int, ...] = setting((0, 255), help="mask pixel value of each class")
     threshold: float | None = setting(
         None, help="binary masks: values at or above it are the larger class value"
+    )
+    ignore_value: int | None = setting(
+        None, help="mask pixel value of unlabelled pixels (sparse annotations)"
     )
 
     def check(self) -> None:
@@ -185,6 +189,11 @@ class MaskConfig(Settings):
         if len(values) < 2 or len(set(values)) != len(values):
             raise ValueError(
                 f"mask class_values must list at least two distinct pixel values, got {values!r}"
+            )
+        if self.ignore_value is not None and self.ignore_value in values:
+            raise ValueError(
+                f"mask ignore_value {self.ignore_value} is also a class value {values!r}: "
+                "unlabelled pixels need a value of their own"
             )
         if self.threshold is not None and len(values) != 2:
             raise ValueError(
@@ -351,6 +360,11 @@ class TrainConfig(Settings):
         help="binary masks only: values at or above it are the larger class value (for lossy "
         "masks)",
     )
+    ignore_value: int | None = setting(
+        None,
+        help="mask pixel value of unlabelled pixels (sparse annotations): no loss, metric or "
+        "calibration counts them",
+    )
     foreground: Literal["auto", "bright", "dark"] = setting(
         "auto",
         help="with inferred binary masks: which value marks the cells (auto: the majority "
@@ -438,6 +452,39 @@ class InferenceConfig(Settings):
             raise ValueError(f"threshold must be in (0, 1), got {self.threshold}")
 
 
+@dataclasses.dataclass(frozen=True)
+class InstanceConfig(Settings):
+    """How predicted classes become labelled objects (see `unet_keras.inference.instances`)."""
+
+    instances: Literal["cc", "watershed"] | None = setting(
+        None,
+        help="label the predicted objects: cc (connected components) or watershed (split at "
+        "narrow necks); predict writes <stem>_labels.tif, evaluate scores them (default: cc)",
+    )
+    seed_height: float = setting(
+        16.0,
+        help="watershed: how far, in pixels, a cell's middle must rise above a neck for the "
+        "cell to be cut there (16: chosen on ISBI validation sections, 4 nm pixels)",
+    )
+    min_object_size: int = setting(16, help="watershed: objects of fewer pixels join a neighbour")
+    link_sections: bool = setting(
+        False, help="stacks: join the objects of consecutive sections into 3D objects"
+    )
+    min_overlap: float = setting(
+        0.5,
+        help="with --link-sections: the fraction of the smaller object two objects must share",
+    )
+
+    def check(self) -> None:
+        _at_least(self, 1, "min_object_size")
+        if self.seed_height <= 0:
+            raise ValueError(f"seed_height must be above 0, got {self.seed_height}")
+        if not 0.0 < self.min_overlap <= 1.0:
+            raise ValueError(f"min_overlap must be in (0, 1], got {self.min_overlap}")
+        if self.link_sections and self.instances is None:
+            raise ValueError("link_sections links objects: choose --instances cc or watershed")
+
+
 _MODEL_HELP = "a training run directory, a .keras file or an exported SavedModel version"
 
 
@@ -454,6 +501,7 @@ class PredictConfig(Settings):
     )
     overlay: bool = setting(False, help="also write the images with predicted outlines")
     inference: InferenceConfig = setting(InferenceConfig(), help="how the model runs")
+    objects: InstanceConfig = setting(InstanceConfig(), help="labelled objects")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -467,7 +515,13 @@ class EvaluateConfig(Settings):
     sweep: bool = setting(
         False, help="also score thresholds 0.1..0.9 and report the best by adapted Rand error"
     )
+    ignore_value: int | None = setting(
+        None,
+        help="mask pixel value of unlabelled truth pixels, which no score counts (default: "
+        "the one the model was trained with)",
+    )
     inference: InferenceConfig = setting(InferenceConfig(), help="how the model runs")
+    objects: InstanceConfig = setting(InstanceConfig(), help="labelled objects")
 
 
 # A 16384 x 16384 image: larger requests are refused (INVALID_ARGUMENT) before any work,

@@ -68,6 +68,7 @@ def predict(config: PredictConfig, progress: bool = True) -> Any:
         config.output,
         probabilities=config.probabilities,
         overlays=config.overlay,
+        objects=config.objects,
         progress=progress,
     )
 
@@ -83,6 +84,8 @@ def evaluate(config: EvaluateConfig, progress: bool = True) -> dict[str, Any]:
         config.masks,
         output=config.output,
         sweep=config.sweep,
+        objects=config.objects,
+        ignore_value=config.ignore_value,
         progress=progress,
     )
 

@@ -295,3 +295,30 @@ def test_unet_client_writes_what_the_export_computes(
     assert client_cli.main([*arguments, "--server", tiny_server.address, "--wait", "60"]) == 0
     written = np.asarray(Image.open(tmp_path / "out" / "a.png"))
     np.testing.assert_array_equal(written, served_directly(tiny_export, image)["mask"])
+
+
+def test_unet_client_labels_objects_as_predict_does(
+    tiny_server: Any, tiny_export: Any, tmp_path: Any
+) -> None:
+    """--instances: the labels written from the served mask are those unet-keras predict
+    computes from the same classes (one function), without TensorFlow in the client."""
+    import tifffile
+    from PIL import Image
+
+    from unet_keras.client import cli as client_cli
+    from unet_keras.config import InstanceConfig
+    from unet_keras.inference.instances import label_objects
+    from unet_keras.io.masks import mask_to_labels
+    from unet_keras.saving import read_record
+
+    image = np.random.default_rng(9).integers(0, 256, (150, 170), dtype=np.uint8)
+    Image.fromarray(image).save(tmp_path / "a.png")
+    arguments = ["segment", str(tmp_path / "a.png"), "-o", str(tmp_path / "out")]
+    arguments += ["--server", tiny_server.address, "--wait", "60", "--instances", "watershed"]
+    assert client_cli.main(arguments) == 0
+    labels = tifffile.imread(tmp_path / "out" / "a_labels.tif")
+    record = read_record(tiny_export.parent.parent / "model.keras")  # what was exported
+    classes = mask_to_labels(served_directly(tiny_export, image)["mask"], record.mask)
+    expected = label_objects(classes, InstanceConfig(instances="watershed"))
+    np.testing.assert_array_equal(labels, expected)
+    assert labels.dtype == np.uint32 and labels.max() > 0

@@ -18,6 +18,7 @@ from unet_keras.evaluation.scores import (
     segmentation_scores,
     threshold_sweep,
 )
+from unet_keras.io.masks import IGNORED
 
 
 def cell_grid(size: int = 21, step: int = 5) -> np.ndarray:
@@ -194,7 +195,8 @@ def test_mismatched_shapes_name_both_shapes():
     ("predicted", "truth", "message"),
     [
         (np.full((3, 3), 2), np.zeros((3, 3), int), r"predicted holds class indices 2\.\.2"),
-        (np.zeros((3, 3), int), np.full((3, 3), -1), r"truth holds class indices -1\.\.-1"),
+        (np.zeros((3, 3), int), np.full((3, 3), -2), r"truth holds class indices -2\.\.-2"),
+        (np.full((3, 3), -1), np.zeros((3, 3), int), r"predicted holds class indices -1"),
         (np.zeros((3, 3)), np.zeros((3, 3), int), "integer class indices, got dtype float64"),
         (np.zeros(9, int), np.zeros(9, int), r"\(H, W\) images"),
     ],
@@ -265,3 +267,55 @@ def test_isbi_truth_against_dilated_membrane_and_all_cells(isbi):
     assert all_cells["pixel_error"] == pytest.approx(membrane.mean())
     assert all_cells["adapted_rand_error"] > 0.5
     assert all_cells["rand_recall"] == pytest.approx(1.0)  # one object never splits a cell
+
+
+def test_unlabelled_truth_pixels_change_no_score():
+    """Whatever is predicted where the truth carries no label, every score is the same,
+    and equals scoring the labelled part alone."""
+    rng = np.random.default_rng(4)
+    truth = cell_grid(40, 7)
+    predicted = np.where(rng.random(truth.shape) < 0.1, 1 - truth, truth)
+    sparse = truth.copy()
+    sparse[:, 20:] = IGNORED
+    first = segmentation_scores(predicted, sparse, 2)
+    for seed in range(3):
+        other = predicted.copy()
+        other[:, 20:] = np.random.default_rng(seed).integers(0, 2, (40, 20))
+        assert segmentation_scores(other, sparse, 2) == first
+    left = segmentation_scores(predicted[:, :20], truth[:, :20], 2)
+    for key in ("pixel_error", "iou_0", "iou_1", "dice_1", "adapted_rand_error", "vi_merge"):
+        assert first[key] == pytest.approx(left[key]), key
+    assert first["pixel_error"] == np.mean(predicted[:, :20] != truth[:, :20])
+    sweeps = [
+        threshold_sweep(np.where(sparse < 0, value, predicted * 0.8), sparse, [0.3, 0.7])
+        for value in (0.0, 1.0)
+    ]
+    assert sweeps[0] == sweeps[1]
+
+
+def test_object_counts_split_and_merge_errors():
+    """Truth: three cells in a row. Prediction: the first cut in two, the other two
+    joined across their membrane: one split error and one merge error."""
+    truth = np.zeros((10, 32), np.int32)
+    truth[1:9, 1:10], truth[1:9, 11:20], truth[1:9, 21:30] = 1, 1, 1
+    predicted = truth.copy()
+    predicted[:, 5] = 0  # a predicted boundary through the first cell
+    predicted[1:9, 20] = 1  # the membrane between cells 2 and 3 missed
+    scores = segmentation_scores(predicted, truth, 2)
+    assert (scores["objects"], scores["truth_objects"]) == (3, 3)
+    assert (scores["split_errors"], scores["merge_errors"]) == (1, 1)
+    perfect = segmentation_scores(truth, truth, 2)
+    assert (perfect["split_errors"], perfect["merge_errors"]) == (0, 0)
+
+
+def test_given_objects_are_scored_instead_of_components():
+    truth = np.zeros((10, 20), np.int32)
+    truth[1:9, 1:9], truth[1:9, 11:19] = 1, 1
+    merged = truth.copy()
+    merged[1:9, 9:11] = 1  # the classes say one object...
+    objects = np.where(merged > 0, 1, 0) + (np.arange(20) >= 10)[None, :] * (merged > 0)
+    assert segmentation_scores(merged, truth, 2)["merge_errors"] == 1
+    scores = segmentation_scores(merged, truth, 2, objects)  # ...the objects say two
+    assert scores["merge_errors"] == 0 and scores["adapted_rand_error"] == 0.0
+    with pytest.raises(ValueError, match="predicted_objects shape"):
+        segmentation_scores(merged, truth, 2, objects[:, :5])

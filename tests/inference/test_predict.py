@@ -106,3 +106,70 @@ def test_an_output_folder_that_would_overwrite_inputs_is_refused(
         assert status == 2
         assert "would overwrite the input" in capsys.readouterr().err
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+
+
+def _segmenter_with_many_objects(model: Path, image: np.ndarray) -> Segmenter:
+    """A tiny random model thresholded at its median probability on `image`: it then
+    predicts many objects, so that labelling them has something to get wrong."""
+    probabilities = Segmenter.from_path(model).probabilities(image)
+    return Segmenter.from_path(model, threshold=float(np.median(probabilities)))
+
+
+@pytest.mark.slow
+def test_predict_instances_on_isbi_test_sections_writes_labels_evaluate_scores(
+    isbi: Path, tiny_model_file, tmp_path: Path
+) -> None:
+    """Label images for the shared test stack (per section and linked), and for labelled
+    sections the adapted Rand error evaluate reports equals scikit-image's on the files."""
+    from skimage.measure import label
+    from skimage.metrics import adapted_rand_error
+
+    from unet_keras.config import InstanceConfig, MaskConfig
+    from unet_keras.evaluation.report import evaluate_path
+
+    model = tiny_model_file(mask=MaskConfig((0, 255)), seed=3)
+    sections = sorted((isbi / "test" / "images").glob("*.png"))[:3]
+    stack = np.stack([np.asarray(Image.open(path))[:128, :128] for path in sections])
+    write_stack(tmp_path / "stack" / "test.tif", stack)
+    segmenter = _segmenter_with_many_objects(model, stack[0][..., None])
+    for link in (False, True):
+        objects = InstanceConfig(instances="watershed", link_sections=link)
+        predict_path(segmenter, tmp_path / "stack", tmp_path / f"out{link}", objects=objects)
+        labels = tifffile.imread(tmp_path / f"out{link}" / "test_labels.tif")
+        assert labels.shape == stack.shape and labels.dtype == np.uint32
+        assert labels.max() > 10
+    per_section = tifffile.imread(tmp_path / "outFalse" / "test_labels.tif")
+    linked = tifffile.imread(tmp_path / "outTrue" / "test_labels.tif")
+    # Linked labels are one numbering across sections; unlinked ones restart per section.
+    assert linked.max() < sum(int(section.max()) for section in per_section)
+    np.testing.assert_array_equal(linked > 0, per_section > 0)
+
+    for name in ("00", "01"):
+        for kind in ("images", "masks"):
+            picture = np.asarray(Image.open(isbi / "train" / kind / f"{name}.png"))
+            write_image(tmp_path / "data" / kind / f"{name}.png", picture[:160, :160])
+    objects = InstanceConfig(instances="watershed")
+    predict_path(segmenter, tmp_path / "data" / "images", tmp_path / "pred", objects=objects)
+    report = evaluate_path(segmenter, tmp_path / "data", objects=objects)
+    for entry in report["images"]:
+        stem = Path(entry["name"]).stem
+        truth = label(
+            read_mask(tmp_path / "data" / "masks" / f"{stem}.png") == 255, connectivity=1
+        )
+        written = tifffile.imread(tmp_path / "pred" / f"{stem}_labels.tif")
+        error, _, _ = adapted_rand_error(truth, written.astype(np.int64))
+        assert entry["scores"]["adapted_rand_error"] == pytest.approx(error, abs=1e-9)
+        assert entry["scores"]["objects"] == len(np.unique(written)) - 1
+
+
+def test_predict_command_takes_the_instance_flags(
+    membrane_white_model: Path, tmp_path: Path
+) -> None:
+    write_stack(tmp_path / "v.tif", images(3, seed=4)[..., 0])
+    arguments = ["predict", "--model", str(membrane_white_model), "--input"]
+    arguments += [str(tmp_path / "v.tif"), "--output", str(tmp_path / "out")]
+    assert main([*arguments, "--instances", "cc", "--link-sections", "--min-overlap", "0.3"]) == 0
+    labels = tifffile.imread(tmp_path / "out" / "v_labels.tif")
+    assert labels.shape == (3, 45, 61) and labels.dtype == np.uint32
+    # Linking needs objects to link; without --instances it is refused before any work.
+    assert main([*arguments, "--link-sections"]) == 2

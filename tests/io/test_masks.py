@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from unet_keras.config import MaskConfig
-from unet_keras.io.masks import infer_mask_config, labels_to_mask, mask_to_labels
+from unet_keras.io.masks import IGNORED, infer_mask_config, labels_to_mask, mask_to_labels
 from unet_keras.io.sample import DataError
 
 
@@ -102,3 +102,23 @@ def test_infer_mask_config_rejects_unusable_masks():
         infer_mask_config([lossy])
     with pytest.raises(DataError, match="whole-number"):
         infer_mask_config([np.array([0.0, 0.5], np.float32)])
+
+
+def test_ignore_value_marks_unlabelled_pixels():
+    config = MaskConfig((0, 255), ignore_value=128)
+    mask = np.array([[0, 128, 255], [128, 255, 0]], np.uint8)
+    labels = mask_to_labels(mask, config)
+    np.testing.assert_array_equal(labels, [[0, IGNORED, 1], [IGNORED, 1, 0]])
+    lossy = MaskConfig((0, 255), threshold=100, ignore_value=7)
+    np.testing.assert_array_equal(mask_to_labels(np.array([[7, 99, 101]]), lossy), [[-1, 0, 1]])
+    with pytest.raises(DataError, match="mask values 64"):
+        mask_to_labels(np.array([[64, 128]], np.uint8), config, "m.png")
+    with pytest.raises(ValueError, match="ignore_value 255 is also a class value"):
+        MaskConfig((0, 255), ignore_value=255)
+
+
+def test_inferred_convention_leaves_the_ignore_value_out():
+    # Mostly unlabelled (128); of the labelled pixels, 255 is the majority: the cells.
+    mask = np.array([[128] * 8 + [255] * 3 + [0]], np.uint8)
+    config = infer_mask_config([mask], ignore_value=128)
+    assert config == MaskConfig((0, 255), ignore_value=128)

@@ -118,3 +118,25 @@ def test_the_time_budget_stops_a_run_and_says_so(synthetic_data, tmp_path):
     summary = json.loads((run / "summary.json").read_text())
     assert summary["stopped_by_time_budget"] and 1 <= summary["epochs"] < 500
     assert summary["wall_seconds"] < 30
+
+
+def test_sparse_annotations_train_and_the_record_keeps_the_ignore_value(tmp_path):
+    """Masks with unlabelled strips (value 128) train end to end with --ignore-value; the
+    model's record carries it, so evaluate skips those pixels too."""
+    from unet_keras.io.synthetic import synthetic_em_images
+    from unet_keras.io.writers import write_image
+    from unet_keras.saving import read_record
+
+    for sample in synthetic_em_images(5, (64, 64), seed=2):
+        sample.mask[::4] = 128
+        write_image(tmp_path / "data" / "images" / f"{sample.name}.png", sample.image)
+        write_image(tmp_path / "data" / "masks" / f"{sample.name}.png", sample.mask)
+    run = tmp_path / "run"
+    argv = ["--data", str(tmp_path / "data"), "--run-dir", str(run), "--epochs", "1", *TINY]
+    result = _train(*argv, "--ignore-value", "128")
+    assert result.returncode == 0, result.stderr[-3000:]
+    record = read_record(run / "best.keras")
+    assert record.mask.ignore_value == 128 and record.mask.class_values == (0, 255)
+    # Forgetting the flag with the classes named: the unlabelled value is an error.
+    refused = _train(*argv, "--run-dir", str(tmp_path / "other"), "--class-values", "0", "255")
+    assert refused.returncode != 0 and "mask values 128" in refused.stderr

@@ -189,3 +189,36 @@ def test_dice_loss_leaves_out_pixels_of_weight_zero(binary):
     got = numpy(DiceLoss()(targets(labels, weights), probs))
     expected = reference_dice_loss(probs[:, :, :3], labels[:, :, :3]).mean()
     assert got == pytest.approx(expected, rel=1e-5)
+
+
+@pytest.mark.parametrize("case", ["binary", "three_class"])
+@pytest.mark.parametrize("loss", [WeightedCrossEntropy(), DiceLoss(), CombinedLoss()])
+def test_unlabelled_pixels_give_zero_gradient_and_change_no_loss_or_metric(case, loss, request):
+    """Pixels of class IGNORED (-1), however weighted: no gradient flows from them, and
+    whatever is predicted there leaves every loss and metric as it was."""
+    import tensorflow as tf
+
+    from unet_keras.training.metrics import IoU, PixelError
+
+    probs, labels, weights = request.getfixturevalue(case)
+    unlabelled = np.zeros(labels.shape, bool)
+    unlabelled[:, :2] = True
+    sparse = targets(np.where(unlabelled, -1.0, labels), weights)
+    predictions = tf.Variable(probs)
+    with tf.GradientTape() as tape:
+        value = tf.reduce_sum(loss(sparse, predictions))
+    gradient = tape.gradient(value, predictions).numpy()
+    assert np.isfinite(float(value))
+    assert (gradient[unlabelled] == 0).all() and (gradient[~unlabelled] != 0).any()
+    channels = probs.shape[-1]
+    other = probs.copy()
+    random = np.random.default_rng(3).dirichlet(np.ones(max(channels, 2)), unlabelled.sum())
+    other[unlabelled] = random[:, :channels]
+    assert float(loss(sparse, other)) == pytest.approx(float(value))
+    for metric in (IoU(classes=channels), PixelError()):
+        scores = []
+        for prediction in (probs, other):
+            metric.reset_state()
+            metric.update_state(sparse, prediction)
+            scores.append(float(metric.result()))
+        assert scores[0] == scores[1]

@@ -46,3 +46,30 @@ def test_split_is_by_whole_image_and_seeded():
         split_by_image(examples, ["nope"])
     with pytest.raises(ValueError, match="validation count"):
         split_by_image(examples, 5)
+
+
+def test_unlabelled_pixels_stay_unlabelled_through_the_pipeline():
+    """Sparse masks: unlabelled pixels are IGNORED with weight 0 in the examples, and in
+    every deformed, flipped training tile the losses see them with weight 0."""
+    from unet_keras.config import AugmentConfig
+    from unet_keras.io.masks import IGNORED
+    from unet_keras.training.losses import split_targets
+    from unet_keras.training.pipeline import training_dataset
+
+    samples = synthetic_em_images(2, (96, 96))
+    for sample in samples:
+        sample.mask[:, 48:] = 128  # the right half carries no label
+    sparse = MaskConfig((0, 255), ignore_value=128)
+    normalization = fit_normalization([s.image for s in samples])
+    examples = prepare_examples(samples, sparse, normalization)
+    assert (examples[0].labels[:, 48:] == IGNORED).all()
+    assert (examples[0].weights[:, 48:] == 0).all() and examples[0].weights[:, :48].min() > 0
+    tiles = training_dataset(examples, 60, 60, 4, AugmentConfig(), seed=1).take(3)
+    seen_unlabelled = 0
+    for _, targets in tiles:
+        labels, weights = split_targets(targets)
+        unlabelled = targets[..., 0].numpy() < 0
+        seen_unlabelled += unlabelled.sum()
+        assert (weights.numpy()[unlabelled] == 0).all()
+        assert labels.numpy().min() >= 0
+    assert seen_unlabelled > 0

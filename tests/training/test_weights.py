@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
+from unet_keras.io.masks import IGNORED
 from unet_keras.training.weights import border_weight_map
 
 
@@ -73,7 +74,7 @@ def test_class_weights_balance_the_classes() -> None:
     [
         (np.zeros((4, 4, 1), int), {}, r"\(H, W\)"),
         (np.zeros((4, 4)), {}, "integer class indices"),
-        (np.full((4, 4), -1), {}, "class indices >= 0"),
+        (np.full((4, 4), -2), {}, "class indices >= 0"),
         (np.full((4, 4), 2), {"num_classes": 2}, "outside 0..1 for num_classes=2"),
         (np.zeros((4, 4), int), {"sigma": 0.0}, "sigma > 0"),
     ],
@@ -81,6 +82,17 @@ def test_class_weights_balance_the_classes() -> None:
 def test_bad_input_is_rejected(labels, kwargs, message) -> None:
     with pytest.raises(ValueError, match=message):
         border_weight_map(labels, **kwargs)
+
+
+def test_unlabelled_pixels_weigh_nothing_and_count_in_no_term() -> None:
+    """With the right part unlabelled, the left part weighs exactly what it weighs alone:
+    the class balance counts labelled pixels only, and distances reach labelled cells."""
+    labels = two_cells()
+    sparse = np.concatenate([labels, np.full((labels.shape[0], 9), IGNORED)], axis=1)
+    sparse[2:5, -5:] = IGNORED
+    weights = border_weight_map(sparse)
+    assert (weights[:, labels.shape[1] :] == 0).all()
+    np.testing.assert_array_equal(weights[:, : labels.shape[1]], border_weight_map(labels))
 
 
 def full_image_reference(labels: np.ndarray, w0: float, sigma: float) -> np.ndarray:

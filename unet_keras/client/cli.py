@@ -15,6 +15,7 @@ import json
 import sys
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from importlib.util import find_spec
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +27,10 @@ from unet_keras.client.core import available_version, describe
 from unet_keras.client.errors import ServingError
 from unet_keras.client.protocol import Version
 from unet_keras.client.sync import SegmentationClient
+from unet_keras.config import InstanceConfig
+from unet_keras.inference.instances import INSTANCE_METHODS, label_objects
 from unet_keras.io.atomic import atomic_path
+from unet_keras.io.masks import mask_to_labels
 
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff")
 
@@ -57,6 +61,18 @@ def _parser() -> argparse.ArgumentParser:
     )
     segment.add_argument(
         "--concurrency", type=_positive, default=4, help="requests in flight (default: 4)"
+    )
+    segment.add_argument(
+        "--instances",
+        choices=INSTANCE_METHODS,
+        help="also write the labelled objects as <stem>_labels.tif (uint32), as unet-keras "
+        "predict does; needs the instances extra",
+    )
+    segment.add_argument(
+        "--seed-height", type=float, default=16.0, help="watershed: seed height in pixels"
+    )
+    segment.add_argument(
+        "--min-object-size", type=_positive, default=16, help="watershed: smallest object"
     )
     segment.set_defaults(command=_segment)
     status = commands.add_parser("status", help="print the model's version states as JSON")
@@ -139,6 +155,8 @@ def _status(args: argparse.Namespace) -> int:
 
 def _segment(args: argparse.Namespace) -> int:
     images = _inputs(args.input)
+    if args.instances:
+        _require_instances_extra()
     _refuse_overwriting(images, args.output)
     args.output.mkdir(parents=True, exist_ok=True)
     with _client(args) as client:
@@ -149,11 +167,17 @@ def _segment(args: argparse.Namespace) -> int:
         states = client.model_status(args.version if isinstance(args.version, int) else None)
         if available_version(states) is None:
             raise UsageError(f"model {args.model!r} has no AVAILABLE version: {describe(states)}")
+        objects = InstanceConfig(args.instances, args.seed_height, args.min_object_size)
+        # The mask convention turns served masks back into classes; one record serves all.
+        record = client.model_record(args.version) if args.instances else None
 
         def one(path: Path) -> str | None:
             try:
                 mask = client.segment(_read(path), version=args.version).mask
                 _write_png(mask, args.output / f"{path.stem}.png")
+                if record is not None:
+                    classes = mask_to_labels(mask, record.mask, str(path))
+                    _write_labels(label_objects(classes, objects), args.output, path)
             except (
                 ServingError,
                 OSError,
@@ -178,8 +202,10 @@ def _segment(args: argparse.Namespace) -> int:
 def _refuse_overwriting(images: list[Path], output: Path) -> None:
     """Stops before anything is written when a mask would replace one of the inputs."""
     inputs = {image.resolve() for image in images}
-    for image in images:
-        target = output / f"{image.stem}.png"
+    for image, target in (
+        (image, output / f"{image.stem}{name}") for image in images
+        for name in (".png", "_labels.tif")
+    ):  # fmt: skip
         if target.resolve() in inputs:
             raise UsageError(
                 f"-o {output}: writing {target.name} would overwrite the input {image}; "
@@ -221,6 +247,22 @@ def _write_png(mask: np.ndarray, target: Path) -> None:
     """Writes the mask as a PNG that appears whole or not at all."""
     with atomic_path(target) as partial:
         Image.fromarray(mask).save(partial, format="PNG")
+
+
+def _require_instances_extra() -> None:
+    """Stops before any request when --instances cannot write its labels."""
+    missing = [name for name in ("scipy", "skimage", "tifffile") if find_spec(name) is None]
+    if missing:
+        raise UsageError(
+            f"--instances needs {', '.join(missing)}: pip install 'unet-keras[client,instances]'"
+        )
+
+
+def _write_labels(objects: np.ndarray, output: Path, path: Path) -> None:
+    """Writes an image's labelled objects as <stem>_labels.tif, whole or not at all."""
+    from unet_keras.io.writers import write_image  # tifffile: the instances extra
+
+    write_image(output / f"{path.stem}_labels.tif", objects)
 
 
 def _one_line(text: str) -> str:

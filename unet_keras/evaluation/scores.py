@@ -4,8 +4,10 @@ Labels are int class-index arrays (H, W): class k is the k-th of a `MaskConfig`'
 `class_values` (see `unet_keras.io.masks.mask_to_labels`). Class 0 is the boundary
 (membrane, for ISBI) and the other classes are objects. Besides the pixel-wise scores
 (pixel error, per-class IoU and Dice) this reports the object-level scores the ISBI 2012
-challenge ranked by, adapted Rand error and variation of information, on the connected
-components of the object classes.
+challenge ranked by, adapted Rand error and variation of information, on the objects
+(`unet_keras.inference.instances`: connected components unless told otherwise), and
+object counts with split and merge errors. Truth pixels marked `IGNORED` (-1: unlabelled
+in a sparse annotation) are scored by nothing.
 
 Pure numpy and scikit-image: no TensorFlow, so scoring is cheap to import and run anywhere.
 """
@@ -16,8 +18,11 @@ import math
 from collections.abc import Mapping, Sequence
 
 import numpy as np
-from skimage.measure import label as connected_components
+from skimage.measure import label as connected_regions
 from skimage.metrics import contingency_table, variation_of_information
+
+from unet_keras.inference.instances import instance_labels
+from unet_keras.io.masks import IGNORED
 
 # The thresholds a sweep scores by default: 0.10, 0.15, ..., 0.90.
 SWEEP_THRESHOLDS = tuple(round(0.05 * i, 2) for i in range(2, 19))
@@ -27,7 +32,10 @@ _HIGHER_IS_BETTER_PREFIXES = ("iou_", "dice_", "rand_precision", "rand_recall")
 
 
 def segmentation_scores(
-    predicted: np.ndarray, truth: np.ndarray, num_classes: int
+    predicted: np.ndarray,
+    truth: np.ndarray,
+    num_classes: int,
+    predicted_objects: np.ndarray | None = None,
 ) -> dict[str, float]:
     """Scores one predicted label image against its ground truth; returns plain floats.
 
@@ -47,16 +55,31 @@ def segmentation_scores(
       (under-segmentation, false merges), in bits (log base 2, as
       `skimage.metrics.variation_of_information` computes them).
 
-    Rand and VI score objects, not classes: the connected components (4-connectivity) of
-    every class except class 0, each component its own id, and class-0 pixels id 0. As in
-    the ISBI 2012 challenge, pixels that are boundary (class 0) in the truth are not scored,
+    - `objects`, `truth_objects`: how many objects each holds; `split_errors`: predicted
+      objects beyond the first whose pixels lie mostly in one truth object (the truth
+      object was cut in pieces); `merge_errors`: truth objects beyond the first that lie
+      mostly in one predicted object (they were joined).
+
+    Rand, VI and the counts score objects, not classes: `predicted_objects` (ids, 0 for
+    boundary; by default the connected components, 4-connectivity, of every class except
+    class 0, numbered apart) against the connected components of the truth. As in the
+    ISBI 2012 challenge, pixels that are boundary (class 0) in the truth are not scored,
     so the exact boundary width does not matter there; predicted boundary pixels inside a
     truth object are scored, all together as one more predicted segment. If the truth holds
     no object pixel at all, nothing is scored and these scores are perfect (errors 0,
-    precision and recall 1); ratios with no pairs to count are 1 likewise.
+    precision and recall 1); ratios with no pairs to count are 1 likewise. Truth pixels
+    `IGNORED` are left out of every score, and objects are cut where they begin: what is
+    predicted there changes nothing.
     """
     predicted, truth = _checked_pair(predicted, truth, num_classes)
-    return _scores(predicted, truth, _objects(truth, num_classes), num_classes)
+    if predicted_objects is None:
+        predicted_objects = instance_labels(predicted)
+    elif np.shape(predicted_objects) != predicted.shape:
+        raise ValueError(
+            f"predicted_objects shape {np.shape(predicted_objects)} differs from the "
+            f"predicted classes' {predicted.shape}"
+        )
+    return _scores(predicted, truth, instance_labels(truth), num_classes, predicted_objects)
 
 
 def threshold_sweep(
@@ -80,7 +103,7 @@ def threshold_sweep(
         )
     # A stand-in prediction validates the truth; its errors then name only the truth.
     _, truth = _checked_pair(np.zeros(probabilities.shape, np.int32), truth, 2)
-    truth_objects = _objects(truth, 2)  # the same for every threshold
+    truth_objects = instance_labels(truth)  # the same for every threshold
     sweep = []
     for threshold in thresholds:
         predicted = (probabilities >= threshold).astype(np.int32)
@@ -149,43 +172,72 @@ def _checked_pair(
                 f"{name} must hold integer class indices, got dtype {labels.dtype}; "
                 "threshold or argmax probabilities first"
             )
-        if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+        # Only the truth may leave pixels unlabelled.
+        lowest = IGNORED if name == "truth" else 0
+        if labels.size and (labels.min() < lowest or labels.max() >= num_classes):
             raise ValueError(
                 f"{name} holds class indices {labels.min()}..{labels.max()}, outside "
-                f"0..{num_classes - 1} for num_classes={num_classes}"
+                f"{lowest}..{num_classes - 1} for num_classes={num_classes}"
             )
         checked.append(labels.astype(np.int64, copy=False))
     return checked[0], checked[1]
 
 
 def _scores(
-    predicted: np.ndarray, truth: np.ndarray, truth_objects: np.ndarray, num_classes: int
+    predicted: np.ndarray,
+    truth: np.ndarray,
+    truth_objects: np.ndarray,
+    num_classes: int,
+    predicted_objects: np.ndarray | None = None,
 ) -> dict[str, float]:
     """`segmentation_scores` on validated labels, with the truth's objects precomputed."""
-    scores = {"pixel_error": float(np.mean(predicted != truth)) if truth.size else 0.0}
-    # confusion[t, p]: pixels of truth class t predicted as class p.
+    labelled = truth != IGNORED
+    scored = int(labelled.sum())
+    wrong = int(((predicted != truth) & labelled).sum())
+    scores = {"pixel_error": wrong / scored if scored else 0.0}
+    # confusion[t, p]: labelled pixels of truth class t predicted as class p.
     confusion = np.bincount(
-        (truth * num_classes + predicted).ravel(), minlength=num_classes * num_classes
+        (truth * num_classes + predicted)[labelled], minlength=num_classes * num_classes
     ).reshape(num_classes, num_classes)
     for k in range(num_classes):
         hits = int(confusion[k, k])
         misses = int(confusion[k, :].sum() + confusion[:, k].sum()) - 2 * hits
         scores[f"iou_{k}"] = _ratio(hits, hits + misses)
         scores[f"dice_{k}"] = _ratio(2 * hits, 2 * hits + misses)
-    scores.update(_object_scores(_objects(predicted, num_classes), truth_objects))
+    # Objects are cut where the truth stops: what is predicted on unlabelled pixels can
+    # neither join nor split objects of the labelled ones, so it changes no score.
+    if predicted_objects is None:
+        predicted_objects = instance_labels(np.where(labelled, predicted, 0))
+    elif not labelled.all():
+        predicted_objects = connected_regions(
+            np.where(labelled, predicted_objects, 0), connectivity=1
+        )
+    scores.update(_object_scores(predicted_objects, truth_objects))
+    scores.update(_object_counts(predicted_objects, truth_objects))
     return scores
 
 
-def _objects(labels: np.ndarray, num_classes: int) -> np.ndarray:
-    """Connected components (4-connectivity) of classes 1.., numbered apart; class 0 is id 0."""
-    objects = np.zeros(labels.shape, np.int64)
-    next_id = 0
-    for k in range(1, num_classes):
-        components, count = connected_components(labels == k, connectivity=1, return_num=True)
-        inside = components > 0
-        objects[inside] = components[inside] + next_id
-        next_id += count
-    return objects
+def _object_counts(predicted_objects: np.ndarray, truth_objects: np.ndarray) -> dict[str, float]:
+    """Object counts, and split and merge errors by where each object lies mostly."""
+    predicted_ids, predicted_dense = np.unique(predicted_objects, return_inverse=True)
+    truth_ids, truth_dense = np.unique(truth_objects, return_inverse=True)
+    # overlap[i, j]: pixels of truth id i in predicted id j (id 0 included: boundary).
+    pairs = truth_dense.ravel() * predicted_ids.size + predicted_dense.ravel()
+    overlap = np.bincount(pairs, minlength=truth_ids.size * predicted_ids.size).reshape(
+        truth_ids.size, predicted_ids.size
+    )
+    predicted_real, truth_real = predicted_ids != 0, truth_ids != 0
+    # Each predicted object's home: the truth id holding most of its pixels; and back.
+    home_of_predicted = np.argmax(overlap, axis=0)[predicted_real]
+    home_of_truth = np.argmax(overlap, axis=1)[truth_real]
+    splits = np.bincount(home_of_predicted, minlength=truth_ids.size)[truth_real]
+    merges = np.bincount(home_of_truth, minlength=predicted_ids.size)[predicted_real]
+    return {
+        "objects": float(predicted_real.sum()),
+        "truth_objects": float(truth_real.sum()),
+        "split_errors": float(np.maximum(splits - 1, 0).sum()),
+        "merge_errors": float(np.maximum(merges - 1, 0).sum()),
+    }
 
 
 def _object_scores(predicted_objects: np.ndarray, truth_objects: np.ndarray) -> dict[str, float]:

@@ -2,9 +2,11 @@
 
 `predict_path` writes, for each input, the mask in the training masks' convention and,
 on request, the probability map and an overlay of the predicted boundaries. A single image
-`a.png` gives `a.png`, `a_probabilities.png` (or `.tif`) and `a_overlay.png`; a stack
-`v.tif` gives the stacks `v.tif`, `v_probabilities.tif` and `v_overlay.tif`. An input that
-cannot be read or predicted is reported by name and the others are still processed.
+`a.png` gives `a.png`, `a_probabilities.png` (or `.tif`), `a_overlay.png` and the labelled
+objects `a_labels.tif` (uint32); a stack `v.tif` gives the stacks `v.tif`,
+`v_probabilities.tif`, `v_overlay.tif` and `v_labels.tif` (numbered per section, or one
+numbering across linked sections). An input that cannot be read or predicted is reported
+by name and the others are still processed.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from unet_keras.config import InstanceConfig
+from unet_keras.inference.instances import label_objects, link_sections
 from unet_keras.inference.overlays import boundary_overlay
 from unet_keras.inference.segmenter import Segmenter
 from unet_keras.io.readers import IMAGE_SUFFIXES, list_images, read_pages
@@ -43,14 +47,16 @@ def predict_path(
     *,
     probabilities: str | None = None,
     overlays: bool = False,
+    objects: InstanceConfig | None = None,
     progress: bool = False,
 ) -> PredictionReport:
     """Segments an image file, a TIFF stack, or every image of a folder into `output`.
 
     `probabilities` ("png": 16-bit PNG of the foreground probability, one-channel models
     only; "tiff": float32) also writes the probability maps; `overlays` the images with
-    the predicted boundaries drawn in.
+    the predicted boundaries drawn in; `objects` with `instances` set, the labelled objects.
     """
+    objects = objects or InstanceConfig()
     if probabilities not in (None, *PROBABILITY_FORMATS):
         raise ValueError(
             f"probabilities must be one of {PROBABILITY_FORMATS}, got {probabilities!r}"
@@ -69,7 +75,13 @@ def predict_path(
     for path in tqdm(files, disable=not per_file, unit="image"):
         try:
             report.written += _predict_file(
-                segmenter, path, output, probabilities, overlays, progress and not per_file
+                segmenter,
+                path,
+                output,
+                probabilities,
+                overlays,
+                objects,
+                progress and not per_file,
             )
         except (DataError, OSError) as error:
             log.error("%s: %s", path, error)
@@ -85,7 +97,7 @@ def _refuse_overwriting(files: list[Path], output: Path) -> None:
     """
     inputs = {path.resolve() for path in files}
     for path in files:
-        for name in ("", "_probabilities", "_overlay"):
+        for name in ("", "_probabilities", "_overlay", "_labels"):
             for suffix in (".png", ".tif"):
                 target = output / f"{path.stem}{name}{suffix}"
                 if target.resolve() in inputs:
@@ -114,6 +126,7 @@ def _predict_file(
     output: Path,
     probabilities: str | None,
     overlays: bool,
+    objects: InstanceConfig,
     progress: bool,
 ) -> list[Path]:
     """Segments one file (every page of a stack) and writes its outputs; returns their paths."""
@@ -137,6 +150,11 @@ def _predict_file(
             [boundary_overlay(p, lab) for p, lab in zip(pages, labels, strict=True)]
         )
         outputs[output / f"{path.stem}_overlay{suffix}"] = overlay
+    if objects.instances:
+        found = np.stack([label_objects(label, objects) for label in labels])
+        if objects.link_sections and is_stack:
+            found = link_sections(found, objects.min_overlap)
+        outputs[output / f"{path.stem}_labels.tif"] = found
     for target, array in outputs.items():
         if is_stack:
             write_stack(target, array)

@@ -12,26 +12,35 @@ from unet_keras.io.sample import DataError
 
 FOREGROUND_CHOICES = ("auto", "bright", "dark")
 
+# The class index of an unlabelled pixel (`MaskConfig.ignore_value`): no class at all.
+IGNORED = -1
+
 
 def mask_to_labels(mask: np.ndarray, config: MaskConfig, source: str = "mask") -> np.ndarray:
     """Maps raw mask values to int32 class indices; values that fit no class raise DataError.
 
     Pixel value `config.class_values[k]` becomes class k. With `config.threshold` (binary
     masks), values at or above the threshold become the class of the larger value and the
-    rest the class of the smaller, so lossy (JPEG, resampled) masks are accepted. `source`
-    names the mask in errors.
+    rest the class of the smaller, so lossy (JPEG, resampled) masks are accepted. Pixels
+    of `config.ignore_value` become `IGNORED`. `source` names the mask in errors.
     """
     values = config.class_values
     if config.threshold is not None:
         low, high = sorted(values)
-        return np.where(mask >= config.threshold, values.index(high), values.index(low)).astype(
-            np.int32
-        )
-    labels = np.full(mask.shape, -1, np.int32)
-    for index, value in enumerate(values):
-        labels[mask == value] = index
-    if np.any(labels < 0):
-        raise DataError(_unexpected_values_message(mask[labels < 0], config, source))
+        labels = np.where(mask >= config.threshold, values.index(high), values.index(low))
+        labels = labels.astype(np.int32)
+    else:
+        unknown = np.iinfo(np.int32).min
+        labels = np.full(mask.shape, unknown, np.int32)
+        for index, value in enumerate(values):
+            labels[mask == value] = index
+        known = labels != unknown
+        if config.ignore_value is not None:
+            known |= mask == config.ignore_value
+        if not known.all():
+            raise DataError(_unexpected_values_message(mask[~known], config, source))
+    if config.ignore_value is not None:
+        labels[mask == config.ignore_value] = IGNORED
     return labels
 
 
@@ -59,15 +68,19 @@ def labels_to_mask(
 
 
 def infer_mask_config(
-    masks: Iterable[np.ndarray], foreground: str = "auto", max_classes: int = 16
+    masks: Iterable[np.ndarray],
+    foreground: str = "auto",
+    max_classes: int = 16,
+    ignore_value: int | None = None,
 ) -> MaskConfig:
     """Proposes the MaskConfig of a set of masks from the pixel values they hold.
 
-    The class values are the distinct values, sorted. For two values (binary), `foreground`
-    picks which is class 1, the objects: "bright" the larger value, "dark" the smaller, and
-    "auto" the majority value. The "auto" heuristic fits EM membrane masks (ISBI): membranes
-    are thin, so they are the minority class and the cells they enclose the majority, whether
-    the cells are drawn white (ISBI: (0, 255)) or black ((255, 0)). Masks of sparse objects on
+    The class values are the distinct values other than `ignore_value`, sorted. For two
+    values (binary), `foreground` picks which is class 1, the objects: "bright" the larger
+    value, "dark" the smaller, and "auto" the majority value. The "auto" heuristic fits EM
+    membrane masks (ISBI): membranes are thin, so they are the minority class and the cells
+    they enclose the majority, whether the cells are drawn white (ISBI: (0, 255)) or black
+    ((255, 0)). Masks of sparse objects on
     a large background (nuclei) need "bright" or "dark" instead.
     """
     if foreground not in FOREGROUND_CHOICES:
@@ -77,6 +90,7 @@ def infer_mask_config(
         values, value_counts = np.unique(mask, return_counts=True)
         for value, count in zip(values.tolist(), value_counts.tolist(), strict=True):
             counts[value] = counts.get(value, 0) + count
+    counts.pop(ignore_value, None)
     if not all(float(value).is_integer() for value in counts):
         raise DataError(f"masks must hold whole-number class values, got {sorted(counts)[:10]}")
     if len(counts) < 2:
@@ -95,11 +109,11 @@ def infer_mask_config(
     if len(values) > 2:
         if foreground != "auto":
             raise ValueError(f"foreground={foreground!r} applies to binary masks; got {values}")
-        return MaskConfig(values)
+        return MaskConfig(values, ignore_value=ignore_value)
     low, high = values
     if foreground == "dark" or (foreground == "auto" and counts[low] > counts[high]):
-        return MaskConfig((high, low))
-    return MaskConfig((low, high))
+        return MaskConfig((high, low), ignore_value=ignore_value)
+    return MaskConfig((low, high), ignore_value=ignore_value)
 
 
 def _unexpected_values_message(unexpected: np.ndarray, config: MaskConfig, source: str) -> str:

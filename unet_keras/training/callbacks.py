@@ -117,7 +117,8 @@ class ValidationImages(keras.callbacks.Callback):
                 if probabilities.shape[-1] == 1
                 else probabilities.argmax(-1)[..., None]
             )
-            truth = targets[..., :1] / classes
+            # Unlabelled pixels (sparse annotations) show mid-grey: apart from binary classes.
+            truth = np.where(targets[..., :1] < 0, 0.5, targets[..., :1] / classes)
             panels.append(np.concatenate([shown, truth, predicted / classes], axis=1))
         with self.writer.as_default():
             tf.summary.image("input | truth | prediction", np.stack(panels), step=epoch + 1)

@@ -5,7 +5,8 @@ with the class index in channel 0 and the per-pixel loss weight (the border weig
 channel 1; plain labels `[B, h, w]` or `[B, h, w, 1]` mean weight 1 everywhere. The number
 of prediction channels decides the task: one sigmoid channel is binary (class 1 is the
 foreground), K >= 2 softmax channels are K classes. Each loss returns one value per image,
-which Keras averages over the batch.
+which Keras averages over the batch. A negative class index marks an unlabelled pixel
+(sparse annotations): it weighs 0, so it adds nothing to any loss or metric.
 """
 
 from __future__ import annotations
@@ -33,9 +34,11 @@ def split_targets(y_true: Any) -> tuple[Any, Any]:
     # Class indices may arrive as floats (they share a tensor with the weights): round, so
     # a value like 0.9999 from a resampling step still means class 1.
     labels = ops.cast(ops.round(ops.cast(labels, "float32")), "int32")
-    if weights is None:
-        return labels, ops.ones_like(labels, dtype="float32")
-    return labels, ops.cast(weights, "float32")
+    weights = ops.ones_like(labels, "float32") if weights is None else ops.cast(weights, "float32")
+    # Unlabelled pixels (a negative class, IGNORED) weigh 0 wherever augmentation moved
+    # them; class 0 stands in for them so that every loss stays finite.
+    labelled = labels >= 0
+    return ops.where(labelled, labels, 0), ops.where(labelled, weights, 0.0)
 
 
 def check_predictions(labels: Any, y_pred: Any) -> Any:

@@ -45,8 +45,8 @@ class Example:
 
     name: str
     image: np.ndarray  # float32 [H, W, C], normalised
-    labels: np.ndarray  # int32 [H, W], class indices
-    weights: np.ndarray  # float32 [H, W], the paper's border weight map
+    labels: np.ndarray  # int32 [H, W], class indices; IGNORED where unlabelled
+    weights: np.ndarray  # float32 [H, W], the paper's border weight map; 0 where unlabelled
 
 
 def prepare_examples(
@@ -158,13 +158,13 @@ def prepare_data(config: TrainConfig) -> PreparedData:
 def _mask_config(config: TrainConfig, masks: list[np.ndarray]) -> MaskConfig:
     """The mask convention: as given, or inferred from the masks (and logged)."""
     if config.class_values is not None:
-        return MaskConfig(config.class_values, config.mask_threshold)
+        return MaskConfig(config.class_values, config.mask_threshold, config.ignore_value)
     if config.mask_threshold is not None:
         raise ValueError(
             "--mask-threshold needs --class-values: with lossy masks the values cannot be "
             "inferred (for ISBI-style masks use --class-values 0 255)"
         )
-    mask = infer_mask_config(masks, foreground=config.foreground)
+    mask = infer_mask_config(masks, foreground=config.foreground, ignore_value=config.ignore_value)
     if mask.num_classes == 2:
         log.info(
             "masks hold %s and %s: %s is the foreground (cells), %s the background "

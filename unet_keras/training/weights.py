@@ -9,6 +9,9 @@ weight N / K and balanced classes get 1. A cell is a 4-connected component of th
 nearest and the second-nearest cell. The border term is added on background pixels only: those
 are the gaps between touching cells that the paper's Fig. 3d weights highly (inside a cell
 d1 = 0). With fewer than two cells d2 is infinite and the term vanishes.
+
+Sparse annotations: unlabelled pixels (`IGNORED`) get weight 0, are counted in no class
+(N and N_c count labelled pixels only) and are no cell: distances reach labelled cells.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ import math
 
 import numpy as np
 from scipy import ndimage as ndi
+
+from unet_keras.io.masks import IGNORED
 
 # The border term is dropped where it would stay below this, which bounds the error it causes.
 NEGLIGIBLE_WEIGHT = 1e-6
@@ -27,16 +32,18 @@ def border_weight_map(
 ) -> np.ndarray:
     """Returns the paper's weight map w(x) (float32, H x W) for a class-index map `labels`.
 
-    Class 0 is the background (membrane); `num_classes`, when given, bounds the class indices.
+    Class 0 is the background (membrane); `num_classes`, when given, bounds the class indices;
+    `IGNORED` pixels get weight 0.
     """
     labels = _checked_labels(labels, num_classes)
     if w0 < 0 or sigma <= 0:
         raise ValueError(f"border weights need w0 >= 0 and sigma > 0, got w0={w0}, sigma={sigma}")
     weights = _class_balance(labels)
     if w0 > 0:
-        nearest, second = _two_nearest_cell_distances(labels != 0, _cutoff(w0, sigma))
+        nearest, second = _two_nearest_cell_distances(labels > 0, _cutoff(w0, sigma))
         border = w0 * np.exp(-((nearest + second) ** 2) / (2.0 * sigma**2))
         weights += np.where(labels == 0, border, 0.0)
+    weights[labels == IGNORED] = 0.0
     return weights.astype(np.float32)
 
 
@@ -50,8 +57,11 @@ def _checked_labels(labels: np.ndarray, num_classes: int | None) -> np.ndarray:
             f"labels must hold integer class indices, got dtype {labels.dtype}; "
             "map mask pixel values to classes first (MaskConfig.class_values)"
         )
-    if labels.min() < 0:
-        raise ValueError(f"labels must be class indices >= 0, got {labels.min()}")
+    if labels.min() < IGNORED:
+        raise ValueError(
+            f"labels must be class indices >= 0, or {IGNORED} for unlabelled pixels; got "
+            f"{labels.min()}"
+        )
     if num_classes is not None and labels.max() >= num_classes:
         raise ValueError(
             f"labels hold class {labels.max()}, outside 0..{num_classes - 1} "
@@ -61,11 +71,13 @@ def _checked_labels(labels: np.ndarray, num_classes: int | None) -> np.ndarray:
 
 
 def _class_balance(labels: np.ndarray) -> np.ndarray:
-    """Returns w_c(x) = N / (K * N_c) as float64, K counting the classes present."""
-    counts = np.bincount(labels.ravel())
+    """Returns w_c(x) = N / (K * N_c) as float64, K counting the classes present; 0 where
+    unlabelled."""
+    labelled = labels != IGNORED
+    counts = np.bincount(labels[labelled])
     present = counts > 0
-    per_class = np.zeros(counts.shape, np.float64)
-    per_class[present] = labels.size / (present.sum() * counts[present])
+    per_class = np.zeros(counts.size + 1, np.float64)  # the last entry: IGNORED (index -1)
+    per_class[:-1][present] = labelled.sum() / (present.sum() * counts[present])
     return per_class[labels]
 
 
