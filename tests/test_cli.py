@@ -8,7 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from unet_keras import cli
 from unet_keras.config import (
@@ -153,6 +155,15 @@ def test_synthetic_then_inspect(tmp_path, capsys):
     # Synthetic masks follow ISBI: 255 = cell interior (the majority), 0 = membrane.
     assert report["mask"]["class_values"] == [0, 255]
     assert report["class_fractions"]["0"] < 0.5
+    # Sparse masks: a third of each mask's rows unlabelled (128) is reported as such.
+    for mask_path in (tmp_path / "data" / "masks").iterdir():
+        mask = np.array(Image.open(mask_path))
+        mask[::3] = 128
+        Image.fromarray(mask).save(mask_path)
+    assert cli.main(["inspect", str(tmp_path / "data"), "--ignore-value", "128"]) == 0
+    sparse = json.loads(capsys.readouterr().out)
+    assert sparse["mask"]["class_values"] == [0, 255] and sparse["mask"]["ignore_value"] == 128
+    assert sparse["unlabelled_fraction"] == round(22 / 64, 4)
 
 
 def test_bad_input_gives_one_line_and_status_2(tmp_path, capsys):

@@ -622,3 +622,6 @@ class InspectConfig(Settings):
     foreground: Literal["auto", "bright", "dark"] = setting(
         "auto", help="which mask value marks the objects (auto: the majority value, as in EM)"
     )
+    ignore_value: int | None = setting(
+        None, help="mask pixel value of unlabelled pixels (sparse annotations)"
+    )

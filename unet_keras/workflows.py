@@ -143,11 +143,17 @@ def inspect(config: InspectConfig) -> dict[str, Any]:
         "normalization": fit_normalization([s.image for s in samples]).to_dict(),
     }
     if labelled:
-        mask = infer_mask_config(labelled, foreground=config.foreground)
+        mask = infer_mask_config(
+            labelled, foreground=config.foreground, ignore_value=config.ignore_value
+        )
         total = sum(m.size for m in labelled)
         report["mask"] = mask.to_dict()
+        # Fractions of all mask pixels: with sparse annotations they add up to less than 1.
         report["class_fractions"] = {
             str(value): round(sum(int(np.sum(m == value)) for m in labelled) / total, 4)
             for value in mask.class_values
         }
+        if config.ignore_value is not None:
+            unlabelled = sum(int(np.sum(m == config.ignore_value)) for m in labelled)
+            report["unlabelled_fraction"] = round(unlabelled / total, 4)
     return report
