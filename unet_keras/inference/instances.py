@@ -98,9 +98,8 @@ def _watershed(inside: np.ndarray, seed_height: float, min_size: int) -> np.ndar
     extra = np.isin(components, unseeded)
     seeds[extra] = components[extra] + seeds.max(initial=0)
     found = watershed(-distance, seeds, mask=inside, connectivity=1)
-    sizes = np.bincount(found.ravel())
-    small = np.flatnonzero(sizes < min_size)
-    if small.size > 1 or (small.size == 1 and small[0] != 0):
+    small = np.flatnonzero(np.bincount(found.ravel())[1:] < min_size) + 1
+    if small.size:
         # Flood again from the objects kept: the small ones' pixels join a neighbour.
         found[np.isin(found, small)] = 0
         found = watershed(-distance, found, mask=inside, connectivity=1)
