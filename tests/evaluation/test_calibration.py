@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from unet_keras.config import MaskConfig
 from unet_keras.evaluation.calibration import calibrate_threshold
@@ -56,3 +57,43 @@ def test_the_threshold_that_reproduces_the_masks_is_chosen_and_stored(
     assert stored.threshold == calibration and stored.mask == record.mask
     assert ServingModule(model, stored)._threshold == 0.45
     assert Segmenter.from_path(path, threshold=0.6).threshold == 0.6
+
+
+def test_sparse_masks_choose_by_membrane_iou_over_labelled_pixels_only(
+    tmp_path: Path, tiny_unet
+) -> None:
+    """With unlabelled pixels the threshold is the one of best membrane IoU counted on the
+    labelled pixels (a brute-force reference here), whatever the unlabelled ones hold."""
+    from unet_keras.evaluation.scores import SWEEP_THRESHOLDS
+
+    model, record = tiny_unet(seed=11, mask=MaskConfig((0, 255), ignore_value=128))
+    output = model.get_layer("output")
+    kernel, bias = output.get_weights()
+    output.set_weights([kernel * 3, bias])
+    path = tmp_path / "best.keras"
+    save_model(model, path, record)
+    segmenter = Segmenter.from_path(path)
+    rng = np.random.default_rng(5)
+    samples, maps, truths = [], [], []
+    for index in range(2):
+        image = rng.integers(0, 256, (48, 56, 1), dtype=np.uint8)
+        mask = np.where(rng.random((48, 56)) < 0.7, 255, 0).astype(np.uint8)
+        mask[:, 30:] = 128  # the right part carries no label
+        samples.append(Sample(f"v{index}", image, mask))
+        maps.append(segmenter.probabilities(image)[..., 0])
+        truths.append(mask)
+
+    def membrane_iou(threshold: float) -> float:
+        ious = []
+        for probabilities, mask in zip(maps, truths, strict=True):
+            labelled = mask != 128
+            predicted, truth = probabilities < threshold, mask == 0
+            both = (predicted & truth & labelled).sum()
+            ious.append(both / ((predicted | truth) & labelled).sum())
+        return float(np.mean(ious))
+
+    expected = max(SWEEP_THRESHOLDS, key=lambda t: (membrane_iou(t), -abs(t - 0.5)))
+    calibration = calibrate_threshold(path, samples)
+    assert calibration.chosen_by == "iou_0"
+    assert calibration.value == expected
+    assert calibration.scores["iou_0"] == pytest.approx(membrane_iou(expected))
