@@ -23,6 +23,7 @@ import grpc
 import keras
 import numpy as np
 import tensorflow as tf
+from tensorflow.core.framework import tensor_pb2
 from tensorflow_serving.apis import get_model_status_pb2, model_service_pb2_grpc, predict_pb2
 
 from unet_keras.config import MaskConfig, ModelConfig, ModelRecord, NormalizationConfig
@@ -125,6 +126,25 @@ def predict_request(
     for name, value in inputs.items():
         request.inputs[name].CopyFrom(tf.make_tensor_proto(value))
     return request
+
+
+def unet_request(
+    signature: str = "", **inputs: tensor_pb2.TensorProto
+) -> predict_pb2.PredictRequest:
+    """A PredictRequest for the tiny U-Net with hand-built input tensors, sent as they are."""
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = UNET
+    request.model_spec.signature_name = signature
+    for name, proto in inputs.items():
+        request.inputs[name].CopyFrom(proto)
+    return request
+
+
+def tensor(dtype: int, shape: list[int], **fields: object) -> tensor_pb2.TensorProto:
+    """A TensorProto as a client may write it: any dtype, shape and value fields."""
+    proto = tensor_pb2.TensorProto(dtype=dtype, **fields)
+    proto.tensor_shape.dim.extend(proto.tensor_shape.Dim(size=size) for size in shape)
+    return proto
 
 
 def floats(*values: float) -> np.ndarray:

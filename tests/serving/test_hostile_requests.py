@@ -13,16 +13,17 @@ import grpc
 import numpy as np
 import pytest
 import tensorflow as tf
-from tensorflow.core.framework import tensor_pb2, types_pb2
-from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+from tensorflow.core.framework import types_pb2
+from tensorflow_serving.apis import prediction_service_pb2_grpc
 
 from tests.serving_fixtures import (
     HALF_PLUS_TWO,
-    UNET,
     ServerProcess,
     export_half_plus_two,
     floats,
     predict_request,
+    tensor,
+    unet_request,
 )
 
 pytestmark = pytest.mark.slow
@@ -37,12 +38,6 @@ def memory_peak(process: ServerProcess) -> int:
     return int(line.split()[1]) * 1024
 
 
-def tensor(dtype: int, shape: list[int], **fields: object) -> tensor_pb2.TensorProto:
-    proto = tensor_pb2.TensorProto(dtype=dtype, **fields)
-    proto.tensor_shape.dim.extend(proto.tensor_shape.Dim(size=size) for size in shape)
-    return proto
-
-
 def png_claiming(width: int, height: int) -> bytes:
     """A PNG signature and an IHDR chunk claiming `width` x `height`, and no image data."""
     header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
@@ -52,45 +47,36 @@ def png_claiming(width: int, height: int) -> bytes:
     )
 
 
-def request(signature: str, **inputs: tensor_pb2.TensorProto) -> predict_pb2.PredictRequest:
-    made = predict_pb2.PredictRequest()
-    made.model_spec.name = UNET
-    made.model_spec.signature_name = signature
-    for name, proto in inputs.items():
-        made.inputs[name].CopyFrom(proto)
-    return made
-
-
 HOSTILE = {
-    "image 4096^2 with one value": request(
+    "image 4096^2 with one value": unet_request(
         "serving_default", image=tensor(types_pb2.DT_UINT8, [1, 4096, 4096, 1], int_val=[7])
     ),
-    "image claiming 2^31 x 2^31": request(
+    "image claiming 2^31 x 2^31": unet_request(
         "serving_default",
         image=tensor(types_pb2.DT_UINT8, [1, 2**31 - 1, 2**31 - 1, 1], int_val=[7]),
     ),
-    "20000000 PNGs, none sent": request(
+    "20000000 PNGs, none sent": unet_request(
         "segment_png", image_png=tensor(types_pb2.DT_STRING, [20_000_000])
     ),
-    "a PNG header of 0xFFFFFFFF^2": request(
+    "a PNG header of 0xFFFFFFFF^2": unet_request(
         "segment_png",
         image_png=tensor(
             types_pb2.DT_STRING, [1], string_val=[png_claiming(2**32 - 1, 2**32 - 1)]
         ),
     ),
-    "a PNG header of 60000^2": request(
+    "a PNG header of 60000^2": unet_request(
         "segment_png",
         image_png=tensor(types_pb2.DT_STRING, [1], string_val=[png_claiming(60000, 60000)]),
     ),
-    "tiles 2048^2 with one value": request(
+    "tiles 2048^2 with one value": unet_request(
         "tiles", tiles=tensor(types_pb2.DT_FLOAT, [1, 2048, 2048, 1], float_val=[0.5])
     ),
-    "16 tiles of 1024^2 with one value": request(
+    "16 tiles of 1024^2 with one value": unet_request(
         "tiles", tiles=tensor(types_pb2.DT_FLOAT, [16, 1024, 1024, 1], float_val=[0.5])
     ),
-    "a resource input": request("tiles", tiles=tensor(types_pb2.DT_RESOURCE, [1])),
-    "a variant input": request("tiles", tiles=tensor(types_pb2.DT_VARIANT, [1])),
-    "an input to the metadata signature": request(
+    "a resource input": unet_request("tiles", tiles=tensor(types_pb2.DT_RESOURCE, [1])),
+    "a variant input": unet_request("tiles", tiles=tensor(types_pb2.DT_VARIANT, [1])),
+    "an input to the metadata signature": unet_request(
         "metadata", x=tensor(types_pb2.DT_UINT8, [10**9], int_val=[1])
     ),
 }
@@ -108,7 +94,7 @@ def test_small_requests_claiming_much_are_refused_and_cost_nothing(tiny_server: 
         grown = memory_peak(tiny_server) - before
         # Still serving, and the peak memory barely moved.
         image = tf.make_tensor_proto(np.zeros((1, 16, 16, 1), np.uint8))
-        answer = stub.Predict(request("serving_default", image=image), timeout=RPC_TIMEOUT)
+        answer = stub.Predict(unet_request("serving_default", image=image), timeout=RPC_TIMEOUT)
         assert list(answer.outputs["mask"].tensor_shape.dim)[1].size == 16
     assert grown < 100 * 2**20, f"{grown / 2**20:.0f} MiB"
 

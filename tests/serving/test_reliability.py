@@ -30,7 +30,7 @@ from PIL import Image
 from tensorflow.core.framework import tensor_pb2, types_pb2
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
-from tests.serving_fixtures import UNET, ServerProcess, save_unet
+from tests.serving_fixtures import UNET, ServerProcess, save_unet, tensor, unet_request
 from unet_keras.client import RetryPolicy, SegmentationClient, ServingError
 from unet_keras.config import ModelConfig
 from unet_keras.serving.export import export_model
@@ -261,26 +261,6 @@ def test_retries_carry_every_request_across_a_killed_and_restarted_server(
     assert len(carried) >= clients, len(carried)
 
 
-def predict_request(
-    signature: str = "", **inputs: tensor_pb2.TensorProto
-) -> predict_pb2.PredictRequest:
-    """A PredictRequest for the served model with hand-built input tensors."""
-    request = predict_pb2.PredictRequest()
-    request.model_spec.name = UNET
-    request.model_spec.signature_name = signature
-    for name, proto in inputs.items():
-        request.inputs[name].CopyFrom(proto)
-    return request
-
-
-def tensor(dtype: int, shape: list[int], **fields: object) -> tensor_pb2.TensorProto:
-    """A TensorProto as a client may write it: any dtype, shape and value fields."""
-    proto = tensor_pb2.TensorProto(dtype=dtype, **fields)
-    for size in shape:
-        proto.tensor_shape.dim.add().size = size
-    return proto
-
-
 def image(array: np.ndarray) -> tensor_pb2.TensorProto:
     """An array as tensor_content, as tensorflow's make_tensor_proto writes it."""
     return tf.make_tensor_proto(array)
@@ -312,7 +292,7 @@ SIDE = st.integers(1, 12)
 def wrong_dtypes(draw: st.DrawFn) -> predict_pb2.PredictRequest:
     """A well-shaped image in a dtype other than the signature's uint8."""
     dtype = draw(st.sampled_from(["float32", "float64", "int64", "int32", "uint16", "int8"]))
-    return predict_request(image=image(np.zeros((1, draw(SIDE), draw(SIDE), 1), dtype)))
+    return unet_request(image=image(np.zeros((1, draw(SIDE), draw(SIDE), 1), dtype)))
 
 
 @st.composite
@@ -323,7 +303,7 @@ def wrong_shapes(draw: st.DrawFn) -> predict_pb2.PredictRequest:
             lambda s: not (len(s) == 4 and min(s[:3]) >= 1 and s[3] == 1)
         )
     )
-    return predict_request(image=image(np.zeros(shape, np.uint8)))
+    return unet_request(image=image(np.zeros(shape, np.uint8)))
 
 
 @st.composite
@@ -339,7 +319,7 @@ def wrong_names(draw: st.DrawFn) -> predict_pb2.PredictRequest:
     if names == {"image"}:
         names = set()
     inputs = {name: image(np.zeros((1, 4, 4, 1), np.uint8)) for name in names}
-    return predict_request(**inputs)
+    return unet_request(**inputs)
 
 
 @st.composite
@@ -347,7 +327,7 @@ def over_the_pixel_limit(draw: st.DrawFn) -> predict_pb2.PredictRequest:
     """An image with every value sent whose pixel count is above the export's max_pixels."""
     height = draw(st.integers(1, 1100))
     width = -(-(MAX_PIXELS + 1) // height) + draw(st.integers(0, 40))
-    return predict_request(image=image(np.zeros((1, height, width, 1), np.uint8)))
+    return unet_request(image=image(np.zeros((1, height, width, 1), np.uint8)))
 
 
 @st.composite
@@ -355,7 +335,7 @@ def huge_claims(draw: st.DrawFn) -> predict_pb2.PredictRequest:
     """A shape of at least 2**40 pixels with one value or none: TF would fill in the rest."""
     height, width = draw(st.integers(2**20, 2**31)), draw(st.integers(2**20, 2**31))
     values = draw(st.sampled_from([[], [7]]))
-    return predict_request(image=tensor(types_pb2.DT_UINT8, [1, height, width, 1], int_val=values))
+    return unet_request(image=tensor(types_pb2.DT_UINT8, [1, height, width, 1], int_val=values))
 
 
 MALFORMED_TENSORS = st.sampled_from(
@@ -367,7 +347,7 @@ MALFORMED_TENSORS = st.sampled_from(
         tensor(types_pb2.DT_UINT8, [1, -1, 4, 1], int_val=[1]),
         tensor(types_pb2.DT_UINT8, [1, 2**62, 2**62, 1], int_val=[1]),  # count overflows
     ]
-).map(lambda proto: predict_request(image=proto))
+).map(lambda proto: unet_request(image=proto))
 
 
 @st.composite
@@ -386,15 +366,15 @@ def bad_pngs(draw: st.DrawFn) -> predict_pb2.PredictRequest:
     )
     batch = [REAL_PNG] * draw(st.integers(0, 2))
     batch.insert(draw(st.integers(0, len(batch))), bad)
-    return predict_request("segment_png", image_png=tf.make_tensor_proto(batch))
+    return unet_request("segment_png", image_png=tf.make_tensor_proto(batch))
 
 
 WRONG_PNG_INPUTS = st.sampled_from(
     [
-        predict_request("segment_png", image_png=image(np.zeros((1, 4, 4, 1), np.uint8))),
-        predict_request("segment_png", image_png=tf.make_tensor_proto([[REAL_PNG]])),
-        predict_request("segment_png", image=tf.make_tensor_proto([REAL_PNG])),
-        predict_request("no_such_signature", image=image(np.zeros((1, 4, 4, 1), np.uint8))),
+        unet_request("segment_png", image_png=image(np.zeros((1, 4, 4, 1), np.uint8))),
+        unet_request("segment_png", image_png=tf.make_tensor_proto([[REAL_PNG]])),
+        unet_request("segment_png", image=tf.make_tensor_proto([REAL_PNG])),
+        unet_request("no_such_signature", image=image(np.zeros((1, 4, 4, 1), np.uint8))),
     ]
 )
 BAD_REQUESTS = st.one_of(
@@ -421,9 +401,7 @@ def assert_serves_correctly(
     stub: prediction_service_pb2_grpc.PredictionServiceStub, served: Served
 ) -> None:
     """A valid request gets the mask of the version that answered it."""
-    response = stub.Predict(
-        predict_request(image=image(PROBE[None, ..., None])), timeout=RPC_TIMEOUT
-    )
+    response = stub.Predict(unet_request(image=image(PROBE[None, ..., None])), timeout=RPC_TIMEOUT)
     version = response.model_spec.version.value
     mask = tf.make_ndarray(response.outputs["mask"])[0]
     np.testing.assert_array_equal(mask, served.expected.mask(version, PROBE))
@@ -450,12 +428,12 @@ def test_a_tensor_must_carry_every_value_its_shape_holds(
     for shape in ([1, 2048, MAX_MESSAGE_BYTES // 2048 + 1, 1], [1, 40, 40, 1]):
         claim = tensor(types_pb2.DT_UINT8, shape, int_val=[7])
         with pytest.raises(grpc.RpcError) as caught:
-            stub.Predict(predict_request(image=claim), timeout=RPC_TIMEOUT)
+            stub.Predict(unet_request(image=claim), timeout=RPC_TIMEOUT)
         assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert "but the request carries 1" in caught.value.details()
     # Sent in full, the same image is served.
     full = tensor(types_pb2.DT_UINT8, [1, 40, 40, 1], int_val=[7] * 1600)
-    response = stub.Predict(predict_request(image=full), timeout=RPC_TIMEOUT)
+    response = stub.Predict(unet_request(image=full), timeout=RPC_TIMEOUT)
     mask = tf.make_ndarray(response.outputs["mask"])[0]
     expected = served.expected.mask(
         response.model_spec.version.value, np.full((40, 40), 7, np.uint8)
