@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import platform
 import time
+from collections.abc import Callable
 from importlib.metadata import version
 from pathlib import Path
 
@@ -32,6 +33,20 @@ def machine_description() -> str:
         f"{model} ({flags}), {os.cpu_count()} cores; Python {platform.python_version()}, "
         f"{packages}"
     )
+
+
+def interleaved_timings(
+    calls: dict[str, Callable[[], object]], repeats: int
+) -> dict[str, list[float]]:
+    """Seconds each call takes, `repeats` times, taking turns so that the machine's noise
+    falls on all of them alike."""
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    for _ in range(repeats):
+        for name, call in calls.items():
+            started = time.perf_counter()
+            call()
+            times[name].append(time.perf_counter() - started)
+    return times
 
 
 def percentile(values: list[float], q: float) -> float:

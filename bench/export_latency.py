@@ -42,7 +42,7 @@ def cold_load_worker(version: str) -> None:
 def measure(filters: int, calls: int, folder: Path) -> dict:
     """Exports one configuration and measures it."""
     import tensorflow as tf
-    from common import export_random_unet
+    from common import export_random_unet, interleaved_timings
 
     from unet_keras.geometry import context_margin
     from unet_keras.serving.export import variables_bytes
@@ -60,14 +60,13 @@ def measure(filters: int, calls: int, folder: Path) -> dict:
     served = serving(image=tf.constant(image))["probabilities"].numpy()
     direct = model.predict_on_batch(normalised)
     assert np.abs(served - direct[:, :512, :512]).max() < 1e-4, "outputs differ"
-    latency = {"saved_model": [], "keras": []}
-    for _ in range(calls):
-        started = time.perf_counter()
-        serving(image=tf.constant(image))
-        latency["saved_model"].append(time.perf_counter() - started)
-        started = time.perf_counter()
-        model.predict_on_batch(normalised)
-        latency["keras"].append(time.perf_counter() - started)
+    latency = interleaved_timings(
+        {
+            "saved_model": lambda: serving(image=tf.constant(image)),
+            "keras": lambda: model.predict_on_batch(normalised),
+        },
+        calls,
+    )
     cold = json.loads(
         subprocess.run(
             [sys.executable, __file__, "--cold-load", str(version)],

@@ -18,7 +18,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 
@@ -34,6 +33,7 @@ def worker(version: str, model_file: str, size: int, repeats: int) -> None:
     """Prints the extra peak memory of one call at `size`, and both timings, as JSON."""
     import numpy as np
     import tensorflow as tf
+    from common import interleaved_timings
 
     from unet_keras.inference.segmenter import Segmenter
 
@@ -48,14 +48,13 @@ def worker(version: str, model_file: str, size: int, repeats: int) -> None:
     del outputs
     segmenter = Segmenter.from_path(model_file)
     segmenter.probabilities(image[0, :600, :600])
-    times = {"export": [], "keras": []}
-    for _ in range(repeats):
-        started = time.perf_counter()
-        serving(image=tf.constant(image))
-        times["export"].append(time.perf_counter() - started)
-        started = time.perf_counter()
-        segmenter.probabilities(image[0])
-        times["keras"].append(time.perf_counter() - started)
+    times = interleaved_timings(
+        {
+            "export": lambda: serving(image=tf.constant(image)),
+            "keras": lambda: segmenter.probabilities(image[0]),
+        },
+        repeats,
+    )
     medians = {name: statistics.median(values) for name, values in times.items()}
     print(json.dumps({"size": size, "extra": peak - before - kept, **medians}))
 

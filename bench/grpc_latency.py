@@ -79,24 +79,19 @@ def latency(
 ) -> dict[str, list[float]]:
     """Seconds per call through gRPC and in this process, interleaved, after a warm-up."""
     import tensorflow as tf
+    from common import interleaved_timings
 
     from unet_keras.client import SegmentationClient
 
     def here() -> np.ndarray:
         return function(image=tf.constant(image[np.newaxis]))["mask"].numpy()[0]
 
-    times: dict[str, list[float]] = {"grpc": [], "in_process": []}
     with SegmentationClient(address, MODEL, timeout=CALL_SECONDS) as client:
         served = client.segment(image).mask
         assert np.array_equal(served, here()), "gRPC and in-process masks differ"
-        for _ in range(calls):
-            started = time.perf_counter()
-            client.segment(image)
-            times["grpc"].append(time.perf_counter() - started)
-            started = time.perf_counter()
-            here()
-            times["in_process"].append(time.perf_counter() - started)
-    return times
+        return interleaved_timings(
+            {"grpc": lambda: client.segment(image), "in_process": here}, calls
+        )
 
 
 def throughput(address: str, image: np.ndarray, clients: int, per_client: int) -> float:

@@ -21,6 +21,7 @@ import statistics
 import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 
@@ -100,16 +101,14 @@ def tiled_throughput(repeats: int) -> tuple[dict, object]:
 
 def section_seconds(repeats: int) -> dict[str, float]:
     """Median seconds for a 512^2 section, plain and with test-time augmentation."""
+    from common import interleaved_timings
+
     section = image(512)
     predictors = {"plain": segmenter(), "tta": segmenter(tta=True)}
     for predictor in predictors.values():
         predictor.probabilities(section)  # warm-up
-    times = {name: [] for name in predictors}
-    for _ in range(repeats):
-        for name, predictor in predictors.items():
-            started = time.perf_counter()
-            predictor.probabilities(section)
-            times[name].append(time.perf_counter() - started)
+    calls = {name: partial(p.probabilities, section) for name, p in predictors.items()}
+    times = interleaved_timings(calls, repeats)
     return {name: statistics.median(seconds) for name, seconds in times.items()}
 
 
