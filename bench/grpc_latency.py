@@ -48,7 +48,8 @@ def serving(base: Path, log: Path) -> Iterator[str]:
         probe.bind(("127.0.0.1", 0))
         address = f"127.0.0.1:{probe.getsockname()[1]}"
     command = [sys.executable, "-m", "unet_keras.cli", "serve", "--model-base-path", str(base),
-               "--model-name", MODEL, "--port", address.rsplit(":", 1)[1]]  # fmt: skip
+               "--model-name", MODEL, "--port", address.rsplit(":", 1)[1],
+               "--rest-api-port", "0"]  # fmt: skip
     with open(log, "wb") as stderr:
         server = subprocess.Popen(
             command,

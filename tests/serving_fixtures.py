@@ -30,6 +30,7 @@ from unet_keras.config import MaskConfig, ModelConfig, ModelRecord, Normalizatio
 from unet_keras.model import build_unet
 from unet_keras.saving import save_model
 from unet_keras.serving.export import export_model
+from unet_keras.serving.models import ModelEntry, ModelRegistry
 
 HALF_PLUS_TWO = "half_plus_two"
 HALF_PLUS_TWO_VERSION = 123
@@ -114,6 +115,13 @@ def export_unet(folder: Path, version: int = UNET_VERSION) -> Path:
     """Exports the tiny U-Net under `folder/unet/`; returns the version's folder."""
     model_file = save_unet(folder / "model.keras")
     return export_model(model_file, folder / UNET, version, tile=76, max_pixels=10**7)
+
+
+def registry_for(name: str, base: Path) -> ModelRegistry:
+    """A registry of one model, its latest version aspired, not yet started."""
+    registry = ModelRegistry()
+    registry.apply([ModelEntry(name, str(base.absolute()))])
+    return registry
 
 
 def predict_request(
@@ -222,14 +230,23 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    """`unet-keras serve` in a subprocess; stderr goes to a log file."""
+    """`unet-keras serve` in a subprocess, gRPC and REST on free ports; stderr goes to a log.
+
+    `base` is a model base path, or a model config file (`*.config`) for several models.
+    """
 
     def __init__(self, base: Path, name: str, log: Path, *flags: str) -> None:
         self.name = name
         self.address = f"127.0.0.1:{free_port()}"
+        self.rest_address = f"127.0.0.1:{free_port()}"
         self.log = log
-        command = [sys.executable, "-m", "unet_keras.cli", "serve", "--model-base-path", str(base)]
-        command += ["--model-name", name, "--port", self.address.split(":")[1], *flags]
+        command = [sys.executable, "-m", "unet_keras.cli", "serve"]
+        if base.suffix == ".config":
+            command += ["--model-config-file", str(base)]
+        else:
+            command += ["--model-base-path", str(base), "--model-name", name]
+        command += ["--port", self.address.split(":")[1]]
+        command += ["--rest-api-port", self.rest_address.split(":")[1], *flags]
         with open(log, "wb") as stderr:
             self.process = subprocess.Popen(
                 command,

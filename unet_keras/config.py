@@ -550,6 +550,11 @@ class ExportConfig(Settings):
         DEFAULT_MAX_PIXELS,
         help="largest image (H x W) a request may carry; larger ones get INVALID_ARGUMENT",
     )
+    warmup: bool = setting(
+        True,
+        help="write warmup requests (assets.extra/tf_serving_warmup_requests), which the "
+        "server replays before a version is AVAILABLE so that its first request is not slow",
+    )
 
     def check(self) -> None:
         _at_least(self, 1, "version", "tile", "max_pixels")
@@ -563,13 +568,34 @@ MAX_MESSAGE_BYTES = 2**31 - 1
 
 @dataclasses.dataclass(frozen=True)
 class ServeConfig(Settings):
-    """`unet-keras serve`: a local server with TensorFlow Serving's gRPC API; flags named
-    after tensorflow_model_server's where it has them."""
+    """`unet-keras serve`: a local server with TensorFlow Serving's gRPC and REST APIs; flags
+    named after tensorflow_model_server's where it has them."""
 
-    model_base_path: str = setting(help="folder of numbered SavedModel versions (BASE/1/, ...)")
+    model_base_path: str | None = setting(
+        None, help="folder of numbered SavedModel versions (BASE/1/, ...) of one model"
+    )
     model_name: str = setting("unet", help="the name requests give in their model spec")
+    model_config_file: str | None = setting(
+        None,
+        help="a text ModelServerConfig (several models, version policies, version labels), "
+        "instead of --model-base-path and --model-name",
+    )
+    model_config_file_poll_wait_seconds: float = setting(
+        0.0, help="seconds between re-reads of --model-config-file (0: read it once)"
+    )
+    allow_version_labels_for_unavailable_models: bool = setting(
+        False,
+        help="let new version labels name versions not yet AVAILABLE (needed for labels in "
+        "the config a server starts with)",
+    )
     port: int = setting(8500, help="gRPC port (0: any free port)")
+    rest_api_port: int = setting(8501, help="REST API port (0: no REST API)")
     host: str = setting("127.0.0.1", help="address to listen on; 0.0.0.0 for every interface")
+    monitoring_config_file: str | None = setting(
+        None,
+        help="a text MonitoringConfig; with prometheus_config enabled, Prometheus metrics are "
+        "served on the REST port",
+    )
     poll_seconds: float = setting(
         1.0, help="interval between looks at the base path for new versions"
     )
@@ -578,20 +604,29 @@ class ServeConfig(Settings):
     tls_client_ca: str | None = setting(
         None, help="PEM CA certificates: require clients to present a certificate they signed"
     )
-    max_message_bytes: int = setting(MAX_MESSAGE_BYTES, help="largest request or response message")
-    threads: int = setting(16, help="requests served at once (gRPC worker threads)")
+    max_message_bytes: int = setting(
+        MAX_MESSAGE_BYTES, help="largest request or response message (a REST body too)"
+    )
+    threads: int = setting(16, help="requests served at once (gRPC worker threads; REST too)")
     max_concurrent_requests: int = setting(
         32,
-        help="requests in progress or queued; more get RESOURCE_EXHAUSTED at once, as each "
-        "holds its message in memory",
+        help="requests in progress or queued, per API; more get RESOURCE_EXHAUSTED (REST: 429) "
+        "at once, as each holds its message in memory",
     )
     grace_seconds: float = setting(
         30.0, help="on SIGTERM or SIGINT, how long requests in flight may take to finish"
     )
 
     def check(self) -> None:
-        _at_least(self, 0, "port", "grace_seconds")
+        _at_least(self, 0, "port", "rest_api_port", "grace_seconds")
+        _at_least(self, 0, "model_config_file_poll_wait_seconds")
         _at_least(self, 1, "max_message_bytes", "threads", "max_concurrent_requests")
+        if (self.model_base_path is None) == (self.model_config_file is None):
+            raise ValueError(
+                "give --model-base-path (one model) or --model-config-file (several), not both"
+                if self.model_base_path
+                else "give --model-base-path (one model) or --model-config-file (several)"
+            )
         if self.poll_seconds <= 0:
             raise ValueError(f"poll_seconds must be above 0, got {self.poll_seconds}")
         if (self.tls_cert is None) != (self.tls_key is None):

@@ -6,7 +6,9 @@ export, the local server, the client, and the model loader that reads exports. T
 
 - `serving_default`: `image` [N, H, W, C] raw pixels -> `probabilities` [N, H, W, classes]
   and `mask` [N, H, W] in the training masks' values;
-- `segment_png`: `image_png` [N] PNG bytes -> `mask_png` [N] PNG bytes;
+- `segment_png`: `image_png` [N] PNG bytes -> `mask_png_bytes` [N] PNG bytes (TF Serving's
+  REST API writes a string output as base64 only when its name ends in `_bytes`; older
+  exports, whose output is `mask_png`, are still served as they are);
 - `metadata`: nothing -> `metadata`, the `ModelRecord` as JSON text;
 - `tiles`: `tiles` [N, h, w, C] normalised float32 -> `probabilities` (the bare network).
 """
@@ -31,7 +33,7 @@ IMAGE_PNG = "image_png"
 TILES_INPUT = "tiles"
 PROBABILITIES = "probabilities"
 MASK = "mask"
-MASK_PNG = "mask_png"
+MASK_PNG = "mask_png_bytes"
 RECORD = "metadata"
 
 SIGNATURES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
@@ -46,6 +48,8 @@ METADATA_FIELD = "signature_def"
 
 # The model record's file: an entry of every .keras file and an asset of every export.
 RECORD_FILE = "unet_keras.json"
+# Requests TF Serving replays before a version is AVAILABLE (saved_model_warmup_util.h).
+WARMUP_FILE = "assets.extra/tf_serving_warmup_requests"
 # The SavedModel tag set TF Serving loads.
 SERVE_TAG = "serve"
 

@@ -94,9 +94,9 @@ def export(config: ExportConfig) -> Path:
     """Exports a model as the next (or the given) SavedModel version; returns its folder."""
     from unet_keras.serving.export import export_model
 
-    options = {"tile": config.tile, "threshold": config.threshold}
+    options = {"tile": config.tile, "threshold": config.threshold, "max_pixels": config.max_pixels}
     return export_model(
-        config.model, config.base_path, config.version, max_pixels=config.max_pixels, **options
+        config.model, config.base_path, config.version, warmup=config.warmup, **options
     )
 
 

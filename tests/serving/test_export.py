@@ -61,7 +61,7 @@ def test_signatures_as_saved_model_cli_shows_them(valid_export: tuple[Path, Path
     )
     png = next(b for b in blocks if b.startswith("'segment_png'"))
     assert "inputs['image_png'] tensor_info:\n        dtype: DT_STRING" in png
-    assert "outputs['mask_png']" in png
+    assert "outputs['mask_png_bytes']" in png
     assert any(b.startswith("'metadata'") and "outputs['metadata']" in b for b in blocks)
     assert any(b.startswith("'tiles'") and "inputs['tiles']" in b for b in blocks)
 
@@ -106,7 +106,7 @@ def test_png_signature_and_its_guards(valid_export: tuple[Path, Path]) -> None:
     png8 = tf.io.encode_png(image)
     # A 16-bit PNG is scaled to the 8-bit range the model was trained on.
     png16 = tf.io.encode_png(image.astype(np.uint16) * 257)
-    masks = signature(image_png=tf.stack([png8, png16]))["mask_png"].numpy()
+    masks = signature(image_png=tf.stack([png8, png16]))["mask_png_bytes"].numpy()
     expected = serve(version, image)["mask"]
     for data in masks:
         np.testing.assert_array_equal(tf.io.decode_png(data).numpy()[..., 0], expected)

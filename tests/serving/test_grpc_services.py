@@ -53,13 +53,14 @@ from tests.serving_fixtures import (
     export_unet,
     floats,
     predict_request,
+    registry_for,
     write_garbage,
     write_version,
 )
 from unet_keras.config import MAX_MESSAGE_BYTES
 from unet_keras.serving.grpc_services import TlsFiles, build_server
 from unet_keras.serving.status import StatusError
-from unet_keras.serving.versions import ModelManager
+from unet_keras.serving.models import ModelRegistry
 
 REAL_ADDRESS = os.environ.get("UNET_TF_SERVING_ADDRESS")
 REAL_MODELS = os.environ.get("UNET_TF_SERVING_MODELS")
@@ -81,9 +82,9 @@ local_only = pytest.mark.skipif(
 @contextmanager
 def serve_here(
     base: Path, name: str, tls: TlsFiles | None = None
-) -> Iterator[tuple[str, ModelManager]]:
-    """A server in this process polling `base` every 0.1 s: (port, manager)."""
-    manager = ModelManager(name, base)
+) -> Iterator[tuple[str, ModelRegistry]]:
+    """A server in this process polling `base` every 0.1 s: (port, registry)."""
+    manager = registry_for(name, base)
     stop = threading.Event()
     assert manager.start(0.1, stop)
     grpc_server, port = build_server(
@@ -378,8 +379,8 @@ def test_unet_segment_png_equals_the_savedmodel_run_here(
     pngs = [tf.io.encode_png(image).numpy() for image in images]
     request = predict_request(UNET, "segment_png", image_png=np.array(pngs, object))
     response = unet.Predict(request, timeout=RPC_TIMEOUT)
-    expected = unet_here.signatures["segment_png"](image_png=tf.constant(pngs))["mask_png"]
-    assert list(response.outputs["mask_png"].string_val) == list(expected.numpy())
+    expected = unet_here.signatures["segment_png"](image_png=tf.constant(pngs))["mask_png_bytes"]
+    assert list(response.outputs["mask_png_bytes"].string_val) == list(expected.numpy())
     assert response.model_spec.signature_name == "segment_png"
 
 

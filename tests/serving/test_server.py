@@ -39,6 +39,7 @@ def test_start_fails_when_the_latest_version_cannot_load(
     base = tmp_path / "broken"
     write_version(base, 5, write_garbage)
     flags = ["--model-base-path", str(base), "--model-name", "broken", "--port", "0"]
+    flags += ["--rest-api-port", "0"]
     assert main(["serve", *flags]) == 1
     assert (
         "Failed to start server. Error: 1 model(s) did not become available: "
@@ -80,6 +81,7 @@ def test_sigterm_lets_the_request_in_flight_finish_then_run_returns_0(
     export_half_plus_two(tmp_path / HALF_PLUS_TWO, 1)
     flags = ["--model-base-path", str(tmp_path / HALF_PLUS_TWO)]
     flags += ["--model-name", HALF_PLUS_TWO, "--port", str(port)]
+    flags += ["--rest-api-port", str(free_port())]
     # A SIGTERM that comes after serve() has restored the handlers must not end pytest.
     previous = signal.signal(signal.SIGTERM, lambda *_: None)
     try:

@@ -9,16 +9,17 @@ from tensorflow_serving.apis import get_model_status_pb2, model_pb2
 from tests.serving_fixtures import (
     HALF_PLUS_TWO,
     export_half_plus_two,
+    registry_for,
     write_garbage,
     write_version,
 )
+from unet_keras.serving.models import ModelRegistry
 from unet_keras.serving.status import StatusError
-from unet_keras.serving.versions import ModelManager
 
 State = get_model_status_pb2.ModelVersionStatus.State
 
 
-def latest(manager: ModelManager) -> int:
+def latest(manager: ModelRegistry) -> int:
     """The version a request for the latest one gets."""
     with manager.servable(model_pb2.ModelSpec(name=HALF_PLUS_TWO)) as servable:
         return servable.version
@@ -28,7 +29,7 @@ def test_folders_that_are_no_int64_are_skipped_at_start_and_while_polling(tmp_pa
     base = tmp_path / HALF_PLUS_TWO
     export_half_plus_two(base, 1)
     (base / "99999999999999999999").mkdir()  # TF Serving's SimpleAtoi fails: not a version
-    manager = ModelManager(HALF_PLUS_TWO, base)
+    manager = registry_for(HALF_PLUS_TWO, base)
     assert manager.start(0.1, threading.Event())
     assert latest(manager) == 1
     export_half_plus_two(base, 2)
@@ -39,7 +40,7 @@ def test_folders_that_are_no_int64_are_skipped_at_start_and_while_polling(tmp_pa
 def test_a_version_that_fails_to_load_is_never_served(tmp_path: Path):
     base = tmp_path / HALF_PLUS_TWO
     export_half_plus_two(base, 1)
-    manager = ModelManager(HALF_PLUS_TWO, base)
+    manager = registry_for(HALF_PLUS_TWO, base)
     assert manager.start(0.1, threading.Event())
     write_version(base, 2, write_garbage)
     manager.poll()
@@ -54,4 +55,4 @@ def test_start_fails_when_only_a_broken_version_is_there(tmp_path: Path):
     base = tmp_path / "broken"
     write_version(base, 5, write_garbage)
     with pytest.raises(StatusError, match="version: 5} due to error: DATA_LOSS"):
-        ModelManager("broken", base).start(0.1, threading.Event())
+        registry_for("broken", base).start(0.1, threading.Event())

@@ -8,13 +8,17 @@ A version directory holds one SavedModel with these signatures:
   cuts mirrored tiles on the 2**depth grid, exactly as `Segmenter` does (both follow
   `unet_keras.geometry`), so it gives the same result; same padding pads the image to a
   workable size, mirrored.
-- `segment_png`: `image_png` [N] PNG bytes (8- or 16-bit) -> `mask_png` [N] PNG bytes.
+- `segment_png`: `image_png` [N] PNG bytes (8- or 16-bit) -> `mask_png_bytes` [N] PNG
+  bytes (`_bytes`: TF Serving's REST API sends it base64-encoded).
 - `metadata`: no input -> `metadata`, the model's `ModelRecord` (normalisation, mask
   convention, model shape, tiles, threshold) as JSON text; also the asset `unet_keras.json`.
 - `tiles`: `tiles` [N, h, w, C] normalised float32 tiles of workable size ->
   `probabilities`, the bare network, for clients that tile images themselves.
 
-Only core TensorFlow ops: TF Serving runs the graph with no Python.
+Only core TensorFlow ops: TF Serving runs the graph with no Python. Unless told not to, the
+export carries warmup requests (`assets.extra/tf_serving_warmup_requests`: one
+`serving_default` image of the graph's tile size, one `segment_png`), which TF Serving and
+the local server replay before a version is AVAILABLE, so its first request is not slow.
 
 Versions are written to a hidden temporary directory beside the base path's numbered
 versions and renamed into place, so a polling server never sees half a version.
@@ -33,6 +37,7 @@ from typing import Any, NamedTuple
 import keras
 import numpy as np
 import tensorflow as tf
+from tensorflow_serving.apis import predict_pb2
 
 from unet_keras import contract
 from unet_keras.config import DEFAULT_MAX_PIXELS, Calibration, ModelRecord
@@ -40,6 +45,7 @@ from unet_keras.contract import next_version
 from unet_keras.geometry import context_margin, largest_output_tile, mirror_index, valid_tiling
 from unet_keras.io.atomic import sync_directory, sync_tree
 from unet_keras.saving import load_model
+from unet_keras.serving.warmup import write_warmup_requests
 
 
 class ServingModule(tf.Module):
@@ -100,6 +106,22 @@ class ServingModule(tf.Module):
             contract.METADATA: self.metadata.get_concrete_function(),
             contract.TILES: self.tiles.get_concrete_function(),
         }
+
+    def warmup_requests(self) -> list[predict_pb2.PredictRequest]:
+        """One request per image signature, at the graph's tile size (one tile each)."""
+        side = self._largest
+        image = tf.zeros([side, side, self._config.in_channels], self._dtype)
+        png = tf.io.encode_png(image).numpy()
+        requests = []
+        for signature, alias, value in (
+            (contract.SEGMENT, contract.IMAGE, image[tf.newaxis]),
+            (contract.SEGMENT_PNG, contract.IMAGE_PNG, tf.constant([png])),
+        ):
+            request = predict_pb2.PredictRequest()
+            request.model_spec.signature_name = signature
+            request.inputs[alias].CopyFrom(tf.make_tensor_proto(value))
+            requests.append(request)
+        return requests
 
     def _serve(self, image: tf.Tensor) -> dict[str, tf.Tensor]:
         probabilities, mask = self.segment(image)
@@ -333,6 +355,8 @@ def export_model(
     model_path: str | os.PathLike,
     base_path: str | os.PathLike,
     version: int | None = None,
+    *,
+    warmup: bool = True,
     **options: Any,
 ) -> Path:
     """Exports a `.keras` model or run directory to `base_path/<version>/`; returns it.
@@ -340,7 +364,8 @@ def export_model(
     `version` defaults to the next free number; an existing version is never replaced.
     Exports running at once each take their own number: the version is claimed by the
     rename that publishes it, and a number taken meanwhile moves a default one on.
-    `options` go to `ServingModule` (tile, tiles_per_call, threshold, max_pixels).
+    `warmup` writes the warmup requests; `options` go to `ServingModule` (tile,
+    tiles_per_call, threshold, max_pixels).
     """
     base_path = Path(base_path)
     if version is not None and version < 1:
@@ -362,6 +387,8 @@ def export_model(
         module.record_asset = tf.saved_model.Asset(str(asset_source / contract.RECORD_FILE))
         saved = staging / "saved_model"
         tf.saved_model.save(module, str(saved), signatures=module.signatures())
+        if warmup:
+            write_warmup_requests(saved, module.warmup_requests())
         sync_tree(saved)  # all on disk before it becomes visible
         return _publish(saved, base_path, version)
     finally:

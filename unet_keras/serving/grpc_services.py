@@ -11,10 +11,10 @@ session run; the client gets DEADLINE_EXCEEDED either way).
 from __future__ import annotations
 
 import dataclasses
+import time
 from concurrent import futures
 
 import grpc
-import tensorflow as tf
 from tensorflow_serving.apis import (
     get_model_metadata_pb2,
     get_model_status_pb2,
@@ -25,33 +25,13 @@ from tensorflow_serving.apis import (
 
 from unet_keras import contract
 from unet_keras.serving import requests
-from unet_keras.serving.codec import as_proto_field
+from unet_keras.serving.metrics import Metrics
+from unet_keras.serving.models import ModelRegistry
+from unet_keras.serving.predict import predict
 from unet_keras.serving.status import StatusError
-from unet_keras.serving.versions import ModelManager, Servable
+from unet_keras.serving.versions import Servable
 
 _MESSAGE_LIMIT = 1024
-
-
-def predict(
-    servable: Servable, request: predict_pb2.PredictRequest
-) -> predict_pb2.PredictResponse:
-    """Runs a Predict request on a version, as predict_util.cc's RunPredict does."""
-    name = request.model_spec.signature_name or contract.SEGMENT
-    signature, function = servable.signature(name)
-    inputs = requests.request_inputs(signature, request)
-    aliases = requests.output_aliases(signature, list(request.output_filter))
-    feeds = requests.feeds(signature, inputs)
-    try:
-        outputs = function(**feeds)
-    except tf.errors.OpError as error:
-        raise StatusError.from_tf(error) from None
-    response = predict_pb2.PredictResponse()
-    response.model_spec.name = request.model_spec.name
-    response.model_spec.signature_name = name
-    response.model_spec.version.value = servable.version
-    for alias in aliases:
-        response.outputs[alias].CopyFrom(as_proto_field(outputs[alias]))
-    return response
 
 
 def signature_metadata(
@@ -79,13 +59,15 @@ def _abort(context: grpc.ServicerContext, error: StatusError) -> None:
 class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
     """PredictionService: Predict and GetModelMetadata (the rest stays UNIMPLEMENTED)."""
 
-    def __init__(self, manager: ModelManager) -> None:
+    def __init__(self, manager: ModelRegistry, metrics: Metrics | None = None) -> None:
         self._manager = manager
+        self._metrics = metrics
 
     def Predict(  # noqa: N802 (the gRPC method's name)
         self, request: predict_pb2.PredictRequest, context: grpc.ServicerContext
     ) -> predict_pb2.PredictResponse:
         """Runs a signature of the model on the request's inputs."""
+        start, status = time.perf_counter(), "OK"
         try:
             requests.require_model_spec(request)
             remaining = context.time_remaining()
@@ -95,7 +77,14 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
             with self._manager.servable(request.model_spec) as servable:
                 return predict(servable, request)
         except StatusError as error:
+            status = error.code.name
             _abort(context, error)
+        finally:
+            if self._metrics is not None:
+                self._metrics.request(
+                    request.model_spec.name, "Predict", "GRPC", status,
+                    (time.perf_counter() - start) * 1e6,
+                )  # fmt: skip
 
     def GetModelMetadata(  # noqa: N802
         self,
@@ -114,7 +103,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
 class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
     """ModelService: GetModelStatus (HandleReloadConfigRequest stays UNIMPLEMENTED)."""
 
-    def __init__(self, manager: ModelManager) -> None:
+    def __init__(self, manager: ModelRegistry) -> None:
         self._manager = manager
 
     def GetModelStatus(  # noqa: N802
@@ -147,13 +136,14 @@ class TlsFiles:
 
 
 def build_server(
-    manager: ModelManager,
+    manager: ModelRegistry,
     address: str,
     *,
     threads: int,
     max_message_bytes: int,
     max_concurrent_requests: int | None = None,
     tls: TlsFiles | None = None,
+    metrics: Metrics | None = None,
 ) -> tuple[grpc.Server, int]:
     """A gRPC server for `manager` bound to `address`, not started, and its port.
 
@@ -172,7 +162,7 @@ def build_server(
         ],
     )
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-        PredictionServicer(manager), server
+        PredictionServicer(manager, metrics), server
     )
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(manager), server)
     try:

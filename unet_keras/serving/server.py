@@ -1,14 +1,16 @@
 """`unet-keras serve`: a local model server that behaves like TensorFlow Serving.
 
 For tests and local use where `tensorflow_model_server` is not at hand (it cannot be
-pip-installed). It serves the SavedModel versions under a base path to the official
-tensorflow-serving-api clients (see `unet_keras.serving.grpc_services` for what matches
-TF Serving and what does not).
+pip-installed). It serves the SavedModel versions under a base path, or the models of a
+model config file, to the official tensorflow-serving-api clients over gRPC and to any
+HTTP client over TF Serving's REST API (see `unet_keras.serving.grpc_services`,
+`rest_api` and `models` for what matches TF Serving and what does not).
 
-Like TF Serving it loads the latest version before it opens its port, polls the base path
-for new versions, loads a new one before it unloads the old one, and never serves one that
-fails to load. On SIGTERM or SIGINT it stops taking requests, lets those in flight finish
-(up to `grace_seconds`) and returns 0.
+Like TF Serving it loads (and warms up) the models' versions before it opens its ports,
+polls the base paths for new versions, loads a new one before it unloads the old one,
+never serves one that fails to load, and re-reads the model config file every
+`model_config_file_poll_wait_seconds`. On SIGTERM or SIGINT it stops taking requests, lets
+those in flight finish (up to `grace_seconds`) and returns 0.
 """
 
 from __future__ import annotations
@@ -18,12 +20,15 @@ import os
 import signal
 import ssl
 import threading
+import time
 from pathlib import Path
 
 from unet_keras.config import ServeConfig
 from unet_keras.serving.grpc_services import TlsFiles, build_server
+from unet_keras.serving.http_server import RestServer
+from unet_keras.serving.metrics import Metrics, read_monitoring_config
+from unet_keras.serving.models import ModelEntry, ModelRegistry, read_model_config
 from unet_keras.serving.status import StatusError
-from unet_keras.serving.versions import ModelManager
 
 # How often the main thread looks at `stop`: a signal handler runs only once the main
 # thread runs Python again, and a signal another thread took does not wake a plain wait.
@@ -59,34 +64,62 @@ def serve(
 
 
 def _serve(
-    config: ServeConfig, tls: TlsFiles | None, stop: threading.Event, exit_when_stuck: bool
+    config: ServeConfig,
+    tls: tuple[TlsFiles, ssl.SSLContext] | None,
+    stop: threading.Event,
+    exit_when_stuck: bool,
 ) -> int:
-    """Loads the latest version, then listens and polls until `stop` is set."""
-    manager = ModelManager(config.model_name, config.model_base_path)
+    """Loads the models, then listens and polls until `stop` is set."""
+    registry = ModelRegistry(config.allow_version_labels_for_unavailable_models)
+    metrics = Metrics()
     try:
-        if not manager.start(config.poll_seconds, stop):
-            return 0  # stopped before any version loaded
+        prometheus_path = (
+            read_monitoring_config(config.monitoring_config_file)
+            if config.monitoring_config_file
+            else None
+        )
+        registry.apply(_models(config))
+        if not registry.start(config.poll_seconds, stop):
+            return 0  # stopped before every model loaded
         server, port = build_server(
-            manager,
+            registry,
             _address(config.host, config.port),
             threads=config.threads,
             max_message_bytes=config.max_message_bytes,
             max_concurrent_requests=config.max_concurrent_requests,
-            tls=tls,
+            tls=tls[0] if tls else None,
+            metrics=metrics,
         )
-    except (StatusError, OSError) as error:
-        log.error("Failed to start server. Error: %s", error)
+        rest = None
+        if config.rest_api_port:
+            rest = RestServer(
+                registry,
+                config.host,
+                config.rest_api_port,
+                threads=config.threads,
+                max_body_bytes=config.max_message_bytes,
+                max_concurrent_requests=config.max_concurrent_requests,
+                metrics=metrics,
+                prometheus_path=prometheus_path,
+                ssl_context=tls[1] if tls else None,
+            )
+            rest.start()
+    except (StatusError, OSError, ValueError) as error:
+        message = error.message if isinstance(error, StatusError) else str(error)
+        log.error("Failed to start server. Error: %s", message)
         return 1
     server.start()
     log.info("Running gRPC ModelServer at %s ...", _address(config.host, port))
-    threading.Thread(
-        target=manager.poll_until, args=(config.poll_seconds, stop), daemon=True
-    ).start()
+    if rest is not None:
+        log.info("Exporting HTTP/REST API at:%s ...", _address(config.host, rest.port))
+    threading.Thread(target=_poll, args=(registry, config, stop), name="poll", daemon=True).start()
     while not stop.wait(_WAKE_SECONDS):
         pass
     log.info("Stopping: refusing new requests, finishing those in flight")
+    if rest is not None:
+        rest.stop(config.grace_seconds)
     server.stop(config.grace_seconds).wait()
-    stuck = manager.requests_in_flight
+    stuck = registry.requests_in_flight
     if stuck and exit_when_stuck:
         log.warning("%d request(s) still running after --grace-seconds; exiting now", stuck)
         logging.shutdown()
@@ -94,12 +127,37 @@ def _serve(
     return 0
 
 
+def _models(config: ServeConfig) -> list[ModelEntry]:
+    """The models to serve: the config file's, or the one of --model-base-path."""
+    if config.model_config_file is not None:
+        return read_model_config(config.model_config_file)
+    return [ModelEntry(config.model_name, str(Path(config.model_base_path).absolute()))]
+
+
+def _poll(registry: ModelRegistry, config: ServeConfig, stop: threading.Event) -> None:
+    """Looks at the base paths every poll_seconds and re-reads the model config file every
+    model_config_file_poll_wait_seconds, until `stop` is set."""
+    reread = config.model_config_file_poll_wait_seconds
+    next_read = time.monotonic() + reread
+    while not stop.wait(config.poll_seconds):
+        if config.model_config_file is not None and reread and time.monotonic() >= next_read:
+            next_read = time.monotonic() + reread
+            try:
+                if registry.apply(read_model_config(config.model_config_file)):
+                    log.info("Applied the model config in %s", config.model_config_file)
+            except StatusError as error:
+                # As TF Serving's poller: log it, keep serving the config in force.
+                log.error("Failed to reload the model config: %s", error.message)
+        registry.poll()
+
+
 def _address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def _read_tls(config: ServeConfig) -> TlsFiles | None:
-    """The TLS files, checked as a TLS library reads them; None to serve without TLS.
+def _read_tls(config: ServeConfig) -> tuple[TlsFiles, ssl.SSLContext] | None:
+    """The TLS files for gRPC, and the context for REST, checked as a TLS library reads
+    them; None to serve without TLS.
 
     gRPC reports a bad certificate or key only as "failed to bind" (the cause goes to its C
     log), so they are loaded here first and their problem named.
@@ -123,5 +181,6 @@ def _read_tls(config: ServeConfig) -> TlsFiles | None:
                 f"--tls-client-ca {config.tls_client_ca}: not PEM CA certificates ({error})"
             ) from None
         client_ca = Path(config.tls_client_ca).read_bytes()
+        context.verify_mode = ssl.CERT_REQUIRED
     key, cert = Path(config.tls_key).read_bytes(), Path(config.tls_cert).read_bytes()
-    return TlsFiles(key, cert, client_ca)
+    return TlsFiles(key, cert, client_ca), context

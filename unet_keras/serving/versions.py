@@ -8,15 +8,16 @@ aspired, a new version loaded before the old one unloads, a failed one never ret
 its directory stays); model_servers/get_model_status_impl.cc.
 
 Deviations: a failed load is not retried (TF Serving retries 5 times, a minute apart,
-reporting LOADING meanwhile); version labels are not configurable, so every label is
-unrecognized.
+reporting LOADING meanwhile). Version labels and several models are
+`unet_keras.serving.models`' part.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from tensorflow_serving.apis import get_model_status_pb2, model_pb2, status_pb2
 
 from unet_keras import contract
 from unet_keras.serving.status import StatusError
+from unet_keras.serving.warmup import replay_warmup
 
 State = get_model_status_pb2.ModelVersionStatus.State
 
@@ -71,6 +73,9 @@ class Servable:
         self._loaded = tf.saved_model.load(str(path), tags=[contract.SERVE_TAG])
         self._users = 0
         self._idle = threading.Condition()
+        # Before the version is AVAILABLE, as TF Serving does: the first real request then
+        # pays no tracing or allocation.
+        self.warmup_records = replay_warmup(self, path)
 
     def signature(
         self, name: str
@@ -100,31 +105,47 @@ class Servable:
             self._idle.wait_for(lambda: self._users == 0)
 
 
-def servable_request(spec: model_pb2.ModelSpec) -> tuple[str, int | None]:
-    """(name, version or None for the latest) as ServerCore reads a ModelSpec."""
-    if not spec.name:
-        raise StatusError(grpc.StatusCode.INVALID_ARGUMENT, "ModelSpec has no name specified.")
-    choice = spec.WhichOneof("version_choice")
-    if choice == "version_label":
-        # No labels are configured: every label is unknown, as in TF Serving without any.
-        raise StatusError(
-            grpc.StatusCode.INVALID_ARGUMENT,
-            f"Unrecognized servable version label: {spec.version_label}",
-        )
-    return spec.name, spec.version.value if choice == "version" else None
+def not_found(name: str, version: int | None) -> StatusError:
+    """NOT_FOUND for a version that does not serve, in ServerCore's words."""
+    wanted = f"Latest({name})" if version is None else f"Specific({name}, {version})"
+    return StatusError(grpc.StatusCode.NOT_FOUND, f"Servable not found for request: {wanted}")
+
+
+@dataclasses.dataclass(frozen=True)
+class VersionPolicy:
+    """Which versions on disk to serve: TF Serving's ServableVersionPolicy.
+
+    `latest` the `count` newest (1 by default), `all` every one, `specific` those listed.
+    """
+
+    kind: str = "latest"
+    count: int = 1
+    versions: tuple[int, ...] = ()
+
+    def aspired(self, on_disk: Iterable[int]) -> set[int]:
+        """The versions to serve out of those on disk."""
+        on_disk = sorted(on_disk)
+        if self.kind == "all":
+            return set(on_disk)
+        if self.kind == "specific":
+            return set(on_disk) & set(self.versions)
+        return set(on_disk[-self.count :])
 
 
 class ModelManager:
     """One model's versions under a base path, loaded and unloaded as TF Serving does.
 
-    The latest numeric version directory is the aspired one; it is loaded while the
-    previous one keeps serving, which is unloaded once the new one is available and its
+    The policy's versions are aspired; a new one is loaded while the previous one keeps
+    serving, which is unloaded once every aspired version is available (or failed) and its
     in-flight requests are done. A version that fails to load is never served.
     """
 
-    def __init__(self, name: str, base_path: str | Path) -> None:
+    def __init__(
+        self, name: str, base_path: str | Path, policy: VersionPolicy | None = None
+    ) -> None:
         self.name = name
         self.base_path = Path(base_path)
+        self.policy = policy or VersionPolicy()
         self._lock = threading.Lock()
         self._serving: dict[int, Servable] = {}
         self._in_flight = 0
@@ -139,53 +160,40 @@ class ModelManager:
             return
         # A failed version is tried again only after its directory went away and came back.
         self._failed = {v: e for v, e in self._failed.items() if v in on_disk}
-        aspired = max(on_disk, default=None)
-        if aspired is not None and aspired not in self._serving and aspired not in self._failed:
-            self._load(aspired, on_disk[aspired])
-        superseded = sorted(v for v in self._serving if v != aspired)
-        if aspired is not None and aspired not in self._serving:
+        aspired = self.policy.aspired(on_disk)
+        for version in sorted(aspired - self._serving.keys() - self._failed.keys()):
+            self._load(version, on_disk[version])
+        superseded = sorted(v for v in self._serving if v not in aspired)
+        if aspired and not aspired & self._serving.keys():
             superseded = superseded[:-1]  # keep the newest one serving until then
         for version in superseded:
             self._unload(version)
 
-    def start(self, poll_seconds: float, stop: threading.Event) -> bool:
-        """Polls until a version serves (True) or `stop` is set (False).
+    def unload_all(self) -> None:
+        """Unloads every version (the model left the config), waiting for their requests."""
+        for version in sorted(self._serving):
+            self._unload(version)
 
-        Raises StatusError, as TF Serving fails to start, when the latest version fails.
-        """
-        while not stop.is_set():
-            self.poll()
-            if self._serving:
-                return True
-            if self._failed:
-                version, error = max(self._failed.items())
-                raise StatusError(
-                    grpc.StatusCode.UNKNOWN,
-                    f"1 model(s) did not become available: {{{{name: {self.name} version: "
-                    f"{version}}} due to error: {error.code.name}: {error.message}}}, }}",
-                )
-            stop.wait(poll_seconds)
-        return False
+    def failure(self) -> tuple[int, StatusError] | None:
+        """The newest version that failed to load while none serves, with its error."""
+        if self._serving or not self._failed:
+            return None
+        return max(self._failed.items())
 
-    def poll_until(self, poll_seconds: float, stop: threading.Event) -> None:
-        """Polls every `poll_seconds` until `stop` is set."""
-        while not stop.wait(poll_seconds):
-            self.poll()
+    def available(self) -> set[int]:
+        """The versions serving now."""
+        with self._lock:
+            return set(self._serving)
 
     @contextmanager
-    def servable(self, spec: model_pb2.ModelSpec) -> Iterator[Servable]:
-        """The version a request asks for, kept loaded until the request is done."""
-        name, version = servable_request(spec)
+    def servable(self, version: int | None) -> Iterator[Servable]:
+        """A version (None: the latest), kept loaded until the request is done."""
         with self._lock:
-            if name == self.name and self._serving:
+            servable = None
+            if self._serving:
                 servable = self._serving.get(max(self._serving) if version is None else version)
-            else:
-                servable = None
             if servable is None:
-                wanted = f"Latest({name})" if version is None else f"Specific({name}, {version})"
-                raise StatusError(
-                    grpc.StatusCode.NOT_FOUND, f"Servable not found for request: {wanted}"
-                )
+                raise not_found(self.name, version)
             servable.acquire()
             self._in_flight += 1
         try:
@@ -204,7 +212,7 @@ class ModelManager:
     def status(self, spec: model_pb2.ModelSpec) -> get_model_status_pb2.GetModelStatusResponse:
         """The states of the versions GetModelStatus asks for, newest first."""
         with self._lock:
-            states = dict(self._states) if spec.name == self.name else {}
+            states = dict(self._states)
         if spec.HasField("version"):
             version = spec.version.value
             if version not in states:
