@@ -59,8 +59,8 @@ from tests.serving_fixtures import (
 )
 from unet_keras.config import MAX_MESSAGE_BYTES
 from unet_keras.serving.grpc_services import TlsFiles, build_server
-from unet_keras.serving.status import StatusError
 from unet_keras.serving.models import ModelRegistry
+from unet_keras.serving.status import StatusError
 
 REAL_ADDRESS = os.environ.get("UNET_TF_SERVING_ADDRESS")
 REAL_MODELS = os.environ.get("UNET_TF_SERVING_MODELS")
