@@ -9,7 +9,8 @@ export, the local server, the client, and the model loader that reads exports. T
 - `segment_png`: `image_png` [N] PNG bytes -> `mask_png_bytes` [N] PNG bytes (TF Serving's
   REST API writes a string output as base64 only when its name ends in `_bytes`; older
   exports, whose output is `mask_png`, are still served as they are);
-- `metadata`: nothing -> `metadata`, the `ModelRecord` as JSON text;
+- `metadata`: nothing (an optional scalar `unused`, default 0: TF Serving's REST API cannot
+  call a signature without inputs) -> `metadata`, the `ModelRecord` as JSON text;
 - `tiles`: `tiles` [N, h, w, C] normalised float32 -> `probabilities` (the bare network).
 """
 
@@ -35,11 +36,12 @@ PROBABILITIES = "probabilities"
 MASK = "mask"
 MASK_PNG = "mask_png_bytes"
 RECORD = "metadata"
+METADATA_INPUT = "unused"
 
 SIGNATURES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     SEGMENT: ((IMAGE,), (PROBABILITIES, MASK)),
     SEGMENT_PNG: ((IMAGE_PNG,), (MASK_PNG,)),
-    METADATA: ((), (RECORD,)),
+    METADATA: ((METADATA_INPUT,), (RECORD,)),
     TILES: ((TILES_INPUT,), (PROBABILITIES,)),
 }
 

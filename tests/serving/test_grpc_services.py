@@ -390,7 +390,7 @@ def test_unet_metadata_signature_takes_no_inputs(
     response = unet.Predict(predict_request(UNET, "metadata"), timeout=RPC_TIMEOUT)
     record = response.outputs["metadata"]
     assert record.dtype == types_pb2.DT_STRING and not record.tensor_shape.dim
-    expected = unet_here.signatures["metadata"]()["metadata"].numpy()
+    expected = unet_here.signatures["metadata"](unused=tf.constant(0))["metadata"].numpy()
     assert json.loads(record.string_val[0]) == json.loads(expected)
 
 

@@ -1,7 +1,11 @@
 """`unet-client`: segment PNG and TIFF images on a TF Serving server, or show model status.
 
-    unet-client segment INPUT -o OUTPUT [--server HOST:PORT] [--model NAME] [--version N]
-    unet-client status [--server HOST:PORT] [--model NAME]
+    unet-client segment INPUT -o OUTPUT [--server HOST:PORT] [--model NAME]
+                [--version N | --label L] [--rest]
+    unet-client status [--server HOST:PORT] [--model NAME] [--rest]
+
+`--rest` makes the same calls over TF Serving's REST API (port 8501 by default) instead
+of gRPC (8500), for networks that pass only HTTP/1.1.
 
 `segment` writes OUTPUT/<stem>.png for an image file or for each PNG/TIFF in a folder.
 An image that fails is named on stderr and the others still run (exit status 1); an
@@ -84,7 +88,12 @@ def _parser() -> argparse.ArgumentParser:
 
 def _connection_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--server", default="localhost:8500", help="gRPC HOST:PORT (default: localhost:8500)"
+        "--server",
+        help="HOST:PORT of the server's gRPC port, or of its REST port with --rest "
+        "(default: localhost:8500, or localhost:8501 with --rest)",
+    )
+    parser.add_argument(
+        "--rest", action="store_true", help="call TF Serving's REST API instead of gRPC"
     )
     parser.add_argument("--model", default="unet", help="model name (default: unet)")
     parser.add_argument(
@@ -94,8 +103,12 @@ def _connection_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         help="wait up to this long for the server and an AVAILABLE version (default: 0)",
     )
-    parser.add_argument(
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument(
         "--version", type=_version, help="version number or label (default: the latest)"
+    )
+    which.add_argument(
+        "--label", dest="version", help="version label, e.g. stable or canary (version_labels)"
     )
     parser.add_argument(
         "--timeout", type=float, default=60.0, help="seconds per request (default: 60)"
@@ -104,7 +117,7 @@ def _connection_arguments(parser: argparse.ArgumentParser) -> None:
         "--max-message-mb",
         type=_positive,
         default=256,
-        help="gRPC message limit in MiB; larger images are tiled (default: 256)",
+        help="message limit in MiB (REST: of the JSON); larger images are tiled (default: 256)",
     )
     parser.add_argument("--compression", choices=("gzip", "deflate"), help="compress calls")
     parser.add_argument("--tls", action="store_true", help="connect with TLS")
@@ -130,6 +143,8 @@ def _client(args: argparse.Namespace) -> SegmentationClient:
 
     if not args.tls and (args.ca_cert or args.client_cert or args.client_key or args.server_name):
         raise UsageError("--ca-cert, --client-cert, --client-key and --server-name need --tls")
+    if args.rest and (args.compression or args.server_name):
+        raise UsageError("--compression and --server-name are gRPC settings: not with --rest")
     limit = args.max_message_mb * MIB
     channel = ChannelConfig(
         tls=args.tls,
@@ -141,7 +156,11 @@ def _client(args: argparse.Namespace) -> SegmentationClient:
         max_receive_bytes=limit,
         compression=args.compression,
     )
-    return SegmentationClient(args.server, args.model, timeout=args.timeout, channel=channel)
+    server = args.server or ("localhost:8501" if args.rest else "localhost:8500")
+    transport = "rest" if args.rest else "grpc"
+    return SegmentationClient(
+        server, args.model, timeout=args.timeout, channel=channel, transport=transport
+    )
 
 
 def _status(args: argparse.Namespace) -> int:

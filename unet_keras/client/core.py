@@ -26,6 +26,7 @@ from unet_keras.client.errors import (
     UnavailableError,
 )
 from unet_keras.client.protocol import Layout, Segmentation, Version
+from unet_keras.client.rest import RestTransport
 from unet_keras.config import ModelRecord
 
 METHODS = (messages.PREDICT, messages.GET_MODEL_METADATA, messages.GET_MODEL_STATUS)
@@ -56,7 +57,9 @@ class ClientCore(abc.ABC):
     """Settings, channel, and every operation of the client; subclasses run them.
 
     `target` is HOST:PORT (or any gRPC target, e.g. dns:///unet-serving:8500), and
-    `model_name` the name the server serves the model under. `timeout` is each call's
+    `model_name` the name the server serves the model under. `transport` "rest" sends the
+    same calls to TF Serving's REST API (target HOST:PORT of the REST port, e.g. 8501)
+    instead of gRPC. `timeout` is each call's
     deadline in seconds, retries included; `channel` and `retry` default to
     `ChannelConfig()` and `RetryPolicy()`. `context` and `grid` (pixels) override what
     tiling reads from the model's record (see `unet_keras.geometry.plan_image_windows`).
@@ -72,7 +75,10 @@ class ClientCore(abc.ABC):
         retry: RetryPolicy | None = None,
         context: int | None = None,
         grid: int | None = None,
+        transport: str = "grpc",
     ) -> None:
+        if transport not in ("grpc", "rest"):
+            raise ValueError(f"transport must be 'grpc' or 'rest', got {transport!r}")
         if timeout <= 0:
             raise ValueError(f"timeout must be positive seconds, got {timeout}")
         if context is not None and context < 0:
@@ -86,8 +92,14 @@ class ClientCore(abc.ABC):
         self.retry = retry or RetryPolicy()
         self.context = context
         self.grid = grid
+        self.transport = transport
         # Only numbered versions: what a label or "latest" points at can change.
         self._layouts: dict[int, Layout] = {}
+        if transport == "rest":
+            self._rest: RestTransport | None = RestTransport(target, self.channel_config)
+            self._channel, self._stubs = None, {}
+            return
+        self._rest = None
         self._channel = self._connect()
         self._stubs = {
             method.path: self._channel.unary_unary(
@@ -186,9 +198,12 @@ class ClientCore(abc.ABC):
         """Segments one image, in windows that fit the message limits when it is large."""
         image = protocol.image_array(image)
         layout = None
-        if probabilities or not protocol.fits_one_request(image, self.channel_config):
+        fits = protocol.fits_one_request(image, self.channel_config, json=self._rest is not None)
+        if probabilities or not fits:
             layout = yield from self._layout(version, timeout)
-        windows = protocol.windows_for(image, self.channel_config, layout, probabilities)
+        windows = protocol.windows_for(
+            image, self.channel_config, layout, probabilities, json=self._rest is not None
+        )
         outputs = (contract.MASK, contract.PROBABILITIES) if probabilities else (contract.MASK,)
         results = []
         for window in windows:

@@ -25,6 +25,11 @@ from unet_keras.geometry import Window, plan_image_windows, receptive_reach, sti
 MESSAGE_SLACK = 4096
 # The mask is uint8, or uint16 for class values above 255.
 MASK_BYTES = 2
+# As JSON text (REST), the most a value takes: a pixel "65535," nested in its own
+# channel list, a mask value, and a probability written as a double (REST answers carry
+# the probabilities always: TF Serving's REST API has no output filter).
+JSON_PIXEL_BYTES = 9
+JSON_RESPONSE_BYTES = 8 + 26
 Version = int | str | None
 
 
@@ -180,13 +185,20 @@ def image_array(image: Any) -> np.ndarray:
     return array
 
 
-def max_window_pixels(image: np.ndarray, channel: ChannelConfig, classes: int = 0) -> int:
+def max_window_pixels(
+    image: np.ndarray, channel: ChannelConfig, classes: int = 0, json: bool = False
+) -> int:
     """The most pixels a window may have for its request and response to fit the limits.
 
-    The response holds the mask and, per pixel, `classes` float32 probabilities.
+    The response holds the mask and, per pixel, `classes` float32 probabilities; `json`:
+    as REST's JSON text, which holds the probabilities of at least one class.
     """
-    request_bytes = image.shape[2] * image.dtype.itemsize
-    response_bytes = MASK_BYTES + 4 * classes
+    if json:
+        request_bytes = image.shape[2] * JSON_PIXEL_BYTES
+        response_bytes = JSON_RESPONSE_BYTES * max(classes, 1)
+    else:
+        request_bytes = image.shape[2] * image.dtype.itemsize
+        response_bytes = MASK_BYTES + 4 * classes
     pixels = min(
         (channel.max_send_bytes - MESSAGE_SLACK) // request_bytes,
         (channel.max_receive_bytes - MESSAGE_SLACK) // response_bytes,
@@ -199,20 +211,24 @@ def max_window_pixels(image: np.ndarray, channel: ChannelConfig, classes: int = 
     return pixels
 
 
-def fits_one_request(image: np.ndarray, channel: ChannelConfig) -> bool:
+def fits_one_request(image: np.ndarray, channel: ChannelConfig, json: bool = False) -> bool:
     """Whether the image and its mask fit one request and one response."""
-    return image.shape[0] * image.shape[1] <= max_window_pixels(image, channel)
+    return image.shape[0] * image.shape[1] <= max_window_pixels(image, channel, json=json)
 
 
 def windows_for(
-    image: np.ndarray, channel: ChannelConfig, layout: Layout | None, probabilities: bool
+    image: np.ndarray,
+    channel: ChannelConfig,
+    layout: Layout | None,
+    probabilities: bool,
+    json: bool = False,
 ) -> list[Window]:
     """The windows to request; the whole image when it fits (layout may then be None)."""
     height, width = image.shape[:2]
     if layout is None:
         return [whole_image(height, width)]
-    classes = layout.classes if probabilities else 0
-    limit = max_window_pixels(image, channel, classes)
+    classes = layout.classes if probabilities or json else 0
+    limit = max_window_pixels(image, channel, classes, json)
     return plan_image_windows(height, width, limit, layout.context, layout.grid)
 
 

@@ -11,7 +11,7 @@ import grpc
 import numpy as np
 
 from unet_keras.client.core import Call, ClientCore, Operation
-from unet_keras.client.errors import from_rpc_error
+from unet_keras.client.errors import ServingError, from_rpc_error
 from unet_keras.client.protocol import Segmentation, Version
 from unet_keras.config import ModelRecord
 
@@ -37,8 +37,11 @@ class SegmentationClient(ClientCore):
         )
 
     def close(self) -> None:
-        """Closes the channel; calls in flight are cancelled."""
-        self._channel.close()
+        """Closes the channel (or REST connections); calls in flight are cancelled."""
+        if self._rest is not None:
+            self._rest.close()
+        else:
+            self._channel.close()
 
     def __enter__(self) -> SegmentationClient:
         return self
@@ -60,9 +63,14 @@ class SegmentationClient(ClientCore):
                 time.sleep(step.seconds)
                 continue
             try:
-                reply = self._stubs[step.method.path](step.request, timeout=step.timeout)
+                if self._rest is not None:
+                    reply = self._rest.call(step.method, step.request, step.timeout)
+                else:
+                    reply = self._stubs[step.method.path](step.request, timeout=step.timeout)
             except grpc.RpcError as error:
                 failure = from_rpc_error(error, step.method.path)
+            except ServingError as error:
+                failure = error
 
     def model_status(self, version: Version = None, *, timeout: float | None = None) -> list:
         """Every version's state (ModelService/GetModelStatus), as dicts."""

@@ -10,7 +10,8 @@ A version directory holds one SavedModel with these signatures:
   workable size, mirrored.
 - `segment_png`: `image_png` [N] PNG bytes (8- or 16-bit) -> `mask_png_bytes` [N] PNG
   bytes (`_bytes`: TF Serving's REST API sends it base64-encoded).
-- `metadata`: no input -> `metadata`, the model's `ModelRecord` (normalisation, mask
+- `metadata`: no input (an optional scalar `unused`, for TF Serving's REST API, which cannot
+  call a signature without inputs) -> `metadata`, the model's `ModelRecord` (normalisation, mask
   convention, model shape, tiles, threshold) as JSON text; also the asset `unet_keras.json`.
 - `tiles`: `tiles` [N, h, w, C] normalised float32 tiles of workable size ->
   `probabilities`, the bare network, for clients that tile images themselves.
@@ -46,6 +47,10 @@ from unet_keras.geometry import context_margin, largest_output_tile, mirror_inde
 from unet_keras.io.atomic import sync_directory, sync_tree
 from unet_keras.saving import load_model
 from unet_keras.serving.warmup import write_warmup_requests
+
+# The `metadata` signature's input default: a tensor default is what SavedModel records
+# in SignatureDef.defaults, which make the input optional.
+_NO_INPUT = tf.constant(0, tf.int32)
 
 
 class ServingModule(tf.Module):
@@ -90,7 +95,10 @@ class ServingModule(tf.Module):
         tiles = tf.TensorSpec([None, None, None, channels], tf.float32, contract.TILES_INPUT)
         self.serve = tf.function(self._serve, input_signature=[image])
         self.segment_png = tf.function(self._segment_png, input_signature=[pngs])
-        self.metadata = tf.function(self._metadata, input_signature=[])
+        unused = tf.TensorSpec([], tf.int32, contract.METADATA_INPUT)
+        self.metadata = tf.function(
+            lambda unused=_NO_INPUT: self._metadata(), input_signature=[unused], autograph=False
+        )
         self.tiles = tf.function(self._tiles, input_signature=[tiles])
         # The bare network, which the signatures share: the export stores it once.
         self.network = tf.function(
@@ -103,7 +111,8 @@ class ServingModule(tf.Module):
         return {
             contract.SEGMENT: self.serve.get_concrete_function(),
             contract.SEGMENT_PNG: self.segment_png.get_concrete_function(),
-            contract.METADATA: self.metadata.get_concrete_function(),
+            # The function, not a concrete one: only then is the input's default recorded.
+            contract.METADATA: self.metadata,
             contract.TILES: self.tiles.get_concrete_function(),
         }
 
@@ -139,6 +148,8 @@ class ServingModule(tf.Module):
         return {contract.MASK_PNG: tf.map_fn(one, image_png, fn_output_signature=tf.string)}
 
     def _metadata(self) -> dict[str, tf.Tensor]:
+        # The input's default makes it optional (SignatureDef.defaults): gRPC callers send
+        # nothing, as before; REST callers send 0, as TF Serving's REST API needs an input.
         return {contract.RECORD: tf.constant(self.record_json)}
 
     def _tiles(self, tiles: tf.Tensor) -> dict[str, tf.Tensor]:
