@@ -193,5 +193,9 @@ def _json_type(value: Any) -> str:
     return "null" if value is None else type(value).__name__
 
 
+# TensorFlow's DataTypeString where it differs from NumPy's name.
+_TF_NAMES = {"object": "string", "float32": "float", "float64": "double", "float16": "half"}
+
+
 def _type_name(dtype: np.dtype) -> str:
-    return "string" if dtype == np.dtype(object) else dtype.name
+    return _TF_NAMES.get(dtype.name, dtype.name)
