@@ -1,9 +1,12 @@
 """Models and a server process for the model-server tests, also for a real TF Serving.
 
 `python -m tests.serving_fixtures DIR`, from the repository root, writes the models that
-the conformance tests in tests/test_server.py expect, and `DIR/models.config` for
-`tensorflow_model_server --model_config_file`: `half_plus_two` (version 123, as in TF
-Serving's own tests) and `unet` (version 1).
+the conformance tests (tests/serving/test_grpc_services.py, test_rest_api.py) expect,
+`DIR/models.config` for `tensorflow_model_server --model_config_file` (with the label
+`stable` on half_plus_two's version, so the server needs
+`--allow_version_labels_for_unavailable_models`) and `DIR/monitoring.config` for
+`--monitoring_config_file`: `half_plus_two` (version 123, as in TF Serving's own tests)
+and `unet` (version 1).
 """
 
 from __future__ import annotations
@@ -295,12 +298,16 @@ def write_models(folder: Path, serving_root: str) -> None:
     """Writes both test models and a models.config that names them under `serving_root`."""
     export_half_plus_two(folder / HALF_PLUS_TWO, HALF_PLUS_TWO_VERSION)
     export_unet(folder)
+    labels = {HALF_PLUS_TWO: f'version_labels {{ key: "stable" value: {HALF_PLUS_TWO_VERSION} }} '}
     configs = "".join(
         f'  config {{ name: "{name}" base_path: "{serving_root}/{name}" '
-        'model_platform: "tensorflow" }\n'
+        f'model_platform: "tensorflow" {labels.get(name, "")}}}\n'
         for name in (HALF_PLUS_TWO, UNET)
     )
     (folder / "models.config").write_text(f"model_config_list {{\n{configs}}}\n")
+    (folder / "monitoring.config").write_text(
+        'prometheus_config { enable: true path: "/monitoring/prometheus/metrics" }\n'
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -29,6 +29,7 @@ from google.protobuf import text_format
 from tensorflow_serving.apis import get_model_status_pb2, model_pb2
 from tensorflow_serving.config import model_server_config_pb2
 
+from unet_keras.serving.metrics import Metrics
 from unet_keras.serving.status import StatusError
 from unet_keras.serving.versions import ModelManager, Servable, VersionPolicy, not_found
 
@@ -107,8 +108,11 @@ def _entry(model: model_server_config_pb2.ModelConfig) -> ModelEntry:
 class ModelRegistry:
     """Every served model, by name, with the label map; what the services ask for versions."""
 
-    def __init__(self, allow_labels_for_unavailable: bool = False) -> None:
+    def __init__(
+        self, allow_labels_for_unavailable: bool = False, metrics: Metrics | None = None
+    ) -> None:
         self.allow_labels_for_unavailable = allow_labels_for_unavailable
+        self.metrics = metrics
         self._lock = threading.Lock()
         self._apply_lock = threading.Lock()
         self._managers: dict[str, ModelManager] = {}
@@ -144,7 +148,9 @@ class ModelRegistry:
                 for entry in entries:
                     manager = old.get(entry.name)
                     if manager is None or manager.base_path != Path(entry.base_path):
-                        manager = ModelManager(entry.name, entry.base_path, entry.policy)
+                        manager = ModelManager(
+                            entry.name, entry.base_path, entry.policy, self.metrics
+                        )
                     manager.policy = entry.policy
                     managers[entry.name] = manager
                 self._managers = managers

@@ -70,8 +70,8 @@ def _serve(
     exit_when_stuck: bool,
 ) -> int:
     """Loads the models, then listens and polls until `stop` is set."""
-    registry = ModelRegistry(config.allow_version_labels_for_unavailable_models)
     metrics = Metrics()
+    registry = ModelRegistry(config.allow_version_labels_for_unavailable_models, metrics)
     try:
         prometheus_path = (
             read_monitoring_config(config.monitoring_config_file)

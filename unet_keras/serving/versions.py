@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -28,6 +29,7 @@ from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
 from tensorflow_serving.apis import get_model_status_pb2, model_pb2, status_pb2
 
 from unet_keras import contract
+from unet_keras.serving.metrics import Metrics
 from unet_keras.serving.status import StatusError
 from unet_keras.serving.warmup import replay_warmup
 
@@ -75,7 +77,9 @@ class Servable:
         self._idle = threading.Condition()
         # Before the version is AVAILABLE, as TF Serving does: the first real request then
         # pays no tracing or allocation.
+        start = time.perf_counter()
         self.warmup_records = replay_warmup(self, path)
+        self.warmup_seconds = time.perf_counter() - start
 
     def signature(
         self, name: str
@@ -141,11 +145,16 @@ class ModelManager:
     """
 
     def __init__(
-        self, name: str, base_path: str | Path, policy: VersionPolicy | None = None
+        self,
+        name: str,
+        base_path: str | Path,
+        policy: VersionPolicy | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.name = name
         self.base_path = Path(base_path)
         self.policy = policy or VersionPolicy()
+        self.metrics = metrics
         self._lock = threading.Lock()
         self._serving: dict[int, Servable] = {}
         self._in_flight = 0
@@ -267,6 +276,8 @@ class ModelManager:
         except Exception as error:
             self._fail(version, StatusError(grpc.StatusCode.UNKNOWN, f"{error!r}"))
         else:
+            if self.metrics is not None and servable.warmup_records:
+                self.metrics.warmup(str(path), "OK", servable.warmup_seconds * 1e6)
             with self._lock:
                 self._serving[version] = servable
             self._set_state(version, State.AVAILABLE)
