@@ -1,13 +1,21 @@
-"""What every benchmark records: the machine and the library versions."""
+"""What the benchmarks share: the machine and library versions they record, timing,
+exports of a random U-Net, and a local server to measure against."""
 
 from __future__ import annotations
 
 import os
 import platform
+import socket
+import subprocess
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from importlib.metadata import version
 from pathlib import Path
+
+# How long a local server may take to load its model.
+SERVER_START_SECONDS = 300.0
 
 # The CPU features that change which kernels TensorFlow runs, and how fast.
 CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16")
@@ -56,11 +64,11 @@ def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(values, q))
 
 
-def export_random_unet(folder: Path, filters: int = 16):
+def export_random_unet(folder: Path, filters: int = 16, **export_options: object):
     """A depth-4 valid-padding U-Net with seeded random weights, and its exported version.
 
     Returns (Keras model, version directory); the model is saved as `folder/model.keras`
-    and exported under `folder/base/`.
+    and exported under `folder/base/` (`export_options` go to `export_model`).
     """
     import keras
 
@@ -75,7 +83,7 @@ def export_random_unet(folder: Path, filters: int = 16):
     normalization = NormalizationConfig("standardize", (128.0,), (50.0,))
     record = ModelRecord(MaskConfig((0, 255)), normalization, config, (572, 388))
     save_model(model, folder / "model.keras", record)
-    return model, export_model(folder / "model.keras", folder / "base")
+    return model, export_model(folder / "model.keras", folder / "base", **export_options)
 
 
 def publish(title: str, description: str, header: list[str], rows: list[str], append: bool):
@@ -93,3 +101,45 @@ def publish(title: str, description: str, header: list[str], rows: list[str], ap
     if append:
         with open(Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md", "a") as log:
             log.write(report + "\n")
+
+
+@contextmanager
+def serving(base: Path, log: Path, model: str = "unet") -> Iterator[tuple[str, str]]:
+    """`unet-keras serve` of `base` on free loopback ports; its gRPC and REST addresses
+    once a version is AVAILABLE."""
+    from unet_keras.client import DeadlineExceededError, SegmentationClient
+
+    address, rest = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
+    command = [sys.executable, "-m", "unet_keras.cli", "serve", "--model-base-path", str(base),
+               "--model-name", model, "--port", address.rsplit(":", 1)[1],
+               "--rest-api-port", rest.rsplit(":", 1)[1]]  # fmt: skip
+    with open(log, "wb") as stderr:
+        server = subprocess.Popen(
+            command,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+        )
+    try:
+        deadline = time.monotonic() + SERVER_START_SECONDS
+        with SegmentationClient(address, model) as client:
+            while True:
+                if server.poll() is not None:
+                    raise RuntimeError(f"the server exited:\n{log.read_text()}")
+                try:
+                    client.wait_until_available(timeout=1.0)
+                    break
+                except DeadlineExceededError:
+                    if time.monotonic() > deadline:
+                        raise
+        yield address, rest
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+
+
+def free_port() -> int:
+    """A loopback port free a moment ago."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]

@@ -164,3 +164,23 @@ def test_a_bad_certificate_is_named_before_anything_starts(
     flags += ["--tls-key", str(pem["server.key"]), "--tls-client-ca", str(tmp_path / "ca.txt")]
     assert main(["serve", *flags]) == 2
     assert "--tls-client-ca" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [[], ["--model-base-path", "b", "--model-config-file", "models.config"]],
+)
+def test_one_model_or_a_config_file_not_both(
+    flags: list[str], capsys: pytest.CaptureFixture
+) -> None:
+    assert main(["serve", *flags]) == 2
+    assert "give --model-base-path (one model) or --model-config-file" in capsys.readouterr().err
+
+
+def test_a_bad_model_config_file_stops_the_start_with_its_name(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    (tmp_path / "models.config").write_text('model_config_list { config { name: "a" } x: 1 }')
+    flags = ["--model-config-file", str(tmp_path / "models.config"), "--port", "0"]
+    assert main(["serve", *flags, "--rest-api-port", "0"]) == 1
+    assert f"--model-config-file {tmp_path / 'models.config'}: not a text" in caplog.text
