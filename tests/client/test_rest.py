@@ -140,7 +140,8 @@ SIGNATURES = {
                         "mask": {"dtype": "DT_UINT8"},
                         "probabilities": {"dtype": "DT_FLOAT"},
                     }
-                }
+                },
+                "segment_png": {"outputs": {"mask_png_bytes": {"dtype": "DT_STRING"}}},
             }
         }
     },
@@ -176,8 +177,29 @@ def test_a_hostile_rest_server_gives_a_clear_error(
             ) as client,
             pytest.raises(ServingError, match=error) as raised,
         ):
-            client.segment(np.zeros((4, 4), np.uint8))
+            # float32: no PNG, so serving_default's JSON pixels (uint8 goes as PNG, below).
+            client.segment(np.zeros((4, 4), np.float32))
     # A limit passed is RESOURCE_EXHAUSTED; anything unreadable INTERNAL (never retried).
     limited = "max_receive" in error
     assert isinstance(raised.value, ResourceExhaustedError) == limited
     assert limited or raised.value.code.name in ("INTERNAL", "UNKNOWN")
+
+
+@pytest.mark.parametrize(
+    ("outputs", "error"),
+    [
+        ([{"b64": "bm90IGEgcG5n"}], "PNG mask is unreadable"),
+        ({"b64": "bm90IGEgcG5n"}, "single PNG mask"),  # no batch dimension
+        (["a", "b"], "single PNG mask"),
+    ],
+)
+def test_a_hostile_png_answer_is_refused_not_decoded_blindly(outputs: object, error: str) -> None:
+    def answer(path: str) -> tuple[int, dict[str, str], bytes]:
+        return _json(200, SIGNATURES if path.endswith("/metadata") else {"outputs": outputs})
+
+    for address in hostile(answer):
+        with (
+            SegmentationClient(address, "unet", transport="rest", retry=NO_RETRY) as client,
+            pytest.raises(ValueError, match=error),
+        ):
+            client.segment(np.zeros((4, 4), np.uint8))

@@ -248,6 +248,46 @@ def _check_window_result(window: Window, result: dict[str, np.ndarray]) -> None:
         )
 
 
+def sends_as_png(image: np.ndarray) -> bool:
+    """Whether an image travels losslessly as PNG: 8- or 16-bit, 1 to 4 channels."""
+    return (
+        image.dtype in (np.uint8, np.uint16)
+        and image.shape[2] in (1, 2, 3, 4)
+        and (image.dtype == np.uint8 or image.shape[2] == 1)
+    )
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+    """An [H, W, C] uint8 or [H, W, 1] uint16 image as PNG."""
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(image[..., 0] if image.shape[2] == 1 else image).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def png_mask_output(result: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """`segment_png`'s answer as `serving_default`'s: {"mask": [1, H, W]}."""
+    import io
+
+    from PIL import Image
+
+    # Exports before `mask_png_bytes` named the output `mask_png`.
+    encoded = result.get(contract.MASK_PNG, result.get("mask_png"))
+    if encoded is None or encoded.shape != (1,):
+        raise ValueError("the server's segment_png answer holds no single PNG mask")
+    try:
+        with Image.open(io.BytesIO(encoded[0])) as png:
+            mask = np.asarray(png)
+    except (OSError, ValueError, Image.DecompressionBombError) as error:
+        raise ValueError(f"the server's PNG mask is unreadable: {error}") from None
+    if mask.ndim != 2:
+        raise ValueError(f"the server's PNG mask has shape {list(mask.shape)}, not [H, W]")
+    return {contract.MASK: mask[np.newaxis]}
+
+
 def assemble(
     windows: Sequence[Window], results: Sequence[dict[str, np.ndarray]], image: np.ndarray
 ) -> Segmentation:

@@ -7,7 +7,8 @@ one keep-alive connection per thread), for networks that pass only HTTP/1.1.
 
 TF Serving's REST Predict has no output filter, and its JSON carries no dtypes: the
 client asks for the signature's metadata once per model, version or label, and signature,
-to read the outputs with their dtypes, and drops the outputs it did not ask for. A hostile
+to read the outputs with their dtypes, and drops the outputs it did not ask for. (For a
+mask alone the shared operations use `segment_png` over REST: PNG both ways.) A hostile
 or broken server cannot make it read more than `max_receive_bytes`, nor crash it: every
 answer is checked and its failures raised as `ServingError`.
 """
