@@ -430,7 +430,10 @@ class InferenceConfig(Settings):
         None,
         help="input tile side in pixels (default: 700 for valid padding at depth 4, 512 for same)",
     )
-    batch_size: int = setting(2, help="tiles per model call")
+    # 1: a model call of N tiles rounds differently for each N, so every call carries
+    # exactly `batch_size` tiles (the last filled up with copies); with 1 that costs
+    # nothing, and big tiles keep the cores busy on their own.
+    batch_size: int = setting(1, help="tiles per model call")
     overlap: int | None = setting(
         None,
         help="same padding: overlap of neighbouring tiles in pixels (default: a quarter of "
