@@ -497,14 +497,33 @@ class PredictConfig(Settings):
     convention."""
 
     model: str = setting(help=_MODEL_HELP)
-    input: str = setting(help="image file, multi-page TIFF stack, or folder of images")
-    output: str = setting(help="folder for the masks (DIR/<stem>.png)")
-    probabilities: Literal["png", "tiff"] | None = setting(
-        None, help="also write probability maps: 16-bit PNG or float32 TIFF"
+    input: str = setting(
+        help="image file, multi-page TIFF stack, folder of images, or Zarr / OME-Zarr volume "
+        "(VOL.zarr or VOL.zarr/ARRAY)"
+    )
+    output: str = setting(help="folder for the masks (DIR/<stem>.png); for volumes OUT.zarr")
+    probabilities: Literal["png", "tiff", "zarr"] | None = setting(
+        None,
+        help="also write probability maps: 16-bit PNG or float32 TIFF; for volumes zarr (float32)",
     )
     overlay: bool = setting(False, help="also write the images with predicted outlines")
     inference: InferenceConfig = setting(InferenceConfig(), help="how the model runs")
     objects: InstanceConfig = setting(InstanceConfig(), help="labelled objects")
+    block: int | None = setting(
+        None,
+        help="volumes: rows and columns of a block, rounded up to whole chunks (default: 512)",
+    )
+    scheduler: str | None = setting(
+        None,
+        help="volumes: address of a Dask scheduler to send the blocks to, e.g. "
+        "tcp://10.0.0.1:8786 (default: this machine)",
+    )
+    workers: int = setting(
+        1, help="volumes without --scheduler: local worker processes (1: this process)"
+    )
+
+    def check(self) -> None:
+        _at_least(self, 1, "block", "workers")
 
 
 @dataclasses.dataclass(frozen=True)
