@@ -74,6 +74,10 @@ def _show_evaluation(config: EvaluateConfig, report: dict[str, Any]) -> int:
 
 
 def _show_export(config: ExportConfig, version: Path) -> int:
+    if config.format == "bioimageio":
+        print(f"exported {config.model} as a BioImage.IO model package:")
+        print(version)
+        return 0
     print(f"exported {config.model} for TensorFlow Serving; version directory:")
     print(version)
     return 0

@@ -556,7 +556,14 @@ class ExportConfig(Settings):
     """`unet-keras export`: the next SavedModel version that TensorFlow Serving serves."""
 
     model: str = setting(help="a training run directory or a .keras file")
-    base_path: str = setting(help="model base path; versions go to BASE/<n>/")
+    base_path: str | None = setting(
+        None, help="savedmodel: model base path; versions go to BASE/<n>/"
+    )
+    format: Literal["savedmodel", "bioimageio"] = setting(
+        "savedmodel",
+        help="savedmodel (TensorFlow Serving) or bioimageio (a BioImage.IO model package)",
+    )
+    output: str | None = setting(None, help="bioimageio: the package to write, PKG.zip")
     version: int | None = setting(None, help="version number (default: one more than the latest)")
     tile: int | None = setting(
         None,
@@ -575,6 +582,10 @@ class ExportConfig(Settings):
 
     def check(self) -> None:
         _at_least(self, 1, "version", "tile", "max_pixels")
+        needed = {"savedmodel": ("base_path", "--base-path"), "bioimageio": ("output", "--output")}
+        name, flag = needed[self.format]
+        if getattr(self, name) is None:
+            raise ValueError(f"export --format {self.format} needs {flag}")
         if self.threshold is not None and not 0.0 < self.threshold < 1.0:
             raise ValueError(f"threshold must be in (0, 1), got {self.threshold}")
 

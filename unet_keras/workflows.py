@@ -136,10 +136,15 @@ def evaluate(config: EvaluateConfig, progress: bool = True) -> dict[str, Any]:
 
 
 def export(config: ExportConfig) -> Path:
-    """Exports a model as the next (or the given) SavedModel version; returns its folder."""
+    """Exports a model as the next (or the given) SavedModel version, or as a BioImage.IO
+    package; returns its folder or file."""
+    options = {"tile": config.tile, "threshold": config.threshold}
+    if config.format == "bioimageio":
+        from unet_keras.serving.bioimageio import export_bioimageio
+
+        return export_bioimageio(config.model, config.output, **options)
     from unet_keras.serving.export import export_model
 
-    options = {"tile": config.tile, "threshold": config.threshold}
     return export_model(
         config.model, config.base_path, config.version, max_pixels=config.max_pixels, **options
     )
