@@ -24,11 +24,13 @@ from unet_keras.geometry import (
     largest_output_tile,
     mirror_index,
     output_size,
+    plan_blocks,
     plan_image_windows,
     plan_tiles,
     plan_windows,
     receptive_reach,
     stitch,
+    tiles_within,
     valid_input_size,
 )
 from unet_keras.serving.export import GraphAxis, owned_span, tile_index
@@ -271,3 +273,16 @@ def test_image_windows_cover_the_image_with_context_on_the_grid(
         rows_sent = window.rows.stop - window.rows.start
         cols_sent = window.cols.stop - window.cols.start
         assert rows_sent * cols_sent <= (max_pixels if len(windows) > 1 else height * width)
+
+
+def test_blocks_are_whole_chunks_and_tiles_within_cover_a_block():
+    assert plan_blocks(100, 16, 40) == [(0, 48), (48, 96), (96, 100)]
+    assert plan_blocks(10, 16, 1) == [(0, 10)]
+    axis = plan_tiles(600, 4, "valid")
+    for start, stop in plan_blocks(600, 64, 100):
+        writers = tiles_within(axis, start, stop)
+        covered = set()
+        for i in writers:
+            covered |= set(range(*axis.spans[i]))
+        assert set(range(start, stop)) <= covered
+        assert all(set(range(*axis.spans[i])) & set(range(start, stop)) for i in writers)

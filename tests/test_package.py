@@ -24,6 +24,7 @@ TENSORFLOW_FREE = (
     "unet_keras.io.readers",
     "unet_keras.io.synthetic",
     "unet_keras.io.writers",
+    "unet_keras.io.volumes",
     "unet_keras.training.prepare",
     "unet_keras.training.weights",
     "unet_keras.inference.overlays",

@@ -50,7 +50,13 @@ def _show_training(config: TrainConfig, summary: dict[str, Any]) -> int:
 
 
 def _show_prediction(config: PredictConfig, report: Any) -> int:
-    print(f"wrote {len(report.written)} files to {config.output}")
+    if hasattr(report, "skipped"):  # a volume's VolumeReport
+        print(
+            f"predicted {report.predicted} blocks into {config.output} ({report.skipped} "
+            f"were done already): {', '.join(path.name for path in report.written)}"
+        )
+    else:
+        print(f"wrote {len(report.written)} files to {config.output}")
     if not report.failed:
         return 0
     print(f"{len(report.failed)} input(s) failed:", file=sys.stderr)
@@ -68,6 +74,10 @@ def _show_evaluation(config: EvaluateConfig, report: dict[str, Any]) -> int:
 
 
 def _show_export(config: ExportConfig, version: Path) -> int:
+    if config.format == "bioimageio":
+        print(f"exported {config.model} as a BioImage.IO model package:")
+        print(version)
+        return 0
     print(f"exported {config.model} for TensorFlow Serving; version directory:")
     print(version)
     return 0

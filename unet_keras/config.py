@@ -430,7 +430,10 @@ class InferenceConfig(Settings):
         None,
         help="input tile side in pixels (default: 700 for valid padding at depth 4, 512 for same)",
     )
-    batch_size: int = setting(2, help="tiles per model call")
+    # 1: a model call of N tiles rounds differently for each N, so every call carries
+    # exactly `batch_size` tiles (the last filled up with copies); with 1 that costs
+    # nothing, and big tiles keep the cores busy on their own.
+    batch_size: int = setting(1, help="tiles per model call")
     overlap: int | None = setting(
         None,
         help="same padding: overlap of neighbouring tiles in pixels (default: a quarter of "
@@ -494,14 +497,33 @@ class PredictConfig(Settings):
     convention."""
 
     model: str = setting(help=_MODEL_HELP)
-    input: str = setting(help="image file, multi-page TIFF stack, or folder of images")
-    output: str = setting(help="folder for the masks (DIR/<stem>.png)")
-    probabilities: Literal["png", "tiff"] | None = setting(
-        None, help="also write probability maps: 16-bit PNG or float32 TIFF"
+    input: str = setting(
+        help="image file, multi-page TIFF stack, folder of images, or Zarr / OME-Zarr volume "
+        "(VOL.zarr or VOL.zarr/ARRAY)"
+    )
+    output: str = setting(help="folder for the masks (DIR/<stem>.png); for volumes OUT.zarr")
+    probabilities: Literal["png", "tiff", "zarr"] | None = setting(
+        None,
+        help="also write probability maps: 16-bit PNG or float32 TIFF; for volumes zarr (float32)",
     )
     overlay: bool = setting(False, help="also write the images with predicted outlines")
     inference: InferenceConfig = setting(InferenceConfig(), help="how the model runs")
     objects: InstanceConfig = setting(InstanceConfig(), help="labelled objects")
+    block: int | None = setting(
+        None,
+        help="volumes: rows and columns of a block, rounded up to whole chunks (default: 512)",
+    )
+    scheduler: str | None = setting(
+        None,
+        help="volumes: address of a Dask scheduler to send the blocks to, e.g. "
+        "tcp://10.0.0.1:8786 (default: this machine)",
+    )
+    workers: int = setting(
+        1, help="volumes without --scheduler: local worker processes (1: this process)"
+    )
+
+    def check(self) -> None:
+        _at_least(self, 1, "block", "workers")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -534,7 +556,14 @@ class ExportConfig(Settings):
     """`unet-keras export`: the next SavedModel version that TensorFlow Serving serves."""
 
     model: str = setting(help="a training run directory or a .keras file")
-    base_path: str = setting(help="model base path; versions go to BASE/<n>/")
+    base_path: str | None = setting(
+        None, help="savedmodel: model base path; versions go to BASE/<n>/"
+    )
+    format: Literal["savedmodel", "bioimageio"] = setting(
+        "savedmodel",
+        help="savedmodel (TensorFlow Serving) or bioimageio (a BioImage.IO model package)",
+    )
+    output: str | None = setting(None, help="bioimageio: the package to write, PKG.zip")
     version: int | None = setting(None, help="version number (default: one more than the latest)")
     tile: int | None = setting(
         None,
@@ -558,6 +587,10 @@ class ExportConfig(Settings):
 
     def check(self) -> None:
         _at_least(self, 1, "version", "tile", "max_pixels")
+        needed = {"savedmodel": ("base_path", "--base-path"), "bioimageio": ("output", "--output")}
+        name, flag = needed[self.format]
+        if getattr(self, name) is None:
+            raise ValueError(f"export --format {self.format} needs {flag}")
         if self.threshold is not None and not 0.0 < self.threshold < 1.0:
             raise ValueError(f"threshold must be in (0, 1), got {self.threshold}")
 

@@ -22,6 +22,10 @@ Two levels of tiling:
   `receptive_reach` pixels past the part kept (the margin plus one grid cell less one)
   and starts on the grid, so a valid-padding model computes every kept pixel exactly as
   for the whole image.
+
+A block of a chunked volume is predicted with the whole section's own tiles: `plan_blocks`
+lays blocks on whole chunks, and `tiles_within` picks the tiles that write into a block,
+whose results are then those of the whole section, bit for bit.
 """
 
 from __future__ import annotations
@@ -293,6 +297,26 @@ def _plan_same(size: int, depth: int, tile: int, overlap: int) -> AxisTiles:
         for start, (low, high) in zip(starts, spans, strict=True)
     )
     return AxisTiles(size, tile, tile, 0, starts, spans, weights)
+
+
+def tiles_within(axis: AxisTiles, start: int, stop: int) -> list[int]:
+    """The tiles along `axis` that write any pixel of [start, stop)."""
+    return [i for i, (low, high) in enumerate(axis.spans) if low < stop and start < high]
+
+
+def tile_input_index(axis: AxisTiles, tile: int) -> np.ndarray:
+    """The input pixels tile `tile` reads along `axis`, mirrored beyond the axis's ends."""
+    index = np.arange(axis.tile_in) + axis.starts[tile] - axis.margin
+    return mirror_index(index, axis.size)
+
+
+def plan_blocks(size: int, chunk: int, block: int) -> list[tuple[int, int]]:
+    """[start, stop) of blocks of whole chunks along an axis: `block` pixels, rounded up to
+    a multiple of `chunk`, so that no two blocks write into one chunk."""
+    if chunk < 1 or block < 1:
+        raise ValueError(f"chunk and block sides must be positive, got {chunk} and {block}")
+    step = ceil_div(block, chunk) * chunk
+    return [(start, min(start + step, size)) for start in range(0, size, step)]
 
 
 @dataclasses.dataclass(frozen=True)

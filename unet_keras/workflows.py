@@ -59,9 +59,21 @@ def segmenter(model: str, inference: InferenceConfig) -> Any:
 
 def predict(config: PredictConfig, progress: bool = True) -> Any:
     """Segments an image, a folder or a TIFF stack into `config.output`; returns what was
-    written and which inputs failed (`PredictionReport`)."""
-    from unet_keras.inference.predict import predict_path
+    written and which inputs failed (`PredictionReport`).
 
+    A Zarr or OME-Zarr volume is predicted block by block into a Zarr store, here or on a
+    Dask cluster (`unet_keras.inference.volumes`); rerun, it completes an unfinished store.
+    """
+    from unet_keras.inference.predict import predict_path
+    from unet_keras.io.volumes import is_zarr
+
+    if is_zarr(config.input):
+        return predict_volume(config, progress)
+    if config.probabilities == "zarr" or config.scheduler or config.workers > 1:
+        raise ValueError(
+            f"--input {config.input}: --probabilities zarr, --scheduler and --workers are for "
+            "Zarr volumes (VOL.zarr)"
+        )
     return predict_path(
         segmenter(config.model, config.inference),
         config.input,
@@ -69,6 +81,39 @@ def predict(config: PredictConfig, progress: bool = True) -> Any:
         probabilities=config.probabilities,
         overlays=config.overlay,
         objects=config.objects,
+        progress=progress,
+    )
+
+
+def predict_volume(config: PredictConfig, progress: bool = True) -> Any:
+    """Segments a Zarr volume into the store `config.output` (`VolumeReport`)."""
+    from unet_keras.inference.volumes import open_job
+    from unet_keras.inference.volumes import predict_volume as run
+
+    unsupported = {
+        "--overlay": config.overlay,
+        "--instances": config.objects.instances,
+        f"--probabilities {config.probabilities}": config.probabilities in ("png", "tiff"),
+    }
+    for flag, given in unsupported.items():
+        if given:
+            raise ValueError(
+                f"--input {config.input}: {flag} is not available for Zarr volumes (masks, and "
+                "--probabilities zarr, are)"
+            )
+    job = open_job(
+        config.model,
+        config.inference,
+        config.input,
+        config.output,
+        config.probabilities == "zarr",
+        config.block,
+    )
+    return run(
+        segmenter(config.model, config.inference),
+        job,
+        scheduler=config.scheduler,
+        workers=config.workers,
         progress=progress,
     )
 
@@ -91,12 +136,22 @@ def evaluate(config: EvaluateConfig, progress: bool = True) -> dict[str, Any]:
 
 
 def export(config: ExportConfig) -> Path:
-    """Exports a model as the next (or the given) SavedModel version; returns its folder."""
+    """Exports a model as the next (or the given) SavedModel version, or as a BioImage.IO
+    package; returns its folder or file."""
+    options = {"tile": config.tile, "threshold": config.threshold}
+    if config.format == "bioimageio":
+        from unet_keras.serving.bioimageio import export_bioimageio
+
+        return export_bioimageio(config.model, config.output, **options)
     from unet_keras.serving.export import export_model
 
-    options = {"tile": config.tile, "threshold": config.threshold, "max_pixels": config.max_pixels}
     return export_model(
-        config.model, config.base_path, config.version, warmup=config.warmup, **options
+        config.model,
+        config.base_path,
+        config.version,
+        warmup=config.warmup,
+        max_pixels=config.max_pixels,
+        **options,
     )
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from unet_keras.config import ModelConfig
-from unet_keras.geometry import context_margin, input_size_for_output, plan_tiles
+from unet_keras.geometry import context_margin, input_size_for_output, plan_blocks, plan_tiles
 from unet_keras.inference.segmenter import DIHEDRAL, Segmenter, dihedral
 from unet_keras.io.sample import DataError
 
@@ -131,3 +131,31 @@ def test_bad_images_and_settings_are_named(tiny_segmenter) -> None:
         tiny_segmenter("same", tile=30)
     with pytest.raises(ValueError, match="batch_size"):
         tiny_segmenter("valid", batch_size=0)
+
+
+@pytest.mark.parametrize(("padding", "tile"), [("valid", 76), ("same", 64)])
+def test_regions_predicted_apart_equal_the_whole_image_bit_for_bit(tiny_segmenter, padding, tile):
+    # Batches of 3 tiles: a region's tiles are batched with other tiles than in the whole
+    # image, which must not change a single bit.
+    segmenter = tiny_segmenter(padding, tile=tile, batch_size=3)
+    image = np.random.default_rng(4).integers(0, 256, (200, 171, 1), dtype=np.uint8)
+    whole = segmenter.probabilities(image)
+    reads = []
+
+    def read(top: int, bottom: int, left: int, right: int) -> np.ndarray:
+        reads.append((bottom - top) * (right - left))
+        return image[top:bottom, left:right]
+
+    parts = np.full_like(whole, np.nan)
+    for rows in plan_blocks(200, 16, 48):
+        for cols in plan_blocks(171, 16, 48):
+            region = segmenter.region_probabilities(read, (200, 171), rows, cols)
+            parts[rows[0] : rows[1], cols[0] : cols[1]] = region
+    assert np.array_equal(parts, whole)
+    assert max(reads) < image.shape[0] * image.shape[1]  # never the whole image
+
+
+def test_region_prediction_refuses_test_time_augmentation(tiny_segmenter) -> None:
+    segmenter = tiny_segmenter("valid", tta=True)
+    with pytest.raises(ValueError, match="--tta"):
+        segmenter.region_probabilities(lambda *_: None, (64, 64), (0, 16), (0, 16), "v.zarr")

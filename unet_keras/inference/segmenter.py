@@ -27,8 +27,9 @@ from unet_keras.geometry import (
     DEFAULT_OVERLAP,
     DEFAULT_SAME_TILE,
     AxisTiles,
-    mirror_index,
     plan_tiles,
+    tile_input_index,
+    tiles_within,
 )
 from unet_keras.io.masks import labels_to_mask
 from unet_keras.io.normalization import normalize
@@ -66,7 +67,7 @@ class Segmenter:
         record: ModelRecord,
         *,
         tile: int | None = None,
-        batch_size: int = 2,
+        batch_size: int = 1,
         overlap: int | None = None,
         tta: bool = False,
         threshold: float | None = None,
@@ -120,11 +121,61 @@ class Segmenter:
             for symmetry, (rows, cols) in zip(symmetries, plans, strict=True):
                 # Predicting the transformed image into the same view of `result` undoes
                 # the transform for free: views of one array, no copies.
+                view = dihedral(image, *symmetry)
+                tiles = [(i, j) for i in range(len(rows.starts)) for j in range(len(cols.starts))]
                 self._predict_into(
-                    dihedral(image, *symmetry), dihedral(result, *symmetry), rows, cols, bar
+                    lambda i, j, view=view, rows=rows, cols=cols: self._cut(
+                        view, rows, cols, i, j
+                    ),
+                    dihedral(result, *symmetry),
+                    (0, 0),
+                    rows,
+                    cols,
+                    tiles,
+                    bar,
                 )
         if self.tta:
             result /= len(symmetries)
+        return result
+
+    def region_probabilities(
+        self,
+        read: Callable[[int, int, int, int], np.ndarray],
+        shape: tuple[int, int],
+        rows: tuple[int, int],
+        cols: tuple[int, int],
+        source: str = "image",
+    ) -> np.ndarray:
+        """Predicts the region [rows) x [cols) of an (H, W) = `shape` image that is read in
+        parts, bit for bit as `probabilities` predicts it within the whole image.
+
+        `read(top, bottom, left, right)` returns those pixels (h, w, C) in the raw dtype. The
+        region is predicted with the whole image's own tiles (those that write into it),
+        each read with its context, so only the region and its context are ever in memory.
+        """
+        if self.tta:
+            raise ValueError(
+                f"{source}: test-time augmentation is not available for images predicted in "
+                "parts (volumes); leave out --tta"
+            )
+        plan_rows, plan_cols = self._plan(shape)
+        row_tiles = tiles_within(plan_rows, *rows)
+        col_tiles = tiles_within(plan_cols, *cols)
+        row_index = {i: tile_input_index(plan_rows, i) for i in row_tiles}
+        col_index = {j: tile_input_index(plan_cols, j) for j in col_tiles}
+        top = min(int(index.min()) for index in row_index.values())
+        bottom = max(int(index.max()) for index in row_index.values()) + 1
+        left = min(int(index.min()) for index in col_index.values())
+        right = max(int(index.max()) for index in col_index.values()) + 1
+        pixels = read(top, bottom, left, right)
+        self._check_image(pixels, source)
+
+        def cut(i: int, j: int) -> np.ndarray:
+            return pixels[np.ix_(row_index[i] - top, col_index[j] - left)]
+
+        result = np.zeros((rows[1] - rows[0], cols[1] - cols[0], self.classes), np.float32)
+        tiles = [(i, j) for i in row_tiles for j in col_tiles]
+        self._predict_into(cut, result, (rows[0], cols[0]), plan_rows, plan_cols, tiles, None)
         return result
 
     def _plan(self, shape: tuple[int, ...]) -> tuple[AxisTiles, AxisTiles]:
@@ -138,27 +189,47 @@ class Segmenter:
 
     def _predict_into(
         self,
-        image: np.ndarray,
+        cut: Callable[[int, int], np.ndarray],
         result: np.ndarray,
+        origin: tuple[int, int],
         rows: AxisTiles,
         cols: AxisTiles,
-        bar: tqdm,
+        tiles: list[tuple[int, int]],
+        bar: tqdm | None,
     ) -> None:
-        """Adds the tiled prediction of `image` into `result`, one batch of tiles at a time."""
-        tiles = [(i, j) for i in range(len(rows.starts)) for j in range(len(cols.starts))]
+        """Adds the prediction of `tiles` into `result`, whose pixel (0, 0) is the image's
+        `origin`, one batch of tiles at a time; each tile's input comes from `cut(i, j)`."""
+        height, width = result.shape[:2]
         for batch in _chunks(tiles, self.batch_size):
-            inputs = np.stack([self._cut(image, rows, cols, i, j) for i, j in batch])
-            outputs = np.asarray(self._forward(normalize(inputs, self.normalization)))
+            inputs = [cut(i, j) for i, j in batch]
+            # Always whole batches (the last one filled up with copies): the network's
+            # kernels round differently for other batch sizes, and a tile must come out
+            # bit for bit the same whichever tiles it was batched with.
+            inputs += inputs[-1:] * (self.batch_size - len(inputs))
+            outputs = np.asarray(self._forward(normalize(np.stack(inputs), self.normalization)))
             for (i, j), output in zip(batch, outputs, strict=False):
-                (top, bottom), (left, right) = rows.spans[i], cols.spans[j]
+                # The tile's own span, clipped to the part of the image `result` holds.
+                top = max(rows.spans[i][0], origin[0])
+                bottom = min(rows.spans[i][1], origin[0] + height)
+                left = max(cols.spans[j][0], origin[1])
+                right = min(cols.spans[j][1], origin[1] + width)
                 row_offset, col_offset = top - rows.starts[i], left - cols.starts[j]
                 output = output[
                     row_offset : row_offset + bottom - top, col_offset : col_offset + right - left
                 ]
                 if rows.weights is not None:
-                    output = output * (rows.weights[i][:, None] * cols.weights[j])[..., None]
-                result[top:bottom, left:right] += output
-            bar.update(len(batch))
+                    row_weights = rows.weights[i][
+                        top - rows.spans[i][0] : bottom - rows.spans[i][0]
+                    ]
+                    col_weights = cols.weights[j][
+                        left - cols.spans[j][0] : right - cols.spans[j][0]
+                    ]
+                    output = output * (row_weights[:, None] * col_weights)[..., None]
+                result[
+                    top - origin[0] : bottom - origin[0], left - origin[1] : right - origin[1]
+                ] += output
+            if bar is not None:
+                bar.update(len(batch))
 
     def labels(self, probabilities: np.ndarray) -> np.ndarray:
         """Class indices (H, W) int32 from `probabilities`."""
@@ -184,11 +255,7 @@ class Segmenter:
         self, image: np.ndarray, rows: AxisTiles, cols: AxisTiles, i: int, j: int
     ) -> np.ndarray:
         """The input of tile (i, j), mirrored where it reaches beyond the image."""
-        row_index = np.arange(rows.tile_in) + rows.starts[i] - rows.margin
-        col_index = np.arange(cols.tile_in) + cols.starts[j] - cols.margin
-        return image[
-            np.ix_(mirror_index(row_index, rows.size), mirror_index(col_index, cols.size))
-        ]
+        return image[np.ix_(tile_input_index(rows, i), tile_input_index(cols, j))]
 
 
 def _chunks(items: list, size: int) -> Iterator[list]:

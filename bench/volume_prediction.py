@@ -1,0 +1,206 @@
+"""Chunked volume prediction: peak memory against volume size, and Dask workers' speed-up.
+
+Memory: synthetic uint8 volumes of 4 and 16 sections of 4096 x 4096 in 512 x 512 x 1
+chunks are predicted with `unet-keras predict`, each in a fresh process; its peak resident
+memory (VmHWM) must stay flat, since only a block and its context are ever held, and
+section 0 must equal the section predicted whole. Scaling: a volume predicted through a
+`dask scheduler` on 127.0.0.1 and one, then two `dask worker --nthreads 1` processes, each
+pinned to a core of its own (taskset), after a warm-up that loads the model on every worker.
+
+    .venv/bin/python bench/volume_prediction.py [--append]
+    .venv/bin/python bench/volume_prediction.py --size 512 --sections 2 4 --scaling-size 256
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+CHUNK = 512
+
+
+def random_unet(folder: Path) -> Path:
+    """The default network (16 filters, depth 4, valid) with seeded weights, saved."""
+    import keras
+
+    from unet_keras.config import MaskConfig, ModelConfig, ModelRecord, NormalizationConfig
+    from unet_keras.model import build_unet
+    from unet_keras.saving import save_model
+
+    keras.utils.set_random_seed(0)
+    config = ModelConfig(filters=16)
+    record = ModelRecord(
+        MaskConfig((0, 255)),
+        NormalizationConfig("standardize", (128.0,), (50.0,)),
+        config,
+        (572, 388),
+    )
+    save_model(build_unet(**config.to_dict()), folder / "model.keras", record)
+    return folder / "model.keras"
+
+
+def synthetic_volume(path: Path, sections: int, size: int) -> None:
+    """A uint8 volume of smooth random blobs, written section by section (bounded memory)."""
+    import numpy as np
+
+    from unet_keras.io.volumes import create_volume
+
+    volume = create_volume(path, (sections, size, size), (1, min(CHUNK, size), min(CHUNK, size)))
+    rng = np.random.default_rng(0)
+    for section in range(sections):
+        coarse = rng.uniform(0, 255, (size // 16 + 1, size // 16 + 1))
+        volume[section] = np.kron(coarse, np.ones((16, 16)))[:size, :size].astype(np.uint8)
+
+
+def predict_command(model: Path, volume: Path, output: Path, *flags: str) -> list[str]:
+    """The `unet-keras predict` command line for a volume."""
+    return [
+        sys.executable, "-m", "unet_keras.cli", "predict", "--model", str(model),
+        "--input", str(volume), "--output", str(output), *flags,
+    ]  # fmt: skip
+
+
+def memory_run(model: Path, volume: Path, output: Path) -> dict[str, float]:
+    """Seconds and peak resident MiB of one `predict` process on a volume."""
+    code = (
+        "import runpy, sys, resource; sys.argv = sys.argv[1:]\n"
+        "try:\n    runpy.run_module('unet_keras.cli', run_name='__main__')\n"
+        "except SystemExit as stop:\n    assert not stop.code, stop.code\n"
+        "print('PEAK', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+    )
+    started = time.perf_counter()
+    command = predict_command(model, volume, output)
+    result = subprocess.run(
+        [sys.executable, "-c", code, *command[2:]], capture_output=True, text=True, check=True
+    )
+    seconds = time.perf_counter() - started
+    peak = next(line for line in result.stdout.splitlines() if line.startswith("PEAK"))
+    return {"seconds": seconds, "peak_mib": int(peak.split()[1]) / 1024}
+
+
+def section_matches(model: Path, volume: Path, output: Path) -> bool:
+    """Whether section 0 of the output equals that section predicted whole."""
+    import numpy as np
+    import zarr
+
+    from unet_keras.inference.segmenter import Segmenter
+
+    segmenter = Segmenter.from_path(model)
+    section = zarr.open_array(volume, mode="r")[0][..., None]
+    mask = segmenter.mask(segmenter.labels(segmenter.probabilities(section)))
+    return bool(np.array_equal(zarr.open_array(output / "mask/0", mode="r")[0], mask))
+
+
+def scaling_run(model: Path, volume: Path, warm: Path, workers: int) -> float:
+    """Seconds to predict `volume` on `workers` single-core Dask workers, once predicting
+    `warm` has loaded the model on each."""
+    port = 8786 + workers
+    address = f"tcp://127.0.0.1:{port}"
+    dask = str(Path(sys.executable).with_name("dask"))
+    processes = [
+        subprocess.Popen(
+            [dask, "scheduler", "--host", "127.0.0.1", "--port", str(port),
+             "--dashboard-address", ":0"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+    ]  # fmt: skip
+    try:
+        for core in range(workers):
+            processes.append(
+                subprocess.Popen(
+                    ["taskset", "-c", str(core), dask, "worker", address, "--nthreads", "1",
+                     "--nworkers", "1", "--no-nanny"],
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                )
+            )  # fmt: skip
+        from distributed import Client
+
+        with Client(address, timeout=60) as client:
+            client.wait_for_workers(workers, timeout=120)
+        from unet_keras.config import InferenceConfig
+        from unet_keras.inference.segmenter import Segmenter
+        from unet_keras.inference.volumes import open_job, predict_volume
+
+        # In this process, so that the time is the cluster's, not a client's start-up.
+        segmenter = Segmenter.from_path(model)
+        for source, name in ((warm, "warm"), (volume, "out")):
+            output = str(volume.parent / f"{name}{workers}.zarr")
+            job = open_job(str(model), InferenceConfig(), str(source), output, False, None)
+            started = time.perf_counter()
+            report = predict_volume(segmenter, job, scheduler=address)
+            assert not report.failed, report.failed
+        return time.perf_counter() - started
+    finally:
+        for process in reversed(processes):
+            process.terminate()
+            process.wait()
+
+
+def main() -> None:
+    """Runs both measurements and publishes their tables."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--append", action="store_true", help="append to docs/benchmarks.md")
+    parser.add_argument("--size", type=int, default=4096, help="section side (memory)")
+    parser.add_argument("--sections", type=int, nargs=2, default=(4, 16))
+    parser.add_argument("--scaling-size", type=int, default=2048, help="section side (scaling)")
+    parser.add_argument("--scaling-sections", type=int, default=4)
+    args = parser.parse_args()
+    sys.path.insert(0, str(ROOT / "bench"))
+    from common import publish
+
+    with tempfile.TemporaryDirectory(dir=ROOT) as temporary:
+        folder = Path(temporary)
+        model = random_unet(folder)
+        memory = {}
+        for sections in args.sections:
+            volume = folder / f"v{sections}.zarr"
+            synthetic_volume(volume, sections, args.size)
+            output = folder / f"p{sections}.zarr"
+            memory[sections] = memory_run(model, volume, output)
+            if sections == args.sections[0]:
+                memory[sections]["equal"] = section_matches(model, volume, output)
+        volume, warm = folder / "scaling.zarr", folder / "warm.zarr"
+        synthetic_volume(volume, args.scaling_sections, args.scaling_size)
+        synthetic_volume(warm, 4, 2 * CHUNK)
+        seconds = {workers: scaling_run(model, volume, warm, workers) for workers in (1, 2)}
+    print(json.dumps({"memory": memory, "scaling": seconds}))
+    small, large = args.sections
+    rows = [
+        f"| {sections} x {args.size}^2 | {m['peak_mib']:.0f} MiB | {m['seconds']:.0f} s | "
+        + ("section 0 equals whole-section prediction: " + str(m["equal"]) if "equal" in m else "")
+        + " |"
+        for sections, m in memory.items()
+    ]
+    ratio = memory[large]["peak_mib"] / memory[small]["peak_mib"]
+    rows.append(f"| peak {large} / {small} sections | {ratio:.2f}x | | |")
+    publish(
+        "Chunked volume prediction: memory",
+        "Default network (16 filters, depth 4, valid padding), `unet-keras predict` on a "
+        f"uint8 Zarr volume in {CHUNK} x {CHUNK} x 1 chunks, one process, peak RSS (VmHWM).",
+        ["volume", "peak memory", "time", "note"],
+        rows,
+        args.append,
+    )
+    n = args.scaling_sections
+    publish(
+        "Chunked volume prediction on Dask: one vs two single-core workers",
+        f"Default network; {n} x {args.scaling_size}^2 uint8 volume; `dask scheduler` and "
+        "`dask worker --nthreads 1` on 127.0.0.1, each worker pinned to one core (taskset), "
+        "model loaded on every worker by a warm-up run first.",
+        ["workers", "time", "speed-up"],
+        [
+            f"| 1 | {seconds[1]:.1f} s | 1.00x |",
+            f"| 2 | {seconds[2]:.1f} s | {seconds[1] / seconds[2]:.2f}x |",
+        ],
+        args.append,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,171 @@
+"""unet_keras.inference.volumes: Zarr volumes predicted block by block equal whole sections,
+resume after a kill, and run on a Dask cluster of worker processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+zarr = pytest.importorskip("zarr")
+
+from unet_keras import workflows  # noqa: E402
+from unet_keras.cli import main  # noqa: E402
+from unet_keras.config import PredictConfig  # noqa: E402
+from unet_keras.inference.segmenter import Segmenter  # noqa: E402
+from unet_keras.io.volumes import create_volume  # noqa: E402
+
+# Tiles of 76 pixels (36 out) on 32-pixel chunks and 40-pixel blocks: tiles straddle
+# blocks, and blocks straddle chunks, so every seam is crossed.
+INFERENCE = {"tile": 76, "batch_size": 2}
+
+
+def make_volume(path: Path, shape: tuple[int, ...], zarr_format: int = 3, ome: bool = False):
+    """A random uint8 volume in 32-pixel chunks, one section a chunk; returns its pixels."""
+    pixels = np.random.default_rng(len(shape)).integers(0, 256, shape, dtype=np.uint8)
+    chunks = (1, 32, 32)[-len(shape) :]
+    create_volume(path, shape, chunks, "uint8", zarr_format, ome)[...] = pixels
+    return pixels
+
+
+def whole_sections(model: Path, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Masks and probabilities (classes first) of each section predicted whole."""
+    segmenter = Segmenter.from_path(model, **INFERENCE)
+    sections = pixels.reshape(-1, *pixels.shape[-2:])
+    maps = np.stack([segmenter.probabilities(s[..., None]) for s in sections])
+    masks = np.stack([segmenter.mask(segmenter.labels(p)) for p in maps])
+    shape = pixels.shape
+    return masks.reshape(shape), np.moveaxis(maps, -1, 0).reshape(-1, *shape)
+
+
+def config(model: Path, volume: Path, output: Path, **options: object) -> PredictConfig:
+    values = {"inference": INFERENCE, "block": 40, **options}
+    return PredictConfig.from_dict(
+        {"model": str(model), "input": str(volume), "output": str(output), **values}
+    )
+
+
+@pytest.mark.parametrize(
+    ("shape", "zarr_format", "ome"), [((3, 100, 90), 2, False), ((100, 90), 3, True)]
+)
+def test_blocks_equal_whole_sections_bit_for_bit(
+    tmp_path, tiny_model_file, shape, zarr_format, ome
+):
+    model = tiny_model_file()
+    pixels = make_volume(tmp_path / "in.zarr/em", shape, zarr_format, ome)
+    report = workflows.predict(
+        config(model, tmp_path / "in.zarr/em", tmp_path / "out.zarr", probabilities="zarr"),
+        progress=False,
+    )
+    masks, maps = whole_sections(model, pixels)
+    out = zarr.open_group(tmp_path / "out.zarr", mode="r")
+    assert np.array_equal(out["mask/0"][...], masks)
+    assert np.array_equal(out["probabilities/0"][...], maps)
+    assert out["mask/0"].chunks == (1, 32, 32)[-len(shape) :]
+    assert out.metadata.zarr_format == zarr_format
+    blocks = (shape[0] if len(shape) == 3 else 1) * 2 * 2  # 64-pixel blocks of 32 chunks
+    assert (report.predicted, report.skipped, report.failed) == (blocks, 0, [])
+    again = workflows.predict(
+        config(model, tmp_path / "in.zarr/em", tmp_path / "out.zarr", probabilities="zarr"),
+        progress=False,
+    )
+    assert (again.predicted, again.skipped) == (0, blocks)
+
+
+def test_a_killed_run_rerun_writes_only_the_missing_blocks(tmp_path, tiny_model_file):
+    model = tiny_model_file()
+    pixels = make_volume(tmp_path / "in.zarr", (24, 96, 96))
+    out = tmp_path / "out.zarr"
+    command = [sys.executable, "-m", "unet_keras.cli", "predict", "--model", str(model)]
+    command += ["--input", str(tmp_path / "in.zarr"), "--output", str(out), "--block", "32"]
+    command += ["--tile", "76", "--batch-size", "2"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    total = 24 * 3 * 3
+    try:
+        done = 0
+        deadline = time.monotonic() + 120
+        while done < total // 10 and time.monotonic() < deadline:
+            time.sleep(0.02)
+            if (out / "progress").exists():
+                done = int(zarr.open_array(out / "progress", mode="r")[...].sum())
+        os.kill(process.pid, signal.SIGKILL)
+    finally:
+        process.wait()
+    marked = int(zarr.open_array(out / "progress", mode="r")[...].sum())
+    assert 0 < marked < total, "the run was not stopped midway"
+    report = workflows.predict(config(model, tmp_path / "in.zarr", out, block=32), progress=False)
+    assert (report.skipped, report.predicted) == (marked, total - marked)
+    assert np.array_equal(
+        zarr.open_array(out / "mask/0", mode="r")[...], whole_sections(model, pixels)[0]
+    )
+
+
+def test_a_dask_cluster_of_two_worker_processes_gives_the_same_volume(tmp_path, tiny_model_file):
+    distributed = pytest.importorskip("distributed")
+    model = tiny_model_file()
+    pixels = make_volume(tmp_path / "in.zarr", (4, 70, 70))
+    with distributed.LocalCluster(
+        n_workers=2,
+        threads_per_worker=1,
+        processes=True,
+        host="127.0.0.1",
+        dashboard_address=":0",
+    ) as cluster:
+        settings = config(model, tmp_path / "in.zarr", tmp_path / "out.zarr")
+        settings = PredictConfig.from_dict(
+            {**settings.to_dict(), "scheduler": cluster.scheduler_address}
+        )
+        report = workflows.predict(settings, progress=False)
+        with distributed.Client(cluster) as client:
+            loaded = client.run(_models_loaded)
+    assert report.failed == [] and report.predicted == 4 * 2 * 2
+    # Two worker processes, each of which loaded the model once at most.
+    assert len(loaded) == 2 and set(loaded.values()) <= {0, 1} and sum(loaded.values()) >= 1
+    masks = zarr.open_array(tmp_path / "out.zarr/mask/0", mode="r")[...]
+    assert np.array_equal(masks, whole_sections(model, pixels)[0])
+
+
+def _models_loaded() -> int:
+    """Models a worker process holds (run on each worker)."""
+    from unet_keras.inference.volumes import _worker_segmenter
+
+    return _worker_segmenter.cache_info().currsize
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--tta"], "--tta is not available for volumes"),
+        (["--overlay"], "--overlay is not available for Zarr volumes"),
+        (["--probabilities", "png"], "--probabilities png is not available for Zarr volumes"),
+        (["--output", "OUT"], "store named *.zarr"),
+    ],
+)
+def test_volume_flags_that_do_not_apply_are_refused_by_name(
+    tmp_path, tiny_model_file, capsys, flags, message
+):
+    model = tiny_model_file()
+    make_volume(tmp_path / "in.zarr", (40, 40))
+    output = ["--output", str(tmp_path / "out.zarr")]
+    if flags[0] == "--output":
+        output, flags = ["--output", str(tmp_path / flags[1])], []
+    argv = ["predict", "--model", str(model), "--input", str(tmp_path / "in.zarr"), *output]
+    assert main([*argv, *flags]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out.zarr").exists()
+
+
+def test_a_volume_of_another_dtype_than_the_training_images_is_refused(tmp_path, tiny_model_file):
+    model = tiny_model_file()
+    create_volume(tmp_path / "in.zarr", (40, 40), (32, 32), "uint16")
+    with pytest.raises(ValueError, match=r"in\.zarr.*uint16"):
+        workflows.predict(
+            config(model, tmp_path / "in.zarr", tmp_path / "out.zarr"), progress=False
+        )
+    assert not (tmp_path / "out.zarr").exists()
