@@ -92,14 +92,13 @@ def predict_volume(config: PredictConfig, progress: bool = True) -> Any:
 
     unsupported = {
         "--overlay": config.overlay,
-        "--instances": config.objects.instances,
         f"--probabilities {config.probabilities}": config.probabilities in ("png", "tiff"),
     }
     for flag, given in unsupported.items():
         if given:
             raise ValueError(
-                f"--input {config.input}: {flag} is not available for Zarr volumes (masks, and "
-                "--probabilities zarr, are)"
+                f"--input {config.input}: {flag} is not available for Zarr volumes (masks, "
+                "--probabilities zarr and --instances are)"
             )
     job = open_job(
         config.model,
@@ -114,6 +113,7 @@ def predict_volume(config: PredictConfig, progress: bool = True) -> Any:
         job,
         scheduler=config.scheduler,
         workers=config.workers,
+        objects=config.objects,
         progress=progress,
     )
 

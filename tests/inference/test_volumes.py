@@ -78,6 +78,27 @@ def test_blocks_equal_whole_sections_bit_for_bit(
     assert (again.predicted, again.skipped) == (0, blocks)
 
 
+@pytest.mark.parametrize("link", [False, True])
+def test_objects_of_a_volume_equal_those_of_its_whole_sections(tmp_path, tiny_model_file, link):
+    from unet_keras.config import InstanceConfig
+    from unet_keras.inference.instances import label_objects, link_sections
+    from unet_keras.io.masks import mask_to_labels
+
+    model = tiny_model_file()
+    pixels = make_volume(tmp_path / "in.zarr", (3, 100, 90))
+    objects = InstanceConfig(instances="watershed", seed_height=2.0, link_sections=link)
+    options = {"objects": objects.to_dict()}
+    workflows.predict(config(model, tmp_path / "in.zarr", tmp_path / "out.zarr", **options))
+    masks, _ = whole_sections(model, pixels)
+    record = Segmenter.from_path(model).record
+    expected = np.stack([label_objects(mask_to_labels(m, record.mask), objects) for m in masks])
+    if link:
+        expected = link_sections(expected, objects.min_overlap)
+    labels = zarr.open_group(tmp_path / "out.zarr", mode="r")["labels/0"]
+    assert expected.max() > 3  # objects to label, and for a link test, to link
+    assert np.array_equal(labels[...], expected) and labels.attrs["complete"]
+
+
 def test_a_killed_run_rerun_writes_only_the_missing_blocks(tmp_path, tiny_model_file):
     model = tiny_model_file()
     pixels = make_volume(tmp_path / "in.zarr", (24, 96, 96))

@@ -121,10 +121,37 @@ def link_sections(sections: np.ndarray, min_overlap: float = 0.5) -> np.ndarray:
         raise ValueError("link_sections needs non-negative integer object labels per section")
     if not 0.0 < min_overlap <= 1.0:
         raise ValueError(f"min_overlap must be in (0, 1], got {min_overlap}")
-    # Every (section, id) pair becomes one node; offsets keep the sections' ids apart.
+    # Offsets keep the sections' ids apart: every (section, id) pair is one id.
     counts = [int(section.max(initial=0)) for section in sections]
-    offsets = np.concatenate([[0], np.cumsum(counts)])
-    parent = np.arange(offsets[-1] + 1)
+    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    global_ids = np.where(sections > 0, sections + offsets[:-1, None, None], 0)
+    links = [
+        section_links(global_ids[z], global_ids[z + 1], min_overlap)
+        for z in range(len(sections) - 1)
+    ]
+    return join_links(int(offsets[-1]), links)[global_ids]
+
+
+def section_links(below: np.ndarray, above: np.ndarray, min_overlap: float) -> np.ndarray:
+    """The pairs (2, k) of ids, one from each of two consecutive sections, whose objects
+    share at least `min_overlap` of the smaller one's pixels."""
+    below, above = below.ravel(), above.ravel()
+    both = (below > 0) & (above > 0)
+    pairs, shared = np.unique(np.stack([below[both], above[both]]), axis=1, return_counts=True)
+    smaller = np.minimum(_sizes(below, pairs[0]), _sizes(above, pairs[1]))
+    return pairs[:, shared >= min_overlap * smaller]
+
+
+def _sizes(labels: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """Pixels of each of `ids` in `labels` (ids that occur there)."""
+    present, counts = np.unique(labels, return_counts=True)
+    return counts[np.searchsorted(present, ids)]
+
+
+def join_links(count: int, links: list[np.ndarray]) -> np.ndarray:
+    """A lookup table (count + 1,) from ids 1..count to 3D objects numbered 1..n in order
+    of first appearance (lowest id), joining each linked pair; 0 stays 0."""
+    parent = np.arange(count + 1)
 
     def root(node: int) -> int:
         while parent[node] != node:
@@ -132,20 +159,10 @@ def link_sections(sections: np.ndarray, min_overlap: float = 0.5) -> np.ndarray:
             node = parent[node]
         return node
 
-    for z in range(len(sections) - 1):
-        below, above = sections[z].ravel(), sections[z + 1].ravel()
-        both = (below > 0) & (above > 0)
-        pairs, shared = np.unique(np.stack([below[both], above[both]]), axis=1, return_counts=True)
-        smaller = np.minimum(
-            np.bincount(below, minlength=counts[z] + 1)[pairs[0]],
-            np.bincount(above, minlength=counts[z + 1] + 1)[pairs[1]],
-        )
-        for a, b in pairs[:, shared >= min_overlap * smaller].T:
-            parent[root(int(a) + offsets[z])] = root(int(b) + offsets[z + 1])
-    roots = np.array([root(node) for node in range(len(parent))])
-    # Number the 3D objects 1..n by first appearance; node 0 (nothing) stays 0.
+    for pairs in links:
+        for a, b in pairs.T:
+            parent[root(int(a))] = root(int(b))
+    roots = np.array([root(node) for node in range(count + 1)])
     _, first, inverse = np.unique(roots[1:], return_index=True, return_inverse=True)
     order = np.argsort(np.argsort(first))
-    relabel = np.concatenate([[0], order[inverse] + 1]).astype(np.uint32)
-    global_ids = np.where(sections > 0, sections + offsets[:-1, None, None], 0)
-    return relabel[global_ids]
+    return np.concatenate([[0], order[inverse] + 1]).astype(np.uint32)

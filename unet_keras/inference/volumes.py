@@ -26,10 +26,12 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from unet_keras.config import InferenceConfig
+from unet_keras.config import InferenceConfig, InstanceConfig
 from unet_keras.geometry import plan_blocks
+from unet_keras.inference.instances import join_links, label_objects, section_links
 from unet_keras.inference.predict import PredictionReport
 from unet_keras.inference.segmenter import Segmenter
+from unet_keras.io.masks import mask_to_labels
 from unet_keras.io.sample import DataError
 from unet_keras.io.volumes import (
     LEVEL,
@@ -45,7 +47,7 @@ log = logging.getLogger(__name__)
 # Rows and columns of a block by default: the default tiles' output step, so that each
 # block of 512-pixel chunks is one tile's output (rounded up to whole chunks).
 DEFAULT_BLOCK = 512
-MASK, PROBABILITIES = "mask", "probabilities"
+MASK, PROBABILITIES, LABELS = "mask", "probabilities", "labels"
 
 
 @dataclasses.dataclass
@@ -105,19 +107,26 @@ def predict_volume(
     *,
     scheduler: str | None = None,
     workers: int = 1,
+    objects: InstanceConfig | None = None,
     progress: bool = False,
 ) -> VolumeReport:
     """Predicts every block of `job` not yet done into its output store.
 
     With neither `scheduler` nor `workers` above 1, the blocks run in this process with
     `segmenter`; otherwise on the Dask cluster at `scheduler`, or on `workers` local worker
-    processes, each of which loads the model from `job.model`.
+    processes, each of which loads the model from `job.model`. `objects` with `instances`
+    set also labels the objects, here, once every block is done (`label_volume`).
     """
     _check_job(segmenter, job)
+    objects = objects if objects is not None and objects.instances else None
     images = [OutputImage(MASK, str(segmenter.mask(np.zeros((1, 1), np.int32)).dtype))]
     if job.probabilities:
         images.append(OutputImage(PROBABILITIES, "float32", segmenter.classes))
+    if objects is not None:
+        images.append(OutputImage(LABELS, "uint32"))
     settings = _settings(segmenter, job)
+    if objects is not None:
+        settings["objects"] = objects.to_dict()
     resumed = create_output(job.output, job.source, images, job.blocks, settings)
     todo = _blocks_to_do(job) if resumed else list(np.ndindex(job.blocks))
     report = VolumeReport(skipped=int(np.prod(job.blocks)) - len(todo))
@@ -130,7 +139,45 @@ def predict_volume(
             _run_here(segmenter, job, todo, report, bar)
         else:
             _run_on_cluster(job, todo, report, bar, scheduler, workers)
+    if objects is not None and not report.failed:
+        label_volume(segmenter, job, objects, progress)
     return report
+
+
+def label_volume(
+    segmenter: Segmenter, job: VolumeJob, objects: InstanceConfig, progress: bool = False
+) -> None:
+    """Labels each section's objects from its mask, one section in memory at a time (ids
+    1..n per section); with `link_sections`, a second pass joins them into 3D objects
+    numbered across the volume. Marked complete at the end: a rerun redoes it otherwise."""
+    import zarr
+
+    group = zarr.open_group(job.output, mode="r+")
+    masks, labels = group[f"{MASK}/{LEVEL}"], group[f"{LABELS}/{LEVEL}"]
+    if labels.attrs.get("complete"):
+        return
+    stacked = job.source.has_sections
+    count = job.source.shape[0] if stacked else 1
+    link = objects.link_sections and stacked
+    offset, links, previous = 0, [], None
+    for z in tqdm(range(count), disable=not progress, unit="section", desc="objects"):
+        where = (z,) if stacked else ()
+        classes = mask_to_labels(masks[where], segmenter.record.mask, f"{job.output}[{z}]")
+        found = label_objects(classes, objects)
+        if link:
+            # Ids numbered across the volume, so that links name one object each.
+            if offset + int(found.max(initial=0)) >= 2**32:
+                raise DataError(f"{job.output}: more than 2**32 objects to link")
+            found = np.where(found > 0, found + offset, 0).astype(np.uint32)
+            if previous is not None:
+                links.append(section_links(previous, found, objects.min_overlap))
+            previous, offset = found, int(found.max(initial=offset))
+        labels[where] = found
+    if link:
+        table = join_links(offset, links)
+        for z in range(count):
+            labels[z] = table[labels[z]]
+    labels.attrs["complete"] = True
 
 
 def _check_job(segmenter: Segmenter, job: VolumeJob) -> None:
