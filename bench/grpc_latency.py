@@ -7,8 +7,8 @@ Latency: one 512x512 uint8 image through `SegmentationClient.segment` (one Predi
 a p50 overhead of at most 10 %. REST, in the same interleaved loop: the image as PNG to
 `segment_png` with `{"b64": ...}` through the REST port (what curl sends; the mask comes
 back as base64 PNG) against `segment_png` called in this process (target: at most +10 %
-at p50), and `SegmentationClient(transport="rest").segment` (JSON pixels in, and JSON
-mask and probabilities out: TF Serving's REST API has no output filter). Throughput:
+at p50), and `SegmentationClient(transport="rest").segment` (mask only: the image as PNG
+through `segment_png`). Throughput:
 images/s with 1, 4 and 16 clients at once, each a `SegmentationClient` of its own (its own
 channel) in a thread. Cold import: `python -c
 "import unet_keras.client"` in a fresh process, median of 5, wall and CPU (user + system),
@@ -181,7 +181,7 @@ def main() -> None:
         f"| REST overhead at p50, PNG signature | {png_overhead:+.1%} "
         f"({png_p50 - here_png_p50:+.0f} ms) | target: at most +10 %, "
         f"{'met' if png_overhead <= 0.10 else 'missed'} |",
-        f'| 512x512 latency, REST client (`transport="rest"`, JSON pixels) | {rest_p50:.0f} / '
+        f'| 512x512 latency, REST client (`transport="rest"`, mask only: PNG) | {rest_p50:.0f} / '
         f"{percentile(ms['rest_client'], 99):.0f} ms | p50 / p99, interleaved; "
         f"{rest_p50 / here_p50 - 1:+.0%} against in-process `serving_default` |",
         *(
