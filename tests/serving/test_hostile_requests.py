@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import struct
 import zlib
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -108,36 +109,45 @@ def test_every_value_must_be_sent(tiny_server: ServerProcess):
     assert "holds 16777216 values but the request carries 1" in raised.value.details()
 
 
-def test_a_flood_is_answered_or_refused_at_once_and_memory_stays_bounded(tmp_path: Path):
+def flood(tmp_path: Path, call: Callable[[ServerProcess], object]) -> tuple[object, list, int]:
+    """A half_plus_two server allowing 2 requests at once: `call(server)` once to warm it,
+    then 64 times at once. Returns the warm answer, the 64 answers, and the server's growth
+    in peak memory over the 64 (bytes)."""
     base = tmp_path / HALF_PLUS_TWO
     export_half_plus_two(base, 1)
     flags = ["--threads", "2", "--max-concurrent-requests", "2"]
     server = ServerProcess(base, HALF_PLUS_TWO, tmp_path / "server.log", *flags)
     try:
         server.wait_available()
-        big = predict_request(
-            signature="slowly", x=floats(*range(1_000_000)), iterations=np.int64(20_000)
-        )
-        assert big.ByteSize() > 4_000_000
-        options = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
-        with grpc.insecure_channel(server.address, options=options) as channel:
-            stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
-            stub.Predict(big, timeout=RPC_TIMEOUT)  # warm: the graph is traced
-            before = memory_peak(server)
-
-            def one(_: int) -> grpc.StatusCode:
-                try:
-                    stub.Predict(big, timeout=RPC_TIMEOUT)
-                except grpc.RpcError as error:
-                    return error.code()
-                return grpc.StatusCode.OK
-
-            with ThreadPoolExecutor(64) as pool:
-                codes = list(pool.map(one, range(64)))
-            grown = memory_peak(server) - before
+        warm = call(server)  # the graph is traced
+        before = memory_peak(server)
+        with ThreadPoolExecutor(64) as pool:
+            answers = list(pool.map(lambda _: call(server), range(64)))
+        return warm, answers, memory_peak(server) - before
     finally:
         server.terminate()
         server.wait()
+
+
+def test_a_flood_is_answered_or_refused_at_once_and_memory_stays_bounded(tmp_path: Path):
+    big = predict_request(
+        signature="slowly", x=floats(*range(1_000_000)), iterations=np.int64(20_000)
+    )
+    assert big.ByteSize() > 4_000_000
+    options = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
+
+    def one(server: ServerProcess) -> grpc.StatusCode:
+        with grpc.insecure_channel(server.address, options=options) as channel:
+            try:
+                prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(
+                    big, timeout=RPC_TIMEOUT
+                )
+            except grpc.RpcError as error:
+                return error.code()
+        return grpc.StatusCode.OK
+
+    warm, codes, grown = flood(tmp_path, one)
+    assert warm == grpc.StatusCode.OK
     assert set(codes) <= {grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED}, set(codes)
     assert codes.count(grpc.StatusCode.OK) >= 2
     assert codes.count(grpc.StatusCode.RESOURCE_EXHAUSTED) >= 1
@@ -153,31 +163,19 @@ def test_a_rest_flood_is_answered_or_refused_at_once_and_memory_stays_bounded(tm
     import urllib.error
     import urllib.request
 
-    base = tmp_path / HALF_PLUS_TWO
-    export_half_plus_two(base, 1)
-    flags = ["--threads", "2", "--max-concurrent-requests", "2"]
-    server = ServerProcess(base, HALF_PLUS_TWO, tmp_path / "server.log", *flags)
     inputs = {"x": list(range(1_000_000)), "iterations": 20_000}
     body = json.dumps({"signature_name": "slowly", "inputs": inputs}).encode()
-    url = f"http://{server.rest_address}/v1/models/{HALF_PLUS_TWO}:predict"
 
-    def one(_: int) -> int:
+    def one(server: ServerProcess) -> int:
+        url = f"http://{server.rest_address}/v1/models/{HALF_PLUS_TWO}:predict"
         try:
             with urllib.request.urlopen(url, body, timeout=RPC_TIMEOUT) as reply:
                 return reply.status
         except urllib.error.HTTPError as error:
             return error.code
 
-    try:
-        server.wait_available()
-        assert one(0) == 200  # warm: the graph is traced
-        before = memory_peak(server)
-        with ThreadPoolExecutor(64) as pool:
-            codes = list(pool.map(one, range(64)))
-        grown = memory_peak(server) - before
-    finally:
-        server.terminate()
-        server.wait()
+    warm, codes, grown = flood(tmp_path, one)
+    assert warm == 200
     assert set(codes) <= {200, 429}, set(codes)
     assert codes.count(200) >= 2 and codes.count(429) >= 1
     # 64 bodies of 6.9 MB, 2 let in: 124 MiB here (each call let in holds its JSON, parsed,
