@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 import math
 from typing import Any
 
@@ -31,8 +32,6 @@ class JsonTensorError(ValueError):
 
 def shown(value: Any) -> str:
     """A value for an error message, cut as TF Serving cuts it."""
-    import json
-
     text = json.dumps(value, separators=(",", ":"), default=repr)
     return text if len(text) <= _SHOWN else text[:_SHOWN]
 
@@ -169,8 +168,6 @@ def _encode_bytes(value: bytes, as_bytes: bool) -> Any:
 
 def json_number_dumps(value: Any) -> str:
     """JSON text as TF Serving writes it: NaN and infinities as bare tokens."""
-    import json
-
     return json.dumps(value, allow_nan=True, separators=(",", ":"))
 
 

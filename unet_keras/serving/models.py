@@ -194,7 +194,8 @@ class ModelRegistry:
             self.poll()
             with self._lock:
                 managers = list(self._managers.values())
-            failures = [(m.name, m.failure()) for m in managers if m.failure() is not None]
+            found = [(manager.name, manager.failure()) for manager in managers]
+            failures = [(name, failure) for name, failure in found if failure is not None]
             if failures:
                 listed = ", ".join(
                     f"{{name: {name} version: {version}}} due to error: {error.code.name}: "
