@@ -107,9 +107,12 @@ def test_retries_stop_at_the_deadline(fake: FakeServing, connect: Any) -> None:
     fake.fail_next(grpc.StatusCode.UNAVAILABLE, "down", times=10_000)
     with connect(fake.address, retry=retry, timeout=0.3) as patient:
         start = time.monotonic()
-        with pytest.raises(UnavailableError):
+        # The last error is the server's if the deadline falls in a backoff, ours if it falls
+        # in a call (a slow machine): gRPC's own retries answer the same way.
+        with pytest.raises((UnavailableError, DeadlineExceededError)):
             patient.model_status()
     assert time.monotonic() - start < 1.5
+    assert 1 < len(fake.calls("GetModelStatus")) < 10_000
 
 
 def test_slow_calls_raise_deadline_exceeded(client: Any, fake: FakeServing):
