@@ -393,14 +393,23 @@ class TrainConfig(Settings):
     learning_rate: float = setting(1e-3, help="initial learning rate")
     momentum: float = setting(0.99, help="SGD momentum (paper: 0.99)")
     schedule: Literal["constant", "cosine"] = setting(
-        "constant", help="learning rate schedule: constant, or cosine decay to 0"
+        "cosine",
+        help="learning rate schedule over the run (the time budget or the epochs, whichever "
+        "ends first): cosine (warm-up, then decay to 0 at the end) or constant",
+    )
+    warmup: float = setting(
+        0.03, help="cosine schedule: fraction of the run over which the rate rises from 0"
     )
     batch_size: int = setting(2, help="tiles per step (global, over all replicas)")
-    epochs: int = setting(40, help="epochs to train")
+    epochs: int | None = setting(
+        None, help="epochs to train (default: as many as --max-time allows, else 40)"
+    )
     steps_per_epoch: int = setting(50, help="training steps per epoch")
     seed: int = setting(0, help="random seed: data split, weights, tiles")
     max_time: float | None = setting(
-        None, help="stop after this many seconds, keeping the best model so far"
+        None,
+        help="training time budget in seconds, over all sessions of a resumed run: the "
+        "schedule spans it and the run stops at its end, keeping the best model",
     )
     run_dir: str = setting(
         "runs/unet", help="directory for the model, logs and summary; rerun to resume"
@@ -408,14 +417,18 @@ class TrainConfig(Settings):
     strategy: Literal["default", "mirrored", "multiworker"] = setting(
         "default", help="default, mirrored (GPUs of one machine) or multiworker (TF_CONFIG)"
     )
-    precision: Literal["float32", "mixed_bfloat16", "mixed_float16"] = setting(
-        "float32", help="mixed_bfloat16 suits CPUs with bf16, mixed_float16 GPUs"
+    precision: Literal["auto", "float32", "mixed_bfloat16", "mixed_float16"] = setting(
+        "auto",
+        help="auto: mixed_bfloat16 on CPUs with native bf16 (AVX512_BF16 or AMX), else "
+        "float32; mixed_float16 suits GPUs",
     )
     jit_compile: bool = setting(False, help="compile the training step with XLA")
 
     def check(self) -> None:
         _at_least(self, 1, "batch_size", "epochs", "steps_per_epoch", "tile")
         _at_least(self, 0, "validation")
+        if not 0.0 <= self.warmup < 1.0:
+            raise ValueError(f"warmup must be a fraction in [0, 1), got {self.warmup}")
         if self.learning_rate <= 0:
             raise ValueError(f"learning_rate must be positive, got {self.learning_rate}")
         if self.max_time is not None and self.max_time <= 0:

@@ -4,7 +4,8 @@ A model is saved as a standard `.keras` archive with one extra entry, `unet_kera
 its `ModelRecord` (mask convention, intensity normalisation, shape, training tile, chosen
 threshold). Prediction and export read the record from the file, so they always apply
 exactly the training preprocessing, and `keras.models.load_model` still opens the file as
-it is (with the `unet_keras.training` modules imported when it was saved compiled).
+it is. A model is loaded without its training configuration unless asked: compiling needs
+the losses and metrics of `unet_keras.training` imported (they register themselves).
 """
 
 from __future__ import annotations
@@ -65,7 +66,7 @@ def read_record(path: str | os.PathLike) -> ModelRecord:
     return _parse_record(text, path)
 
 
-def load_model(path: str | os.PathLike, compile: bool = True) -> tuple[keras.Model, ModelRecord]:
+def load_model(path: str | os.PathLike, compile: bool = False) -> tuple[keras.Model, ModelRecord]:
     """Loads a model file, or a run directory's best model, with its record."""
     path = model_file(path)
     record = read_record(path)

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import unet_keras.training.fit  # noqa: F401  (registers the losses compiled models need)
 from unet_keras import cli
 from unet_keras.training import distribute
 
@@ -116,8 +117,8 @@ def test_multiworker_trains_two_local_workers_to_identical_weights(synthetic_dat
     summary = json.loads((run / "summary.json").read_text())
     assert summary["stopped_by_time_budget"] and 1 <= summary["epochs"] < 500
     assert (run / "best.keras").is_file()
-    chief, _ = load_model(run / "last.keras")
-    other, _ = load_model(run / "worker-1" / "last.keras")
+    chief, _ = load_model(run / "last.keras", compile=True)
+    other, _ = load_model(run / "worker-1" / "last.keras", compile=True)
     trained_steps = int(chief.optimizer.iterations.numpy())
     assert trained_steps >= 1 and int(other.optimizer.iterations.numpy()) == trained_steps
     for mine, theirs in zip(chief.weights, other.weights, strict=True):

@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import unet_keras.training.fit  # noqa: F401  (registers the losses compiled models need)
+
 ROOT = Path(__file__).resolve().parents[2]
 # A tiny model on small images: depth 2 valid padding takes 60 px tiles to 20 px outputs.
 TINY = ["--depth", "2", "--filters", "4", "--tile", "60", "--validation", "2"]
@@ -80,14 +82,21 @@ def test_sigkill_then_rerun_resumes_from_the_last_completed_epoch(synthetic_data
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"resuming {run} after epoch {killed_at}" in result.stderr
     with open(run / "log.csv") as handle:
-        epochs = [row["epoch"] for row in csv.DictReader(handle)]
-    assert epochs == ["1", "2", "3", "4"]  # no finished epoch lost, none repeated
+        rows = list(csv.DictReader(handle))
+    assert [row["epoch"] for row in rows] == ["1", "2", "3", "4"]  # none lost, none repeated
+    # The schedule went on where it stopped: each epoch ends at its point of one cosine.
+    from unet_keras.training.callbacks import TrainingPlan
+
+    plan = TrainingPlan(1e-3, "cosine", warmup=0.03, steps=32)
+    for epoch, row in enumerate(rows, 1):
+        expected = plan.learning_rate(epoch * 8 / 32)
+        assert float(row["learning_rate"]) == pytest.approx(expected, rel=1e-4, abs=1e-9)
     assert json.loads((run / "summary.json").read_text())["epochs"] == 4
     assert not [p for p in run.iterdir() if ".partial" in p.name]
     # The optimizer state came back too: its step count spans all 4 epochs of 8 steps.
     from unet_keras.saving import load_model
 
-    last, _ = load_model(run / "last.keras")
+    last, _ = load_model(run / "last.keras", compile=True)
     assert int(last.optimizer.iterations) == 32
 
 
@@ -104,20 +113,31 @@ def test_bfloat16_with_xla_trains_to_a_finite_loss(synthetic_data, tmp_path):
     summary = json.loads((run / "summary.json").read_text())
     assert np.isfinite(summary["best_validation"]["val_loss"])
     # Both took effect: the layers compute in bfloat16, the step was compiled with XLA.
-    model, _ = load_model(run / "last.keras")
+    model, _ = load_model(run / "last.keras", compile=True)
     assert model.get_layer("down1_conv1").dtype_policy.name == "mixed_bfloat16"
     assert model.get_layer("output").dtype_policy.name == "float32"
     assert model.jit_compile is True
 
 
-def test_the_time_budget_stops_a_run_and_says_so(synthetic_data, tmp_path):
+def test_a_time_budget_is_used_whole_and_the_schedule_spans_it(synthetic_data, tmp_path):
     run = tmp_path / "run"
     argv = ["--data", str(synthetic_data), "--run-dir", str(run), *TINY]
-    result = _train(*argv, "--epochs", "500", "--max-time", "4")
+    result = _train(*argv, "--max-time", "20", "--steps-per-epoch", "2")
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((run / "summary.json").read_text())
-    assert summary["stopped_by_time_budget"] and 1 <= summary["epochs"] < 500
-    assert summary["wall_seconds"] < 30
+    assert summary["stopped_by_time_budget"] and summary["epochs"] >= 2
+    assert summary["budget_used"] >= 0.95 and summary["wall_seconds"] < 30
+    with open(run / "log.csv") as handle:
+        rates = [float(row["learning_rate"]) for row in csv.DictReader(handle)]
+    # Warm-up and cosine by elapsed time: the last epoch ends where the budget does, at 0.
+    assert rates[-1] < 0.05 * 1e-3 and max(rates) > 1e-4
+    # Given --epochs too, the run ends at whichever comes first.
+    result = _train(
+        *argv, "--run-dir", str(tmp_path / "short"), "--epochs", "2", "--max-time", "600"
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((tmp_path / "short" / "summary.json").read_text())
+    assert summary["epochs"] == 2 and not summary["stopped_by_time_budget"]
 
 
 def test_sparse_annotations_train_and_the_record_keeps_the_ignore_value(tmp_path):

@@ -1,9 +1,11 @@
-"""The callbacks of a training run: checkpoints and logs, the time budget, image summaries."""
+"""The callbacks of a training run: checkpoints and logs, the schedule and time budget,
+image summaries."""
 
 from __future__ import annotations
 
 import csv
 import io
+import math
 import time
 from pathlib import Path
 
@@ -72,26 +74,73 @@ class RunCheckpoint(keras.callbacks.Callback):
             temporary.write_text(text.getvalue())
 
 
-class TimeBudget(keras.callbacks.Callback):
-    """Stops training cleanly once `seconds` of wall-clock time have passed."""
+class TrainingPlan(keras.callbacks.Callback):
+    """Sets the learning rate from the run's progress each step; stops at the time budget.
 
-    def __init__(self, seconds: float | None) -> None:
+    Progress runs from 0 to 1 over the time budget (`seconds`, counted over every session
+    of the run: `spent` is what earlier sessions used, this one's clock runs from
+    `started`) or over `steps`, whichever ends first. A cosine schedule warms up linearly
+    over the first `warmup` of it, then decays to 0 at the end, so a run of any length ends
+    on its best-tuned steps; a resumed run takes the schedule up where the killed one left
+    it.
+    """
+
+    def __init__(
+        self,
+        rate: float,
+        schedule: str = "cosine",
+        warmup: float = 0.0,
+        seconds: float | None = None,
+        steps: int | None = None,
+        spent: float = 0.0,
+        started: float | None = None,
+    ) -> None:
         super().__init__()
-        self.seconds, self.deadline = seconds, None
+        self.rate, self.schedule, self.warmup = rate, schedule, warmup
+        self.seconds, self.steps, self.spent = seconds, steps, spent
+        self.started = time.monotonic() if started is None else started
         self.reached = False
 
-    def on_train_begin(self, logs: dict | None = None) -> None:
+    def progress(self) -> tuple[float, float]:
+        """How much of the steps and of the time budget are done, 0 to 1 each (0 when
+        unbounded; the time is the latest clock of all workers)."""
+        iterations = keras.ops.convert_to_numpy(self.model.optimizer.iterations)
+        steps = int(iterations) / self.steps if self.steps else 0.0
+        seconds = 0.0
         if self.seconds is not None:
-            self.deadline = time.monotonic() + self.seconds
+            elapsed = self.spent + time.monotonic() - self.started
+            seconds = distribute.latest(self.model.distribute_strategy, elapsed) / self.seconds
+        return min(steps, 1.0), min(seconds, 1.0)
+
+    def learning_rate(self, progress: float) -> float:
+        """The schedule's rate at `progress`."""
+        if self.schedule == "constant":
+            return self.rate
+        if progress < self.warmup:
+            return self.rate * progress / self.warmup
+        decayed = (progress - self.warmup) / max(1.0 - self.warmup, 1e-9)
+        return self.rate * 0.5 * (1.0 + math.cos(math.pi * decayed))
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        self._follow(max(self.progress()))
 
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
-        if self.deadline is None:
-            return
-        # Workers stop after the same step, or the others wait for it forever.
-        strategy = self.model.distribute_strategy
-        if distribute.any_worker(strategy, time.monotonic() >= self.deadline):
+        steps, seconds = self.progress()
+        self._follow(max(steps, seconds))
+        if seconds >= 1.0:
+            # Every worker read the same clock, so all stop after the same step.
             self.reached = True
             self.model.stop_training = True
+
+    def _follow(self, progress: float) -> None:
+        """Sets the optimizer's rate for the next step."""
+        self.model.optimizer.learning_rate.assign(self.learning_rate(progress))
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        if logs is not None:
+            logs["learning_rate"] = float(
+                keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)
+            )
 
 
 class ValidationImages(keras.callbacks.Callback):

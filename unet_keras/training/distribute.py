@@ -8,8 +8,8 @@ both; everything else is TensorFlow's. The two-worker test in tests/test_train.p
 to identical weights on every worker and metrics equal to a single process's.
 
 Workers must also agree on every decision that changes how many steps they run (the epoch
-a run resumes from, when the time budget is spent), or one waits forever for the others'
-collectives: `all_workers` gathers a value from each so that all decide alike.
+a run resumes from, how far the time budget is spent), or one waits forever for the
+others' collectives: `all_workers` gathers a value from each so that all decide alike.
 """
 
 from __future__ import annotations
@@ -40,11 +40,6 @@ class MultiWorkerStrategy(tf.distribute.MultiWorkerMirroredStrategy):
         """Each replica's `values`, stacked in replica order (a collective: all must call)."""
         local = self.run(lambda: values[None])
         return self.gather(local, axis=0)
-
-    @tf.function
-    def count_true(self, flag: tf.Tensor) -> tf.Tensor:
-        """The sum of a 0/1 `flag` over workers (a collective: all must call)."""
-        return self.reduce("SUM", flag, axis=None)
 
 
 def worker_task() -> tuple[str, int]:
@@ -102,11 +97,9 @@ def all_workers(strategy: tf.distribute.Strategy, values: list[float]) -> list[l
     return strategy.gather_values(tf.constant(values, tf.float64)).numpy().tolist()
 
 
-def any_worker(strategy: tf.distribute.Strategy, flag: bool) -> bool:
-    """Whether `flag` holds on any worker (cheaper than `all_workers`: one reduction)."""
-    if not isinstance(strategy, MultiWorkerStrategy):
-        return flag
-    return float(strategy.count_true(tf.constant(float(flag)))) > 0
+def latest(strategy: tf.distribute.Strategy, value: float) -> float:
+    """The largest `value` over the workers (every worker's clock agrees on the latest)."""
+    return max(row[0] for row in all_workers(strategy, [value]))
 
 
 def check_workers_agree(strategy: tf.distribute.Strategy, settings: dict, epoch: int) -> None:
