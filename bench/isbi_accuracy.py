@@ -29,6 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "isbi2012" / "train"
 HELD_OUT = ("20", "21", "22", "23")
 FIGURE = ROOT / "docs" / "isbi_held_out_20.png"  # referenced by README
+SHIPPED = "isbi2012-membranes"
 UNLABELLED = 128  # the value sparse training masks mark unlabelled pixels with
 STRIP = 16  # rows per strip of a sparse mask
 
@@ -85,6 +86,9 @@ def main() -> None:
         "--labelled", type=float, default=1.0, help="fraction of each training mask labelled"
     )
     parser.add_argument("--quick", action="store_true", help="no test-time augmentation rows")
+    parser.add_argument(
+        "--ship", action="store_true", help=f"make the trained model the shipped {SHIPPED!r}"
+    )
     parser.add_argument("train_flags", nargs="*", help="extra train_keras.py flags, after --")
     args = parser.parse_args()
 
@@ -104,6 +108,8 @@ def main() -> None:
     summary = json.loads((run_dir / "summary.json").read_text())
 
     rows = score_rows(run_dir, held_out, work, args.figure, args.quick)
+    if args.ship:
+        ship(run_dir, command, summary, rows)
     flags = " ".join(sparse + args.train_flags) or "defaults"
     if args.labelled < 1:
         flags += f"; {args.labelled:.0%} of each training mask labelled, in {STRIP}-row strips"
@@ -170,6 +176,45 @@ def score_rows(
         if figure and not tta:
             write_figure(segmenter, held_out)
     return rows
+
+
+def ship(run_dir: Path, command: list[str], summary: dict, rows: list[str]) -> None:
+    """Writes the run's best model, without optimizer state, as the shipped model, and
+    beside it how it was made and scored, and the data's terms."""
+    from common import machine_description
+
+    from unet_keras.pretrained_models import HERE
+    from unet_keras.saving import load_model, save_model
+
+    model, record = load_model(run_dir)
+    save_model(model, HERE / f"{SHIPPED}.keras", record)
+    training = {
+        "data": "ISBI 2012 training sections 00-19 (../shared/data/isbi2012/train); two of "
+        "them, chosen by the seed, selected the best epoch and the threshold",
+        "command": " ".join(Path(part).name if "/" in part else part for part in command),
+        "remake": "python bench/isbi_accuracy.py --max-time 900 --ship",
+        "summary": {k: v for k, v in summary.items() if k not in ("run_dir",)},
+        "machine": machine_description(),
+        "made": time.strftime("%Y-%m-%d"),
+    }
+    record_of_scores = {
+        "held_out": "ISBI 2012 sections 20-23, never seen in training",
+        "table": rows,
+    }
+    terms = (
+        "ISBI 2012 EM data (Drosophila first instar larva ventral nerve cord, serial-section "
+        "TEM, 4 x 4 x 50 nm): free to use for generating or testing non-commercial image "
+        "segmentation software; publications must cite TrakEM2 and Cardona A. et al. 2010, "
+        "PLoS Biol 8(10): e1000502, and the challenge paper, Arganda-Carreras I. et al. 2015, "
+        "Front. Neuroanat. 9:142."
+    )
+    described = {"training": training, "scores": record_of_scores, "data_terms": terms}
+    from unet_keras.io.atomic import atomic_path
+
+    with atomic_path(HERE / f"{SHIPPED}.json") as temporary:
+        temporary.write_text(json.dumps(described, indent=2) + "\n")
+    size = (HERE / f"{SHIPPED}.keras").stat().st_size
+    print(f"shipped {SHIPPED}: {size / 2**20:.1f} MiB")
 
 
 def write_figure(segmenter, held_out: Path) -> None:

@@ -71,7 +71,7 @@ def pipeline_rate(examples, output: int, repeats: int) -> float:
 def train_rates(examples, filters: int, output: int, steps: int, repeats: int):
     """(train_on_batch images/s, fit on the pipeline images/s, fit on one cached batch)."""
     config = TrainConfig(model=ModelConfig(filters=filters), optimizer="sgd", learning_rate=0.01)
-    model = compiled_model(config, config.model, steps)
+    model = compiled_model(config, config.model)
     pipeline = uk.training_dataset(examples, TILE, output, 1, uk.AugmentConfig(), seed=0)
     batch = next(iter(pipeline))
 

@@ -64,7 +64,7 @@ def _worker(name: str, precision: str, steps: int) -> None:
     policy, jit = PRECISIONS[precision]
     keras.mixed_precision.set_global_policy(policy)
     config = TrainConfig(model=ModelConfig(filters=filters), jit_compile=jit)
-    model = compiled_model(config, config.model, steps)
+    model = compiled_model(config, config.model)
     out = output_size(tile)
     rng = np.random.default_rng(0)
     images = rng.normal(size=(batch, tile, tile, 1)).astype(np.float32)

@@ -390,7 +390,16 @@ class TrainConfig(Settings):
     optimizer: Literal["adam", "sgd"] = setting(
         "adam", help="adam, or sgd (the paper's, with --momentum)"
     )
-    learning_rate: float = setting(1e-3, help="initial learning rate")
+    init_from: str | None = setting(
+        None,
+        help="start from trained weights: a .keras file, run directory, exported SavedModel "
+        "version or shipped model (isbi2012-membranes); its network must have this run's shape",
+    )
+    freeze_encoder: int = setting(
+        0,
+        help="with --init-from: epochs at the start during which the contracting path stays fixed",
+    )
+    learning_rate: float = setting(1e-3, help="peak learning rate")
     momentum: float = setting(0.99, help="SGD momentum (paper: 0.99)")
     schedule: Literal["constant", "cosine"] = setting(
         "cosine",
@@ -426,7 +435,9 @@ class TrainConfig(Settings):
 
     def check(self) -> None:
         _at_least(self, 1, "batch_size", "epochs", "steps_per_epoch", "tile")
-        _at_least(self, 0, "validation")
+        _at_least(self, 0, "validation", "freeze_encoder")
+        if self.freeze_encoder and not self.init_from:
+            raise ValueError("freeze_encoder keeps trained weights fixed: give --init-from too")
         if not 0.0 <= self.warmup < 1.0:
             raise ValueError(f"warmup must be a fraction in [0, 1), got {self.warmup}")
         if self.learning_rate <= 0:

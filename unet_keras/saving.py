@@ -23,6 +23,7 @@ import unet_keras.model  # noqa: F401  (registers the layers a model file needs)
 from unet_keras import contract
 from unet_keras.config import ModelRecord
 from unet_keras.io.atomic import atomic_path
+from unet_keras.pretrained_models import resolve
 
 
 def save_model(model: keras.Model, path: str | os.PathLike, record: ModelRecord) -> None:
@@ -51,7 +52,14 @@ def update_record(path: str | os.PathLike, record: ModelRecord) -> None:
 
 
 def read_record(path: str | os.PathLike) -> ModelRecord:
-    """Reads the record of a model file saved by `save_model` (or a run directory's)."""
+    """Reads the record of a model file saved by `save_model`, a run directory's, or an
+    exported SavedModel version's."""
+    path = resolve(path)
+    if (path / "saved_model.pb").is_file():
+        asset = path / "assets" / contract.RECORD_FILE
+        if not asset.is_file():
+            raise ValueError(f"{path}: a SavedModel without a unet-keras record ({asset.name})")
+        return _parse_record(asset.read_bytes(), asset)
     path = model_file(path)
     try:
         with zipfile.ZipFile(path) as archive:
@@ -74,21 +82,20 @@ def load_model(path: str | os.PathLike, compile: bool = False) -> tuple[keras.Mo
 
 
 def load_network(path: str | os.PathLike) -> tuple[Callable[[Any], Any], ModelRecord]:
-    """Loads the network from a `.keras` file, run directory or exported SavedModel version.
+    """Loads the network from a `.keras` file, run directory, exported SavedModel version or
+    shipped model's name.
 
     Returns a function from normalised float32 tiles [N, h, w, C] to probabilities, and
     the model's record. An exported version (as `unet-keras export` writes it) provides
     them through its `tiles` signature and its record asset.
     """
-    path = Path(path)
+    path = resolve(path)
     if not (path / "saved_model.pb").is_file():
         model, record = load_model(path, compile=False)
         return (lambda tiles: model(tiles, training=False)), record
     import tensorflow as tf
 
-    asset = path / "assets" / contract.RECORD_FILE
-    if not asset.is_file():
-        raise ValueError(f"{path}: a SavedModel without a unet-keras record ({asset.name})")
+    record = read_record(path)
     loaded = tf.saved_model.load(str(path))
     if contract.TILES not in loaded.signatures:
         raise ValueError(f"{path}: a SavedModel without the {contract.TILES!r} signature")
@@ -98,12 +105,13 @@ def load_network(path: str | os.PathLike) -> tuple[Callable[[Any], Any], ModelRe
         outputs = loaded.signatures[contract.TILES](**{contract.TILES_INPUT: tiles})
         return outputs[contract.PROBABILITIES]
 
-    return network, _parse_record(asset.read_bytes(), asset)
+    return network, record
 
 
 def model_file(path: str | os.PathLike) -> Path:
-    """Resolves a run directory to its `best.keras`; checks the file exists."""
-    path = Path(path)
+    """Resolves a run directory to its `best.keras`, a shipped model's name to its file;
+    checks the file exists."""
+    path = resolve(path)
     if path.is_dir():
         path = path / "best.keras"
     if not path.is_file():

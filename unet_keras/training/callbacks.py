@@ -53,9 +53,10 @@ class RunCheckpoint(keras.callbacks.Callback):
         if improved:
             save_model(self.model, self.run.file("best.keras"), self.record)
             self.state.update(best=float(score), best_epoch=epoch + 1, best_logs=_floats(logs))
-        self.rows.append({"epoch": str(epoch + 1), **{k: f"{v:.6g}" for k, v in logs.items()}})
-        self._write_log()
         now = time.monotonic()
+        row = {"epoch": str(epoch + 1), "seconds": f"{now - self.started:.2f}"}
+        self.rows.append({**row, **{k: f"{v:.6g}" for k, v in logs.items()}})
+        self._write_log()
         self.state["seconds"] += now - self.started
         self.started = now
         self.state["epoch"] = epoch + 1

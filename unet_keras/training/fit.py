@@ -24,6 +24,7 @@ from unet_keras.training.losses import CombinedLoss, DiceLoss, WeightedCrossEntr
 from unet_keras.training.metrics import Dice, IoU, PixelError
 from unet_keras.training.prepare import PreparedData, prepare_data
 from unet_keras.training.run_directory import RunDirectory
+from unet_keras.training.transfer import FreezeEncoder, initialize
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +104,9 @@ def fit(config: TrainConfig, data: PreparedData | None = None) -> dict[str, Any]
             model, _ = load_model(chief_run.file("last.keras"), compile=True)
         else:
             model = compiled_model(config, record.model)
+    if state["epoch"] == 0 and config.init_from:
+        initialize(model, record.model, config.init_from)
+        log.info("weights from %s", config.init_from)
     epochs = config.epochs or (UNBOUNDED if config.max_time else DEFAULT_EPOCHS)
     stopped_by_time_budget = bool(config.max_time) and state["seconds"] >= config.max_time
     if state["epoch"] < epochs and not stopped_by_time_budget:
@@ -113,6 +117,8 @@ def fit(config: TrainConfig, data: PreparedData | None = None) -> dict[str, Any]
         )  # fmt: skip
         # The plan first: the checkpoint logs the rate it sets.
         callbacks = [plan, RunCheckpoint(run_dir, record, state, started)]
+        if config.freeze_encoder:
+            callbacks.insert(0, FreezeEncoder(config.freeze_encoder))
         callbacks += _logging_callbacks(run_dir, data)
         model.fit(
             _training_input(config, data, strategy, state["epoch"]),
