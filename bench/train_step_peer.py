@@ -23,9 +23,20 @@ import subprocess
 import sys
 import time
 
-# name -> (filters, input tile, batch)
-MODELS = {"paper (64 filters)": (64, 572, 1), "default (16 filters)": (16, 316, 2)}
-STEPS = {"paper (64 filters)": 3, "default (16 filters)": 10}
+from unet_keras.config import TrainConfig
+
+DEFAULTS = TrainConfig()
+# name -> (filters, padding, input tile, batch)
+MODELS = {
+    "paper": (64, "valid", 572, 1),
+    "default": (
+        DEFAULTS.model.filters,
+        DEFAULTS.model.padding,
+        DEFAULTS.tile,
+        DEFAULTS.batch_size,
+    ),
+}
+STEPS = {"paper": 3, "default": 10}
 SIDES = {
     "ours fp32": ("keras", "float32"),
     "ours bf16": ("keras", "bfloat16"),
@@ -35,13 +46,13 @@ SIDES = {
 }
 
 
-def _batch(filters: int, tile: int, batch: int):
+def _batch(padding: str, tile: int, batch: int):
     """The same images and targets (class, weight) for both sides, NHWC."""
     import numpy as np
 
     from unet_keras.geometry import output_size
 
-    out = output_size(tile)
+    out = output_size(tile) if padding == "valid" else tile
     rng = np.random.default_rng(0)
     images = rng.normal(size=(batch, tile, tile, 1)).astype(np.float32)
     labels = rng.integers(0, 2, (batch, out, out)).astype(np.float32)
@@ -55,13 +66,13 @@ def _keras_steps(name: str, precision: str, steps: int) -> list[float]:
     from unet_keras.config import ModelConfig, TrainConfig
     from unet_keras.training.fit import compiled_model
 
-    filters, tile, batch = MODELS[name]
+    filters, padding, tile, batch = MODELS[name]
     keras.mixed_precision.set_global_policy(
         "mixed_bfloat16" if precision == "bfloat16" else "float32"
     )
-    config = TrainConfig(model=ModelConfig(filters=filters))
+    config = TrainConfig(model=ModelConfig(filters=filters, padding=padding))
     model = compiled_model(config, config.model)
-    images, targets = _batch(filters, tile, batch)
+    images, targets = _batch(padding, tile, batch)
     model.train_on_batch(images, targets)  # tracing
     times = []
     for _ in range(steps):
@@ -71,14 +82,19 @@ def _keras_steps(name: str, precision: str, steps: int) -> list[float]:
     return times
 
 
-def _torch_unet(filters: int, depth: int = 4, dropout: float = 0.5):
-    """Our U-Net (valid padding) in PyTorch."""
+def _torch_unet(filters: int, padding: str, depth: int = 4, dropout: float = 0.5):
+    """Our U-Net in PyTorch."""
     import torch
     from torch import nn
 
+    pad = 0 if padding == "valid" else 1
+
     def block(inputs: int, outputs: int) -> nn.Sequential:
         return nn.Sequential(
-            nn.Conv2d(inputs, outputs, 3), nn.ReLU(), nn.Conv2d(outputs, outputs, 3), nn.ReLU()
+            nn.Conv2d(inputs, outputs, 3, padding=pad),
+            nn.ReLU(),
+            nn.Conv2d(outputs, outputs, 3, padding=pad),
+            nn.ReLU(),
         )
 
     class UNet(nn.Module):
@@ -129,10 +145,10 @@ def _torch_steps(name: str, precision: str, steps: int, channels_last: bool) -> 
 
     torch.set_num_threads(os.cpu_count() or 1)
     torch.manual_seed(0)
-    filters, tile, batch = MODELS[name]
-    images, targets = _batch(filters, tile, batch)
+    filters, padding, tile, batch = MODELS[name]
+    images, targets = _batch(padding, tile, batch)
     layout = torch.channels_last if channels_last else torch.contiguous_format
-    network = _torch_unet(filters).to(memory_format=layout)
+    network = _torch_unet(filters, padding).to(memory_format=layout)
     optimizer = torch.optim.Adam(network.parameters(), 1e-3)
     x = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(memory_format=layout)
     labels = torch.from_numpy(targets[..., 0])[:, None]
@@ -222,13 +238,13 @@ def main() -> None:
     fp32_peak, bf16_peak = max(peaks["numpy fp32"], peaks["torch fp32"]), peaks["torch bf16"]
     print(peaks, flush=True)
     rows = []
-    for name, (filters, tile, batch) in MODELS.items():
+    for name, (filters, padding, tile, batch) in MODELS.items():
         times: dict[str, list[float]] = {side: [] for side in SIDES}
         for _ in range(args.rounds):
             for side in SIDES:
                 times[side] += run("--worker", side, name)
                 print(name, side, times[side], flush=True)
-        flops = training_flops(build_probe(filters), tile) * batch
+        flops = training_flops(build_probe(filters, padding), tile) * batch
         step = {side: statistics.median(values) for side, values in times.items()}
         reference = min(step["PyTorch fp32"], step["PyTorch fp32 channels-last"])
         for side in SIDES:
@@ -237,7 +253,8 @@ def main() -> None:
             peak = bf16_peak if bf16 else fp32_peak
             ratio = reference / step[side] if side.startswith("ours") else ""
             rows.append(
-                f"| {name}, {tile}x{tile}, batch {batch} | {side} | {step[side]:.3f} | "
+                f"| {name}: {filters} filters, {padding}, {tile}x{tile}, batch {batch} | "
+                f"{side} | {step[side]:.3f} | "
                 f"{rate:.0f} | {rate / peak:.0%} of {'bf16' if bf16 else 'fp32'} | "
                 f"{'' if ratio == '' else f'{ratio:.2f}x'} |"
             )

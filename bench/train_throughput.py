@@ -84,11 +84,11 @@ def _worker(name: str, precision: str, steps: int) -> None:
     print(json.dumps({"step": step, "batch": batch, "flops": flops, "peak_gib": peak}))
 
 
-def build_probe(filters: int):
+def build_probe(filters: int, padding: str = "valid"):
     """A float32 copy of the model shape, for counting FLOPs."""
     from unet_keras.model import build_unet
 
-    return build_unet(filters=filters)
+    return build_unet(filters=filters, padding=padding)
 
 
 def main() -> None:
