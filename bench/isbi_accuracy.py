@@ -117,7 +117,9 @@ def main() -> None:
 
     rows = score_rows(run_dir, held_out, work, args.figure, args.quick, held_out_names)
     if args.ship:
-        ship(run_dir, command, summary, rows)
+        remake = f"python bench/isbi_accuracy.py --max-time {args.max_time:g} --ship"
+        remake += " -- " + " ".join(args.train_flags) if args.train_flags else ""
+        ship(run_dir, command, remake, summary, rows)
     flags = " ".join(sparse + args.train_flags) or "defaults"
     if args.labelled < 1:
         flags += f"; {args.labelled:.0%} of each training mask labelled, in {STRIP}-row strips"
@@ -192,11 +194,12 @@ def score_rows(
     return rows
 
 
-def ship(run_dir: Path, command: list[str], summary: dict, rows: list[str]) -> None:
+def ship(run_dir: Path, command: list[str], remake: str, summary: dict, rows: list[str]) -> None:
     """Writes the run's best model, without optimizer state, as the shipped model, and
     beside it how it was made and scored, and the data's terms."""
     from common import machine_description
 
+    from unet_keras.io.atomic import atomic_path
     from unet_keras.pretrained_models import HERE
     from unet_keras.saving import load_model, save_model
 
@@ -206,7 +209,7 @@ def ship(run_dir: Path, command: list[str], summary: dict, rows: list[str]) -> N
         "data": "ISBI 2012 training sections 00-19 (../shared/data/isbi2012/train); two of "
         "them, chosen by the seed, selected the best epoch and the threshold",
         "command": " ".join(Path(part).name if "/" in part else part for part in command),
-        "remake": "python bench/isbi_accuracy.py --max-time 900 --ship",
+        "remake": remake,
         "summary": {k: v for k, v in summary.items() if k not in ("run_dir",)},
         "machine": machine_description(),
         "made": time.strftime("%Y-%m-%d"),
@@ -223,8 +226,6 @@ def ship(run_dir: Path, command: list[str], summary: dict, rows: list[str]) -> N
         "Front. Neuroanat. 9:142."
     )
     described = {"training": training, "scores": record_of_scores, "data_terms": terms}
-    from unet_keras.io.atomic import atomic_path
-
     with atomic_path(HERE / f"{SHIPPED}.json") as temporary:
         temporary.write_text(json.dumps(described, indent=2) + "\n")
     size = (HERE / f"{SHIPPED}.keras").stat().st_size

@@ -23,7 +23,8 @@ from unet_keras.config import (
 )
 
 # A tiny model on small images: depth 2 valid padding takes 60 px tiles to 20 px outputs.
-TINY = ["--depth", "2", "--filters", "4", "--tile", "60", "--validation", "2"]
+TINY = ["--depth", "2", "--filters", "4", "--padding", "valid", "--tile", "60"]
+TINY += ["--validation", "2"]
 TINY += ["--batch-size", "2", "--steps-per-epoch", "3", "--dropout", "0"]
 
 
@@ -61,7 +62,7 @@ def test_every_setting_has_its_flag_help_and_choices(name):
 def test_nested_flags_keep_the_rest_of_their_sections_default():
     # --depth alone must not reset the default filters (16 for training) to ModelConfig's.
     config = _config(["--depth", "3"])
-    assert config.model == ModelConfig(filters=16, depth=3)
+    assert config.model == ModelConfig(filters=16, padding="same", depth=3)
 
 
 def test_flags_override_the_config_file_which_overrides_defaults(tmp_path):
@@ -88,7 +89,7 @@ def test_help_explains_every_flag_with_its_default(capsys):
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["--tile", "290"], "--tile: input size 290 does not fit.*nearest workable: 284 or 300"),
+        (["--tile", "290"], "--tile: input size 290 does not fit.*same padding.*288 or 304"),
         (["--strategy", "multiworker"], "needs the TF_CONFIG environment variable"),
         (["--classes", "3"], "--classes 3 does not match the masks: 2 classes"),
         (["--mask-threshold", "128"], "--mask-threshold needs --class-values"),

@@ -376,13 +376,19 @@ class TrainConfig(Settings):
         "(mean/std) or unit_range (divide by the dtype maximum)",
     )
     validation: int = setting(4, help="whole images held out for validation")
-    model: ModelConfig = setting(ModelConfig(filters=16), help="the network's shape")
+    # 16 filters, same padding, 256 px tiles: what a 2-core CPU learns most from in a budget
+    # (docs/benchmarks.md, the recipe study); --padding valid is the paper's network.
+    model: ModelConfig = setting(
+        ModelConfig(filters=16, padding="same"), help="the network's shape"
+    )
     tile: int = setting(
-        316,
+        256,
         help="input tile side in pixels (valid padding: the output is 184 px smaller at depth 4)",
     )
     augment: AugmentConfig = setting(AugmentConfig(), help="the augmentations")
-    w0: float = setting(10.0, help="border weight map: weight of the gaps between cells")
+    w0: float = setting(
+        3.0, help="border weight map: weight of the gaps between cells (paper: 10)"
+    )
     sigma: float = setting(5.0, help="border weight map: width of the gaps in pixels")
     loss: Literal["cross_entropy", "dice", "cross_entropy+dice"] = setting(
         "cross_entropy", help="cross_entropy is weighted by the border map"

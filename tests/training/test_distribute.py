@@ -17,7 +17,8 @@ from unet_keras.training import distribute
 
 ROOT = Path(__file__).resolve().parents[2]
 # A tiny model on small images: depth 2 valid padding takes 60 px tiles to 20 px outputs.
-TINY = ["--depth", "2", "--filters", "4", "--tile", "60", "--validation", "2"]
+TINY = ["--depth", "2", "--filters", "4", "--padding", "valid", "--tile", "60"]
+TINY += ["--validation", "2"]
 TINY += ["--batch-size", "2", "--steps-per-epoch", "3", "--dropout", "0"]
 
 

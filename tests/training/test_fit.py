@@ -16,7 +16,8 @@ import unet_keras.training.fit  # noqa: F401  (registers the losses compiled mod
 
 ROOT = Path(__file__).resolve().parents[2]
 # A tiny model on small images: depth 2 valid padding takes 60 px tiles to 20 px outputs.
-TINY = ["--depth", "2", "--filters", "4", "--tile", "60", "--validation", "2"]
+TINY = ["--depth", "2", "--filters", "4", "--padding", "valid", "--tile", "60"]
+TINY += ["--validation", "2"]
 TINY += ["--batch-size", "2", "--steps-per-epoch", "3", "--dropout", "0"]
 
 
@@ -160,3 +161,26 @@ def test_sparse_annotations_train_and_the_record_keeps_the_ignore_value(tmp_path
     # Forgetting the flag with the classes named: the unlabelled value is an error.
     refused = _train(*argv, "--run-dir", str(tmp_path / "other"), "--class-values", "0", "255")
     assert refused.returncode != 0 and "mask values 128" in refused.stderr
+
+
+def test_a_run_starts_from_another_with_its_encoder_fixed_at_first(synthetic_data, tmp_path):
+    from unet_keras.saving import load_model
+
+    data = ["--data", str(synthetic_data), *TINY, "--epochs", "1"]
+    first = _train(*data, "--run-dir", str(tmp_path / "first"))
+    assert first.returncode == 0, first.stderr[-3000:]
+    second = tmp_path / "second"
+    result = _train(*data, "--run-dir", str(second), "--init-from", str(tmp_path / "first"),
+                    "--freeze-encoder", "1")  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"weights from {tmp_path / 'first'}" in result.stderr
+    source, _ = load_model(tmp_path / "first")
+    tuned, _ = load_model(second / "last.keras")
+    for before, after in zip(source.weights, tuned.weights, strict=True):
+        same = np.array_equal(before.numpy(), after.numpy())
+        assert same == after.path.startswith(("down", "bottom")), after.path
+    # Another shape fails before any training, saying which flag differs.
+    other = _train(*data, "--run-dir", str(tmp_path / "other"), "--filters", "8",
+                   "--init-from", str(tmp_path / "first"))  # fmt: skip
+    assert other.returncode != 0 and "--filters 4 there, 8 here" in other.stderr
+    assert not (tmp_path / "other" / "config.json").exists()  # nothing to refuse a rerun

@@ -6,7 +6,8 @@ from unet_keras import cli
 from unet_keras.config import TrainConfig
 
 # A tiny model on small images: depth 2 valid padding takes 60 px tiles to 20 px outputs.
-TINY = ["--depth", "2", "--filters", "4", "--tile", "60", "--validation", "2"]
+TINY = ["--depth", "2", "--filters", "4", "--padding", "valid", "--tile", "60"]
+TINY += ["--validation", "2"]
 
 
 def test_a_run_directory_refuses_other_settings(synthetic_data, tmp_path, capsys):

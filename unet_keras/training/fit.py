@@ -92,7 +92,6 @@ def fit(config: TrainConfig, data: PreparedData | None = None) -> dict[str, Any]
     }
     run_dir = RunDirectory.for_this_worker(config.run_dir)
     run_dir.check_resumable(settings)
-    run_dir.write_json("config.json", settings)
     log.info("settings: %s", json.dumps(settings, sort_keys=True))
     # Every worker resumes from the chief's files.
     chief_run = RunDirectory(config.run_dir)
@@ -107,6 +106,8 @@ def fit(config: TrainConfig, data: PreparedData | None = None) -> dict[str, Any]
     if state["epoch"] == 0 and config.init_from:
         initialize(model, record.model, config.init_from)
         log.info("weights from %s", config.init_from)
+    # Only now: a run refused above leaves nothing that would refuse its corrected rerun.
+    run_dir.write_json("config.json", settings)
     epochs = config.epochs or (UNBOUNDED if config.max_time else DEFAULT_EPOCHS)
     stopped_by_time_budget = bool(config.max_time) and state["seconds"] >= config.max_time
     if state["epoch"] < epochs and not stopped_by_time_budget:
