@@ -36,7 +36,7 @@ def shifted_domain(folder: Path, scale: float, gamma: float, contrast: float) ->
     for kind in ("images", "masks"):
         (folder / kind).mkdir(parents=True, exist_ok=True)
     for name in TRAIN + TEST:
-        image = read_image(DATA / "images" / f"{name}.png").astype(np.float64) / 255
+        image = read_image(DATA / "images" / f"{name}.png")[..., 0].astype(np.float64) / 255
         image = image**gamma
         image = np.clip(image.mean() + contrast * (image - image.mean()), 0, 1)
         size = round(image.shape[1] * scale), round(image.shape[0] * scale)
