@@ -66,3 +66,21 @@ def test_bad_model_files_are_named(tmp_path: Path):
         read_record(tmp_path / "odd.keras")
     with pytest.raises(ValueError, match=r"model files end in \.keras"):
         save_model(None, tmp_path / "model.h5", None)
+
+
+def test_a_mixed_precision_model_is_loaded_for_prediction_in_float32(tmp_path: Path, tiny_unet):
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        model, record = tiny_unet()
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    save_model(model, tmp_path / "model.keras", record)
+    loaded, _ = load_model(tmp_path / "model.keras")
+    assert {layer.dtype_policy.name for layer in loaded.layers} == {"float32"}
+    for mine, theirs in zip(model.weights, loaded.weights, strict=True):
+        np.testing.assert_array_equal(mine.numpy(), theirs.numpy())
+    # The same tiles alone or batched: the same probabilities (float32 rounding aside).
+    tiles = np.random.default_rng(0).normal(size=(3, 92, 92, 1)).astype("float32")
+    together = loaded(tiles, training=False).numpy()
+    alone = np.concatenate([loaded(tiles[i : i + 1], training=False).numpy() for i in range(3)])
+    np.testing.assert_allclose(together, alone, rtol=1e-5, atol=1e-6)

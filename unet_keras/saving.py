@@ -75,10 +75,27 @@ def read_record(path: str | os.PathLike) -> ModelRecord:
 
 
 def load_model(path: str | os.PathLike, compile: bool = False) -> tuple[keras.Model, ModelRecord]:
-    """Loads a model file, or a run directory's best model, with its record."""
+    """Loads a model file, or a run directory's best model, with its record.
+
+    Uncompiled (for prediction and export), a model trained in mixed precision comes back
+    in float32: its weights are float32 already, and every way of running it (predict,
+    export, serving) then computes the same probabilities, however its tiles are batched.
+    """
     path = model_file(path)
     record = read_record(path)
-    return keras.models.load_model(path, compile=compile), record
+    model = keras.models.load_model(path, compile=compile)
+    if compile or all(layer.dtype_policy.name == "float32" for layer in model.layers):
+        return model, record
+    from unet_keras.model import build_unet
+
+    policy = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("float32")
+    try:
+        exact = build_unet(**record.model.to_dict())
+    finally:
+        keras.config.set_dtype_policy(policy)
+    exact.set_weights(model.get_weights())
+    return exact, record
 
 
 def load_network(path: str | os.PathLike) -> tuple[Callable[[Any], Any], ModelRecord]:
