@@ -14,6 +14,26 @@ ROOT = Path(__file__).resolve().parents[1]
 ISBI = ROOT.parent / "shared" / "data" / "isbi2012"
 
 
+@pytest.fixture(autouse=True)
+def environment_unchanged():
+    """Fails a test that leaves os.environ changed, and undoes the change: a leaked
+    OMP_NUM_THREADS=1 (distributed's nanny sets it) made every later training test several
+    times slower."""
+    saved = dict(os.environ)
+    yield
+    changed = {
+        name
+        for name in set(saved) | set(os.environ)
+        if saved.get(name) != os.environ.get(name) and name != "PYTEST_CURRENT_TEST"
+    }
+    for name in changed:
+        if name in saved:
+            os.environ[name] = saved[name]
+        else:
+            del os.environ[name]
+    assert not changed, f"the test left os.environ changed: {sorted(changed)}"
+
+
 @pytest.fixture(scope="session")
 def isbi() -> Path:
     """The ISBI 2012 data folder; skips only when it is absent (CI checks it is there)."""

@@ -19,6 +19,7 @@ from unet_keras import workflows  # noqa: E402
 from unet_keras.cli import main  # noqa: E402
 from unet_keras.config import PredictConfig  # noqa: E402
 from unet_keras.inference.segmenter import Segmenter  # noqa: E402
+from unet_keras.inference.volumes import environment_restored  # noqa: E402
 from unet_keras.io.volumes import create_volume  # noqa: E402
 
 # Tiles of 76 pixels (36 out) on 32-pixel chunks and 40-pixel blocks: tiles straddle
@@ -131,13 +132,16 @@ def test_a_dask_cluster_of_two_worker_processes_gives_the_same_volume(tmp_path, 
     distributed = pytest.importorskip("distributed")
     model = tiny_model_file()
     pixels = make_volume(tmp_path / "in.zarr", (4, 70, 70))
-    with distributed.LocalCluster(
-        n_workers=2,
-        threads_per_worker=1,
-        processes=True,
-        host="127.0.0.1",
-        dashboard_address=":0",
-    ) as cluster:
+    with (
+        environment_restored(),
+        distributed.LocalCluster(
+            n_workers=2,
+            threads_per_worker=1,
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address=":0",
+        ) as cluster,
+    ):
         settings = config(model, tmp_path / "in.zarr", tmp_path / "out.zarr")
         settings = PredictConfig.from_dict(
             {**settings.to_dict(), "scheduler": cluster.scheduler_address}
@@ -148,6 +152,24 @@ def test_a_dask_cluster_of_two_worker_processes_gives_the_same_volume(tmp_path, 
     assert report.failed == [] and report.predicted == 4 * 2 * 2
     # Two worker processes, each of which loaded the model once at most.
     assert len(loaded) == 2 and set(loaded.values()) <= {0, 1} and sum(loaded.values()) >= 1
+    masks = zarr.open_array(tmp_path / "out.zarr/mask/0", mode="r")[...]
+    assert np.array_equal(masks, whole_sections(model, pixels)[0])
+
+
+def test_local_worker_processes_give_the_same_volume_and_leave_the_environment(
+    tmp_path, tiny_model_file
+):
+    """--workers 2 starts its own cluster; distributed's nanny sets OMP_NUM_THREADS=1 in
+    this process too, which must not outlive the run."""
+    pytest.importorskip("distributed")
+    model = tiny_model_file()
+    pixels = make_volume(tmp_path / "in.zarr", (2, 70, 70))
+    settings = config(model, tmp_path / "in.zarr", tmp_path / "out.zarr")
+    settings = PredictConfig.from_dict({**settings.to_dict(), "workers": 2})
+    environment = dict(os.environ)
+    report = workflows.predict(settings, progress=False)
+    assert dict(os.environ) == environment
+    assert report.failed == [] and report.predicted == 2 * 2 * 2
     masks = zarr.open_array(tmp_path / "out.zarr/mask/0", mode="r")[...]
     assert np.array_equal(masks, whole_sections(model, pixels)[0])
 

@@ -176,17 +176,21 @@ class ClientCore(abc.ABC):
         counts as not available yet.
         """
         deadline = time.monotonic() + timeout
-        last = "no answer yet"
+        last, state = "no answer yet", ""
         while (remaining := deadline - time.monotonic()) > 0:
             try:
                 states = yield from self._model_status(version, min(self.timeout, remaining))
-            except (NotFoundError, UnavailableError, DeadlineExceededError) as error:
+            except (NotFoundError, UnavailableError) as error:
                 last = str(error)
+            except DeadlineExceededError as error:
+                # A poll cut short by the overall deadline says less than the state seen
+                # before it: keep that state and say the poll timed out.
+                last = f"{state} (then a poll timed out)" if state else str(error)
             else:
                 found = available_version(states)
                 if found is not None:
                     return found
-                last = describe(states)
+                last = state = describe(states)
             yield Sleep(max(min(poll_interval, deadline - time.monotonic()), 0.0))
         raise DeadlineExceededError(
             f"model {self.model_name!r} at {self.target} had no AVAILABLE version after "

@@ -20,6 +20,8 @@ import dataclasses
 import functools
 import json
 import logging
+import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -247,6 +249,7 @@ def _run_on_cluster(
 
     with contextlib.ExitStack() as stack:  # the cluster closes after its client
         if scheduler is None:
+            stack.enter_context(environment_restored())
             cluster = stack.enter_context(
                 LocalCluster(
                     n_workers=workers,
@@ -272,6 +275,23 @@ def _run_on_cluster(
                 report.failed.append((f"block {futures[future]}", f"{error}"))
                 log.error("%s: block %s: %s", job.output, futures[future], error)
             bar.update()
+
+
+@contextlib.contextmanager
+def environment_restored() -> Iterator[None]:
+    """Puts os.environ back as it was on leaving.
+
+    distributed's nanny sets OMP_NUM_THREADS=1 and MALLOC_TRIM_THRESHOLD_ (meant for its
+    workers) in this process's own environment too, where they stay: TensorFlow run here
+    afterwards, or in a process started from here, then trains several times slower.
+    """
+    saved = dict(os.environ)
+    try:
+        yield
+    finally:
+        for name in set(os.environ) - set(saved):
+            del os.environ[name]
+        os.environ.update(saved)
 
 
 def _key(job: VolumeJob, block: tuple[int, ...]) -> str:
