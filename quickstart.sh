@@ -9,9 +9,7 @@ run=runs/quickstart
 port=${PORT:-8500}
 rest_port=${REST_PORT:-$((port + 1))}
 
-# The paper's network (valid padding): its export tiles exactly as predict does, which CI checks
-# bit for bit; same-padding exports differ from predict at image borders (README, Export).
-.venv/bin/python train_keras.py --run-dir "$run" --epochs 4 --steps-per-epoch 25 --padding valid --tile 316
+.venv/bin/python train_keras.py --run-dir "$run" --epochs 4 --steps-per-epoch 25
 .venv/bin/unet-keras synthetic "$run/new" --count 2 --seed 1
 .venv/bin/unet-keras predict --model "$run" --input "$run/new/images" --output "$run/predictions" --overlay
 

@@ -14,24 +14,29 @@ ROOT = Path(__file__).resolve().parents[1]
 ISBI = ROOT.parent / "shared" / "data" / "isbi2012"
 
 
+# Settings that change how fast TensorFlow runs here and in the processes tests start.
+# Importing libraries sets other variables (TF2_BEHAVIOR, which TensorFlow reads again
+# later), so only these are held.
+SPEED_SETTINGS = (
+    "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MALLOC_TRIM_THRESHOLD_",
+    "TF_ENABLE_ONEDNN_OPTS", "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS",
+    "TF_XLA_FLAGS", "CUDA_VISIBLE_DEVICES",
+)  # fmt: skip
+
+
 @pytest.fixture(autouse=True)
-def environment_unchanged():
-    """Fails a test that leaves os.environ changed, and undoes the change: a leaked
-    OMP_NUM_THREADS=1 (distributed's nanny sets it) made every later training test several
-    times slower."""
-    saved = dict(os.environ)
+def speed_settings_unchanged():
+    """Fails a test that leaves a speed setting changed, and undoes the change: a leaked
+    OMP_NUM_THREADS=1 (distributed's nanny sets it) made later training tests 7x slower."""
+    saved = {name: os.environ.get(name) for name in SPEED_SETTINGS}
     yield
-    changed = {
-        name
-        for name in set(saved) | set(os.environ)
-        if saved.get(name) != os.environ.get(name) and name != "PYTEST_CURRENT_TEST"
-    }
+    changed = sorted(name for name in SPEED_SETTINGS if os.environ.get(name) != saved[name])
     for name in changed:
-        if name in saved:
-            os.environ[name] = saved[name]
-        else:
+        if saved[name] is None:
             del os.environ[name]
-    assert not changed, f"the test left os.environ changed: {sorted(changed)}"
+        else:
+            os.environ[name] = saved[name]
+    assert not changed, f"the test left these environment variables changed: {changed}"
 
 
 @pytest.fixture(scope="session")

@@ -29,11 +29,12 @@ from unet_keras.geometry import (
     plan_tiles,
     plan_windows,
     receptive_reach,
+    same_blend_kernel,
     stitch,
     tiles_within,
     valid_input_size,
 )
-from unet_keras.serving.export import GraphAxis, owned_span, tile_index
+from unet_keras.serving.export import GraphAxis
 
 
 def simulate_valid(n: int, depth: int) -> int | None:
@@ -142,22 +143,20 @@ def test_same_plan_overlaps_and_covers() -> None:
 
 @pytest.mark.parametrize("depth", [1, 2, 3, 4, 5])
 def test_the_export_graph_the_numpy_plan_and_windows_agree_on_every_size(depth):
-    """Sizes 1 to 600, three tile sizes: the same tiles, inputs and owned spans; windows
+    """Sizes 1 to 400, three tile sizes: the same tiles, inputs and owned spans; windows
     whose kept pixels see all they need on the grid a whole-image pass uses."""
     grid, reach = 2**depth, receptive_reach(depth)
 
     @tf.function(reduce_retracing=True)
     def graph_plan(size, largest):
-        axis = GraphAxis.plan(size, depth, largest)
-        spans = tf.map_fn(
-            lambda tile: tf.stack(owned_span(axis, tile, size)), tf.range(axis.count)
-        )
-        return axis.count, axis.tile_in, tile_index(axis, size), spans
+        axis = GraphAxis.valid(size, depth, largest)
+        spans = tf.map_fn(lambda tile: tf.stack(axis.span(tile)), tf.range(axis.count))
+        return axis.count, axis.tile_in, axis.input_index(), spans
 
     tiles = [None, input_size_for_output(grid, depth), input_size_for_output(130, depth)]
     for tile in tiles:
         largest = largest_output_tile(depth, tile)
-        for size in range(1, 601):
+        for size in range(1, 401):
             plan = plan_tiles(size, depth, "valid", tile)
             count, tile_in, inputs, spans = graph_plan(tf.constant(size), largest)
             assert (int(count), int(tile_in)) == (len(plan.starts), plan.tile_in)
@@ -175,6 +174,34 @@ def test_the_export_graph_the_numpy_plan_and_windows_agree_on_every_size(depth):
                 assert span.start % grid == 0
                 assert span.keep_start - span.start >= reach or span.start == 0
                 assert span.stop - span.keep_stop >= reach or span.stop == size
+
+
+@pytest.mark.parametrize(("depth", "tile", "overlap"), [(4, 256, 64), (2, 32, 8), (3, 64, 56)])
+def test_the_export_graph_blends_same_padding_tiles_as_the_numpy_plan(depth, tile, overlap):
+    """Sizes 1 to 400: the same tiles, inputs, spans and weights, bit for bit (float sums
+    in the same order); overlaps large enough that three tiles meet at a pixel."""
+
+    @tf.function(reduce_retracing=True)
+    def graph_plan(size):
+        blend = tf.constant(same_blend_kernel(tile), tf.float64)
+        axis = GraphAxis.same(size, depth, tile, overlap, blend)
+        spans = tf.map_fn(lambda i: tf.stack(axis.span(i)), tf.range(axis.count))
+        weights = tf.map_fn(
+            lambda i: tf.pad(axis.weights(i), [[0, size - tf.size(axis.weights(i))]]),
+            tf.range(axis.count),
+            fn_output_signature=tf.float32,
+        )
+        return axis.tile_in, axis.starts, axis.input_index(), spans, weights
+
+    for size in range(1, 401):
+        plan = plan_tiles(size, depth, "same", tile, overlap)
+        tile_in, starts, inputs, spans, weights = graph_plan(tf.constant(size))
+        assert int(tile_in) == plan.tile_in and list(starts.numpy()) == list(plan.starts)
+        expected_inputs = [mirror_index(np.arange(plan.tile_in) + s, size) for s in plan.starts]
+        np.testing.assert_array_equal(inputs, expected_inputs)
+        np.testing.assert_array_equal(spans, plan.spans)
+        for row, expected in zip(weights.numpy(), plan.weights, strict=True):
+            np.testing.assert_array_equal(row[: expected.size], expected)
 
 
 def tiny_valid_unet(depth: int) -> keras.Model:

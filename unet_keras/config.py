@@ -598,7 +598,12 @@ class ExportConfig(Settings):
     tile: int | None = setting(
         None,
         help="largest input tile the graph runs at once (default: 700 for valid padding at "
-        "depth 4)",
+        "depth 4, 512 for same padding), as predict's --tile",
+    )
+    overlap: int | None = setting(
+        None,
+        help="same padding: overlap of neighbouring tiles in pixels (default: a quarter of "
+        "the tile), as predict's --overlap",
     )
     threshold: float | None = setting(
         None,
@@ -617,6 +622,7 @@ class ExportConfig(Settings):
 
     def check(self) -> None:
         _at_least(self, 1, "version", "tile", "max_pixels")
+        _at_least(self, 0, "overlap")
         needed = {"savedmodel": ("base_path", "--base-path"), "bioimageio": ("output", "--output")}
         name, flag = needed[self.format]
         if getattr(self, name) is None:

@@ -268,27 +268,57 @@ def _plan_valid(size: int, depth: int, largest: int) -> AxisTiles:
     return AxisTiles(size, tile_in, tile_out, context_margin(depth), starts, spans)
 
 
+def same_tiling(
+    size: Any, depth: int, tile: int, overlap: int, xp: ModuleType = np
+) -> tuple[Any, ...]:
+    """(count, side, first, last) of the same-padding tiles along an axis of `size` pixels.
+
+    The tiles reach `overlap / 2` beyond each border, which keeps the image's own edges off
+    tile edges. Where that span fits one tile, it is one tile of the smallest multiple of
+    `2**depth` that covers it, centred (the odd pixel goes below); else `count` tiles of
+    `tile` pixels, the first starting at `first`, the last at `last` (`same_starts`).
+    `xp=tf` computes it in a graph.
+    """
+    scale = 2**depth
+    span = size + overlap
+    single = span <= tile
+    side = xp.where(single, xp.maximum(scale, ceil_div(span, scale) * scale), tile)
+    count = xp.where(single, 1, ceil_div(span - tile, tile - overlap) + 1)
+    first = xp.where(single, -((side - size) // 2), -(overlap // 2))
+    last = xp.where(single, first, size + overlap - overlap // 2 - tile)
+    return count, side, first, last
+
+
+def same_starts(count: Any, first: Any, last: Any, xp: ModuleType = np) -> Any:
+    """Where `count` same-padding tiles start: evenly from `first` to `last`, rounded half up
+    in integers, so that a graph (`xp=tf`) places them exactly as NumPy does."""
+    index = np.arange(count) if xp is np else xp.range(count)
+    gaps = xp.maximum(count - 1, 1)
+    return first + (2 * index * (last - first) + gaps) // (2 * gaps)
+
+
+def same_blend_kernel(tile: int) -> np.ndarray:
+    """The Gaussian that weighs a same-padding tile's pixels (float64, `tile` long).
+
+    sigma = tile / 8 as in nnU-Net: the edges weigh exp(-8) of the centre, little but never
+    zero, so a pixel seen by one tile only is still defined.
+    """
+    centre = (tile - 1) / 2
+    return np.exp(-0.5 * ((np.arange(tile) - centre) / (tile / 8)) ** 2)
+
+
 def _plan_same(size: int, depth: int, tile: int, overlap: int) -> AxisTiles:
-    """Overlapping tiles spread evenly over the axis, mirrored `overlap / 2` beyond it."""
+    """Overlapping tiles spread evenly over the axis, mirrored `overlap / 2` beyond it,
+    each pixel the Gaussian-weighted mean of the tiles that see it."""
     scale = 2**depth
     if tile % scale:
         raise ValueError(f"same-padding tiles must be a multiple of {scale}, got {tile}")
     if not 0 <= overlap < tile:
         raise ValueError(f"overlap must be in [0, {tile}) pixels for tile {tile}, got {overlap}")
-    # Reaching overlap/2 beyond each border keeps the image's own edges off tile edges.
-    span = size + overlap
-    if span <= tile:
-        tile = max(scale, ceil_div(span, scale) * scale)
-        starts = (-((tile - size) // 2),)  # centred; the odd pixel goes below
-    else:
-        count = ceil_div(span - tile, tile - overlap) + 1
-        first, last = -(overlap // 2), size + overlap - overlap // 2 - tile
-        starts = tuple(first + round(i * (last - first) / (count - 1)) for i in range(count))
-    # Gaussian with sigma = tile / 8 as in nnU-Net: the edges weigh exp(-8) of the centre,
-    # little but never zero, so a pixel seen by one tile only is still defined.
-    centre = (tile - 1) / 2
-    gaussian = np.exp(-0.5 * ((np.arange(tile) - centre) / (tile / 8)) ** 2)
-    spans = tuple((max(start, 0), min(start + tile, size)) for start in starts)
+    count, side, first, last = (int(v) for v in same_tiling(size, depth, tile, overlap))
+    starts = tuple(int(start) for start in same_starts(count, first, last))
+    gaussian = same_blend_kernel(side)
+    spans = tuple((max(start, 0), min(start + side, size)) for start in starts)
     coverage = np.zeros(size)
     for start, (low, high) in zip(starts, spans, strict=True):
         coverage[low:high] += gaussian[low - start : high - start]
@@ -296,7 +326,7 @@ def _plan_same(size: int, depth: int, tile: int, overlap: int) -> AxisTiles:
         (gaussian[low - start : high - start] / coverage[low:high]).astype(np.float32)
         for start, (low, high) in zip(starts, spans, strict=True)
     )
-    return AxisTiles(size, tile, tile, 0, starts, spans, weights)
+    return AxisTiles(size, side, side, 0, starts, spans, weights)
 
 
 def tiles_within(axis: AxisTiles, start: int, stop: int) -> list[int]:

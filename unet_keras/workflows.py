@@ -138,7 +138,7 @@ def evaluate(config: EvaluateConfig, progress: bool = True) -> dict[str, Any]:
 def export(config: ExportConfig) -> Path:
     """Exports a model as the next (or the given) SavedModel version, or as a BioImage.IO
     package; returns its folder or file."""
-    options = {"tile": config.tile, "threshold": config.threshold}
+    options = {"tile": config.tile, "overlap": config.overlap, "threshold": config.threshold}
     if config.format == "bioimageio":
         from unet_keras.serving.bioimageio import export_bioimageio
 

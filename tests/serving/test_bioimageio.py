@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import zipfile
 
 import pytest
@@ -15,8 +16,12 @@ from unet_keras.cli import main
 def test_the_package_passes_bioimageio_cores_test(tmp_path, tiny_model_file, capsys, monkeypatch):
     from bioimageio.core import test_model
 
-    # bioimageio.core unzips TensorFlow weights into the working directory.
+    # bioimageio.core unzips TensorFlow weights into the working directory, and sets
+    # TF_ENABLE_ONEDNN_OPTS=0 for good (which would slow the TensorFlow processes that later
+    # tests start). monkeypatch undoes both; the value set here is read by no one, as
+    # TensorFlow in this process has started already.
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", os.environ.get("TF_ENABLE_ONEDNN_OPTS", "1"))
     package = tmp_path / "unet.zip"
     argv = ["export", "--model", str(tiny_model_file()), "--format", "bioimageio"]
     assert main([*argv, "--output", str(package)]) == 0

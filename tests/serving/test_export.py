@@ -31,7 +31,8 @@ def valid_export(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """(model file, version directory) of the tiny U-Net with 76-pixel tiles."""
     folder = tmp_path_factory.mktemp("valid")
     model = save_unet(folder / "model.keras")
-    return model, export.export_model(model, folder / "base", tile=76, max_pixels=10**6)
+    options = {"tile": 76, "tiles_per_call": 4, "max_pixels": 10**6}
+    return model, export.export_model(model, folder / "base", **options)
 
 
 def serve(version: Path, image: np.ndarray) -> dict[str, np.ndarray]:
@@ -90,13 +91,24 @@ def test_outputs_equal_tiled_prediction_on_isbi(
     np.testing.assert_allclose(from_export, expected, atol=1e-5)
 
 
-def test_same_padding_export_matches_one_tile(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("options", "shape"),
+    [({}, (101, 70)), ({"tile": 32, "overlap": 12}, (101, 70)), ({"tile": 48}, (48, 130))],
+)
+def test_same_padding_export_blends_tiles_as_predict_does_bit_for_bit(
+    tmp_path: Path, options: dict, shape: tuple[int, int]
+) -> None:
+    """One lone tile (the default 512 covers the image), and tiles blended where two and
+    three overlap: the graph's probabilities are predict's to the bit, so are the masks."""
     config = ModelConfig(filters=4, depth=2, padding="same", dropout=0.0)
     model = save_unet(tmp_path / "model.keras", config=config, tile=(64, 64))
-    version = export.export_model(model, tmp_path / "base")
-    image = np.random.default_rng(3).integers(0, 256, (101, 70, 1), np.uint8)
-    expected = Segmenter.from_path(model, tile=128, overlap=0).probabilities(image)
-    np.testing.assert_allclose(serve(version, image)["probabilities"], expected, atol=1e-5)
+    version = export.export_model(model, tmp_path / "base", warmup=False, **options)
+    image = np.random.default_rng(3).integers(0, 256, (*shape, 1), np.uint8)
+    segmenter = Segmenter.from_path(model, **options)
+    expected = segmenter.probabilities(image)
+    served = serve(version, image)
+    np.testing.assert_array_equal(served["probabilities"], expected)
+    np.testing.assert_array_equal(served["mask"], segmenter.mask(segmenter.labels(expected)))
 
 
 def test_png_signature_and_its_guards(valid_export: tuple[Path, Path]) -> None:

@@ -151,9 +151,10 @@ def test_a_flood_is_answered_or_refused_at_once_and_memory_stays_bounded(tmp_pat
     assert set(codes) <= {grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED}, set(codes)
     assert codes.count(grpc.StatusCode.OK) >= 2
     assert codes.count(grpc.StatusCode.RESOURCE_EXHAUSTED) >= 1
-    # 64 requests of 4 MB at once, 2 let in: 68 MiB here, where without the limit the
+    # 64 requests of 4 MB at once, 2 let in: 68 MiB here, 137 MiB with the machine busy
+    # (gRPC reads more messages before the refusals go out), where without the limit the
     # same flood took 261 MiB (the queued requests hold their messages).
-    assert grown < 120 * 2**20, f"{grown / 2**20:.0f} MiB"
+    assert grown < 180 * 2**20, f"{grown / 2**20:.0f} MiB"
 
 
 def test_a_rest_flood_is_answered_or_refused_at_once_and_memory_stays_bounded(tmp_path: Path):

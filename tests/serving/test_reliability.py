@@ -43,7 +43,7 @@ MAX_MESSAGE_BYTES = 4 * 2**20
 # CPU for these images, which a 2-core machine needs.
 EXPORT_OPTIONS = {"tiles_per_call": 1, "max_pixels": MAX_PIXELS}
 SEEDS = {1: 7, 2: 8}  # version -> weights; different weights give different masks
-CLIENTS, REQUESTS = 16, 50
+CLIENTS, REQUESTS = 16, 30
 SIZE = 512
 # Distinct images, cycled so that concurrent clients send different ones: a response that
 # went to the wrong caller shows.
@@ -55,7 +55,7 @@ PATIENT_RETRY = RetryPolicy(attempts=200, initial_backoff=0.05, max_backoff=0.5)
 REFUSED = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION}
 RPC_TIMEOUT = 60.0
 
-pytestmark = pytest.mark.slow  # 800 512x512 requests
+pytestmark = pytest.mark.slow  # 480 512x512 requests
 
 
 def save_tiny_unet(path: Path, seed: int) -> Path:

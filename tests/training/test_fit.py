@@ -123,11 +123,11 @@ def test_bfloat16_with_xla_trains_to_a_finite_loss(synthetic_data, tmp_path):
 def test_a_time_budget_is_used_whole_and_the_schedule_spans_it(synthetic_data, tmp_path):
     run = tmp_path / "run"
     argv = ["--data", str(synthetic_data), "--run-dir", str(run), *TINY]
-    result = _train(*argv, "--max-time", "20", "--steps-per-epoch", "2")
+    result = _train(*argv, "--max-time", "12", "--steps-per-epoch", "2")
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((run / "summary.json").read_text())
     assert summary["stopped_by_time_budget"] and summary["epochs"] >= 2
-    assert summary["budget_used"] >= 0.95 and summary["wall_seconds"] < 30
+    assert summary["budget_used"] >= 0.95 and summary["wall_seconds"] < 20
     with open(run / "log.csv") as handle:
         rates = [float(row["learning_rate"]) for row in csv.DictReader(handle)]
     # Warm-up and cosine by elapsed time: the last epoch ends where the budget does, at 0.

@@ -4,10 +4,10 @@ A version directory holds one SavedModel with these signatures:
 
 - `serving_default`: `image` [N, H, W, C] raw pixels in the training images' dtype, any H
   and W -> `probabilities` float32 [N, H, W, classes] and `mask` [N, H, W] in the training
-  masks' value convention. The graph normalises as training did and, for valid padding,
-  cuts mirrored tiles on the 2**depth grid, exactly as `Segmenter` does (both follow
-  `unet_keras.geometry`), so it gives the same result; same padding pads the image to a
-  workable size, mirrored.
+  masks' value convention. The graph normalises as training did and cuts mirrored tiles
+  as `Segmenter` does (both follow `unet_keras.geometry`): for valid padding on the
+  2**depth grid, edge to edge; for same padding overlapping, blended with the same
+  Gaussian weights and added up in the same order. So it gives the same result.
 - `segment_png`: `image_png` [N] PNG bytes (8- or 16-bit) -> `mask_png_bytes` [N] PNG
   bytes (`_bytes`: TF Serving's REST API sends it base64-encoded).
 - `metadata`: no input (an optional scalar `unused`, for TF Serving's REST API, which cannot
@@ -43,7 +43,18 @@ from tensorflow_serving.apis import predict_pb2
 from unet_keras import contract
 from unet_keras.config import DEFAULT_MAX_PIXELS, Calibration, ModelRecord
 from unet_keras.contract import next_version
-from unet_keras.geometry import context_margin, largest_output_tile, mirror_index, valid_tiling
+from unet_keras.geometry import (
+    DEFAULT_OVERLAP,
+    DEFAULT_SAME_TILE,
+    context_margin,
+    largest_output_tile,
+    mirror_index,
+    plan_tiles,
+    same_blend_kernel,
+    same_starts,
+    same_tiling,
+    valid_tiling,
+)
 from unet_keras.io.atomic import sync_directory, sync_tree
 from unet_keras.saving import load_model
 from unet_keras.serving.warmup import write_warmup_requests
@@ -66,7 +77,8 @@ class ServingModule(tf.Module):
         record: ModelRecord,
         *,
         tile: int | None = None,
-        tiles_per_call: int = 4,
+        overlap: int | None = None,
+        tiles_per_call: int = 1,
         threshold: float | None = None,
         max_pixels: int = DEFAULT_MAX_PIXELS,
     ) -> None:
@@ -85,7 +97,17 @@ class ServingModule(tf.Module):
         self._scale = tf.constant(normalization.scale, tf.float32)
         self._mask_dtype = tf.uint8 if max(mask.class_values) <= 255 else tf.uint16
         self._class_values = tf.constant(mask.class_values, self._mask_dtype)
-        self._largest = largest_output_tile(self._config.depth, tile)
+        depth = self._config.depth
+        if self._config.padding == "valid":
+            self._largest = largest_output_tile(depth, tile)
+            self._warmup_side = self._largest
+        else:
+            # The tiles and blending `Segmenter` uses with the same tile and overlap.
+            self._tile = tile or DEFAULT_SAME_TILE
+            self._overlap = int(self._tile * DEFAULT_OVERLAP) if overlap is None else overlap
+            plan_tiles(self._tile, depth, "same", self._tile, self._overlap)  # checks them
+            self._blend = tf.constant(same_blend_kernel(self._tile), tf.float64)
+            self._warmup_side = self._tile - self._overlap  # one tile
         self._threshold = record.threshold_value
         self._tiles_per_call, self._max_pixels = tiles_per_call, max_pixels
         self.record_json = json.dumps(record.to_dict(), sort_keys=True)
@@ -118,7 +140,7 @@ class ServingModule(tf.Module):
 
     def warmup_requests(self) -> list[predict_pb2.PredictRequest]:
         """One request per image signature, at the graph's tile size (one tile each)."""
-        side = self._largest
+        side = self._warmup_side
         image = tf.zeros([side, side, self._config.in_channels], self._dtype)
         png = tf.io.encode_png(image).numpy()
         requests = []
@@ -162,11 +184,14 @@ class ServingModule(tf.Module):
         shape = tf.shape(image)
         with tf.control_dependencies([self._check_pixels(shape, contract.IMAGE)]):
             batch, height, width = tf.unstack(shape[:3])  # before any work on the image
-        if self._config.padding == "same":
-            image = (tf.cast(image, tf.float32) - self._offset) / self._scale
-            probabilities = self._same(image, height, width)
-            return probabilities, self._mask(probabilities)
-        return self._valid(image, batch, height, width)
+        probabilities = self._tiled(image, batch, self._axis(height), self._axis(width))
+        return probabilities, self._mask(probabilities)
+
+    def _axis(self, size: tf.Tensor) -> GraphAxis:
+        """The tiles along an image axis of `size` pixels, as `Segmenter` plans them."""
+        if self._config.padding == "valid":
+            return GraphAxis.valid(size, self._config.depth, self._largest)
+        return GraphAxis.same(size, self._config.depth, self._tile, self._overlap, self._blend)
 
     def _check_pixels(self, shape: tf.Tensor, name: str) -> tf.Operation:
         """An assertion that [N, H, W, ...] holds at least one pixel per image and at most
@@ -182,93 +207,59 @@ class ServingModule(tf.Module):
              f"{self._max_pixels} pixels in all (this model's limit)"],
         )  # fmt: skip
 
-    def _valid(
-        self, image: tf.Tensor, batch: tf.Tensor, height: tf.Tensor, width: tf.Tensor
-    ) -> tuple[tf.Tensor, tf.Tensor]:
-        """Edge-to-edge output tiles on the 2**depth grid, as `geometry.plan_tiles` lays them.
+    def _tiled(
+        self, image: tf.Tensor, batch: tf.Tensor, rows: GraphAxis, cols: GraphAxis
+    ) -> tf.Tensor:
+        """The probabilities of raw images, tile by tile, as `Segmenter` adds them up.
 
         `tiles_per_call` tiles at a time: each is cut from the raw image through mirrored
-        indices, normalised, run, and its own part written into the probabilities and the
-        mask, so memory beyond the image and the results stays bounded by the tile size.
+        indices, normalised and run, and its own part (for same padding: weighted) added
+        into the probabilities in the order `Segmenter` adds it, so the sums round alike.
+        Memory beyond the image and the result stays bounded by the tile size.
         """
-        depth = self._config.depth
-        rows = GraphAxis.plan(height, depth, self._largest)
-        cols = GraphAxis.plan(width, depth, self._largest)
+        height, width = rows.size, cols.size
         per_image = rows.count * cols.count
         count = batch * per_image
         classes = self._config.classes
-        results = (
-            tf.zeros(tf.stack([batch, height, width, classes]), tf.float32),
-            tf.zeros(tf.stack([batch, height, width]), self._mask_dtype),
-        )
+        result = tf.zeros(tf.stack([batch, height, width, classes]), tf.float32)
 
-        def run_chunk(first: tf.Tensor, results: tuple) -> tuple[tf.Tensor, tuple]:
+        def run_chunk(first: tf.Tensor, result: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
             chunk = tf.range(first, tf.minimum(first + self._tiles_per_call, count))
             image_of, place = chunk // per_image, chunk % per_image
             row_of, col_of = place // cols.count, place % cols.count
-            windows = _gather_windows(image, image_of, row_of, col_of, rows, cols, height, width)
+            windows = _gather_windows(image, image_of, row_of, col_of, rows, cols)
             windows = (tf.cast(windows, tf.float32) - self._offset) / self._scale
             outputs = self.network(windows)
 
-            def write(k: tf.Tensor, results: tuple) -> tuple[tf.Tensor, tuple]:
-                top, bottom = owned_span(rows, row_of[k], height)
-                left, right = owned_span(cols, col_of[k], width)
-                owned = outputs[k, : bottom - top, : right - left][tf.newaxis]
+            def add(k: tf.Tensor, result: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+                top, bottom = rows.span(row_of[k])
+                left, right = cols.span(col_of[k])
+                start_row, start_col = rows.starts[row_of[k]], cols.starts[col_of[k]]
+                own = outputs[k, top - start_row : bottom - start_row]
+                own = own[:, left - start_col : right - start_col]
+                if rows.blend is not None:
+                    weights = rows.weights(row_of[k])[:, tf.newaxis] * cols.weights(col_of[k])
+                    own = own * weights[..., tf.newaxis]
                 begin = tf.stack([image_of[k], top, left, 0])
                 end = tf.stack([image_of[k] + 1, bottom, right, classes])
-                probabilities, mask = results
+                own = tf.strided_slice(result, begin, end) + own[tf.newaxis]
                 # Updates in place where the buffer is not shared (it is not, in the loop).
-                probabilities = tf.raw_ops.TensorStridedSliceUpdate(
-                    input=probabilities, begin=begin, end=end, strides=[1, 1, 1, 1], value=owned
+                result = tf.raw_ops.TensorStridedSliceUpdate(
+                    input=result, begin=begin, end=end, strides=[1, 1, 1, 1], value=own
                 )
-                mask = tf.raw_ops.TensorStridedSliceUpdate(
-                    input=mask, begin=begin[:3], end=end[:3], strides=[1, 1, 1],
-                    value=self._mask(owned),
-                )  # fmt: skip
-                return k + 1, (probabilities, mask)
+                return k + 1, result
 
-            _, results = tf.while_loop(
-                lambda k, _: k < tf.size(chunk), write, [tf.constant(0), results],
+            _, result = tf.while_loop(
+                lambda k, _: k < tf.size(chunk), add, [tf.constant(0), result],
                 parallel_iterations=1,
             )  # fmt: skip
-            return first + self._tiles_per_call, results
+            return first + self._tiles_per_call, result
 
-        _, results = tf.while_loop(
-            lambda first, _: first < count, run_chunk, [tf.constant(0), results],
+        _, result = tf.while_loop(
+            lambda first, _: first < count, run_chunk, [tf.constant(0), result],
             parallel_iterations=1,
         )  # fmt: skip
-        return results
-
-    def _same(self, image: tf.Tensor, height: tf.Tensor, width: tf.Tensor) -> tf.Tensor:
-        """The whole image at once, mirrored out to a multiple of 2**depth, centred."""
-        scale = 2**self._config.depth
-        rows = (-(-height // scale)) * scale
-        cols = (-(-width // scale)) * scale
-        top, left = (rows - height) // 2, (cols - width) // 2
-        image = tf.gather(image, mirror_index(tf.range(rows) - top, height, tf), axis=1)
-        image = tf.gather(image, mirror_index(tf.range(cols) - left, width, tf), axis=2)
-        outputs = self._run_tiles(image)
-        return outputs[:, top : top + height, left : left + width]
-
-    def _run_tiles(self, tiles: tf.Tensor) -> tf.Tensor:
-        """The network on [T, h, w, C] tiles, at most `tiles_per_call` at a time.
-
-        The tiles go in equal chunks, as few as the limit allows, so that padding the last
-        chunk costs at most one tile per chunk: one 512 x 512 image runs one tile, not four.
-        """
-        count = tf.shape(tiles)[0]
-        calls = -(-count // self._tiles_per_call)
-        chunk = -(-count // calls)
-        tiles = tf.pad(tiles, [[0, calls * chunk - count], [0, 0], [0, 0], [0, 0]])
-        tiles = tf.reshape(tiles, tf.concat([[calls, chunk], tf.shape(tiles)[1:]], 0))
-        outputs = tf.map_fn(
-            self.network,
-            tiles,
-            fn_output_signature=tf.TensorSpec([None, None, None, self._config.classes]),
-            parallel_iterations=1,
-        )
-        outputs = tf.reshape(outputs, tf.concat([[-1], tf.shape(outputs)[2:]], 0))
-        return outputs[:count]
+        return result
 
     def _mask(self, probabilities: tf.Tensor) -> tf.Tensor:
         """Mask values [N, H, W] in the training convention."""
@@ -310,31 +301,68 @@ class ServingModule(tf.Module):
 
 
 class GraphAxis(NamedTuple):
-    """One axis's valid tile plan as tensors: `geometry.plan_tiles` in graph ops."""
+    """One axis's tile plan as tensors: `geometry.plan_tiles` in graph ops.
 
+    Tile i reads `tile_in` pixels from `starts[i] - margin` (mirrored) and writes its
+    output, from `starts[i]` on, into `span(i)`; for same padding times `weights(i)`.
+    """
+
+    size: tf.Tensor
     count: tf.Tensor
     tile_in: tf.Tensor
-    tile_out: tf.Tensor
-    step: tf.Tensor
+    starts: tf.Tensor
+    stops: tf.Tensor
     margin: int
+    blend: tf.Tensor | None = None
+    coverage: tf.Tensor | None = None
 
     @classmethod
-    def plan(cls, size: tf.Tensor, depth: int, largest: int) -> GraphAxis:
-        """The plan along an axis of `size` pixels, output tiles of at most `largest`."""
-        count, tile_in, tile_out, step = valid_tiling(size, depth, largest, tf)
-        return cls(count, tile_in, tile_out, step, context_margin(depth))
+    def valid(cls, size: tf.Tensor, depth: int, largest: int) -> GraphAxis:
+        """Valid output tiles of at most `largest` pixels, edge to edge."""
+        count, tile_in, _, step = valid_tiling(size, depth, largest, tf)
+        starts = tf.range(count) * step
+        stops = tf.concat([starts[1:], [size]], 0)
+        return cls(size, count, tile_in, starts, stops, context_margin(depth))
 
+    @classmethod
+    def same(
+        cls, size: tf.Tensor, depth: int, tile: int, overlap: int, blend: tf.Tensor
+    ) -> GraphAxis:
+        """Overlapping same-padding tiles and the coverage their Gaussians add up to."""
+        count, side, first, last = same_tiling(size, depth, tile, overlap, tf)
+        starts = same_starts(count, first, last, tf)
+        # A lone tile (smaller than `tile`) weighs 1 everywhere, as g / g is exactly 1.
+        blend = tf.cond(count > 1, lambda: blend, lambda: tf.ones([side], tf.float64))
+        axis = cls(size, count, side, starts, tf.minimum(starts + side, size), 0, blend)
 
-def tile_index(axis: GraphAxis, size: tf.Tensor) -> tf.Tensor:
-    """Input pixel indices [count, tile_in] of each tile along an axis, mirrored."""
-    starts = tf.range(axis.count) * axis.step - axis.margin
-    return mirror_index(starts[:, tf.newaxis] + tf.range(axis.tile_in)[tf.newaxis], size, tf)
+        def add(i: tf.Tensor, coverage: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+            low, high = axis.span(i)
+            pixels = tf.range(low, high)[:, tf.newaxis]
+            kernel = blend[low - starts[i] : high - starts[i]]
+            return i + 1, tf.tensor_scatter_nd_add(coverage, pixels, kernel)
 
+        # Tile by tile in order, as NumPy adds them: float sums depend on the order.
+        _, coverage = tf.while_loop(
+            lambda i, _: i < count, add, [tf.constant(0), tf.zeros([size], tf.float64)]
+        )
+        return axis._replace(coverage=coverage)
 
-def owned_span(axis: GraphAxis, tile: tf.Tensor, size: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-    """[start, stop) of the pixels tile `tile` writes along an axis (the last: to the end)."""
-    start = tile * axis.step
-    return start, tf.where(tile == axis.count - 1, size, start + axis.step)
+    def span(self, tile: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        """[start, stop) of the pixels `tile` writes."""
+        return tf.maximum(self.starts[tile], 0), self.stops[tile]
+
+    def weights(self, tile: tf.Tensor) -> tf.Tensor:
+        """Same padding: the float32 weight of each pixel `tile` writes, as NumPy's plan."""
+        low, high = self.span(tile)
+        start = self.starts[tile]
+        kernel = self.blend[low - start : high - start]
+        return tf.cast(kernel / self.coverage[low:high], tf.float32)
+
+    def input_index(self) -> tf.Tensor:
+        """Input pixel indices [count, tile_in] of each tile, mirrored."""
+        begin = self.starts - self.margin
+        index = begin[:, tf.newaxis] + tf.range(self.tile_in)[tf.newaxis]
+        return mirror_index(index, self.size, tf)
 
 
 def _gather_windows(
@@ -344,12 +372,10 @@ def _gather_windows(
     col_of: tf.Tensor,
     rows: GraphAxis,
     cols: GraphAxis,
-    height: tf.Tensor,
-    width: tf.Tensor,
 ) -> tf.Tensor:
     """The mirrored input windows [k, tile_in, tile_in, C] of k tiles, from raw image."""
-    row_index = tf.gather(tile_index(rows, height), row_of)  # [k, tile_in]
-    col_index = tf.gather(tile_index(cols, width), col_of)
+    row_index = tf.gather(rows.input_index(), row_of)  # [k, tile_in]
+    col_index = tf.gather(cols.input_index(), col_of)
     shape = tf.stack([tf.size(image_of), rows.tile_in, cols.tile_in])
     indices = tf.stack(
         [
