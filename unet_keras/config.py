@@ -434,8 +434,8 @@ class TrainConfig(Settings):
     )
     precision: Literal["auto", "float32", "mixed_bfloat16", "mixed_float16"] = setting(
         "auto",
-        help="auto: mixed_bfloat16 on CPUs with native bf16 (AVX512_BF16 or AMX), else "
-        "float32; mixed_float16 suits GPUs",
+        help="auto: mixed_bfloat16 on CPUs with native bf16 (AVX512_BF16 or AMX) where "
+        "TensorFlow runs oneDNN, else float32; mixed_float16 suits GPUs",
     )
     jit_compile: bool = setting(False, help="compile the training step with XLA")
 
