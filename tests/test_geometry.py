@@ -29,7 +29,6 @@ from unet_keras.geometry import (
     plan_tiles,
     plan_windows,
     receptive_reach,
-    same_blend_kernel,
     stitch,
     tiles_within,
     valid_input_size,
@@ -183,8 +182,7 @@ def test_the_export_graph_blends_same_padding_tiles_as_the_numpy_plan(depth, til
 
     @tf.function(reduce_retracing=True)
     def graph_plan(size):
-        blend = tf.constant(same_blend_kernel(tile), tf.float64)
-        axis = GraphAxis.same(size, depth, tile, overlap, blend)
+        axis = GraphAxis.same(size, depth, tile, overlap)
         spans = tf.map_fn(lambda i: tf.stack(axis.span(i)), tf.range(axis.count))
         weights = tf.map_fn(
             lambda i: tf.pad(axis.weights(i), [[0, size - tf.size(axis.weights(i))]]),

@@ -239,9 +239,8 @@ def errors(outcomes: list[Outcome]) -> list[str]:
 def test_concurrent_clients_get_correct_masks_and_switch_to_a_new_version(
     served: Served,
 ) -> None:
-    load = Load(
-        served.address, CLIENTS, REQUESTS, NO_RETRY, until_stopped=True
-    )  # any failure shows
+    # No retries: any failure shows.
+    load = Load(served.address, CLIENTS, REQUESTS, NO_RETRY, until_stopped=True)
     load.wait_done(CLIENTS * REQUESTS // 4)
     exporting = time.monotonic()
     export_model(served.folder / "v2.keras", served.base, 2, **EXPORT_OPTIONS)

@@ -106,7 +106,6 @@ class ServingModule(tf.Module):
             self._tile = tile or DEFAULT_SAME_TILE
             self._overlap = int(self._tile * DEFAULT_OVERLAP) if overlap is None else overlap
             plan_tiles(self._tile, depth, "same", self._tile, self._overlap)  # checks them
-            self._blend = tf.constant(same_blend_kernel(self._tile), tf.float64)
             self._warmup_side = self._tile - self._overlap  # one tile
         self._threshold = record.threshold_value
         self._tiles_per_call, self._max_pixels = tiles_per_call, max_pixels
@@ -191,7 +190,7 @@ class ServingModule(tf.Module):
         """The tiles along an image axis of `size` pixels, as `Segmenter` plans them."""
         if self._config.padding == "valid":
             return GraphAxis.valid(size, self._config.depth, self._largest)
-        return GraphAxis.same(size, self._config.depth, self._tile, self._overlap, self._blend)
+        return GraphAxis.same(size, self._config.depth, self._tile, self._overlap)
 
     def _check_pixels(self, shape: tf.Tensor, name: str) -> tf.Operation:
         """An assertion that [N, H, W, ...] holds at least one pixel per image and at most
@@ -325,14 +324,17 @@ class GraphAxis(NamedTuple):
         return cls(size, count, tile_in, starts, stops, context_margin(depth))
 
     @classmethod
-    def same(
-        cls, size: tf.Tensor, depth: int, tile: int, overlap: int, blend: tf.Tensor
-    ) -> GraphAxis:
+    def same(cls, size: tf.Tensor, depth: int, tile: int, overlap: int) -> GraphAxis:
         """Overlapping same-padding tiles and the coverage their Gaussians add up to."""
         count, side, first, last = same_tiling(size, depth, tile, overlap, tf)
         starts = same_starts(count, first, last, tf)
-        # A lone tile (smaller than `tile`) weighs 1 everywhere, as g / g is exactly 1.
-        blend = tf.cond(count > 1, lambda: blend, lambda: tf.ones([side], tf.float64))
+        # Several tiles are all `tile` long and share its Gaussian (the very float64 values
+        # NumPy's plan uses); a lone, smaller tile weighs 1 everywhere, as g / g is exactly 1.
+        blend = tf.cond(
+            count > 1,
+            lambda: tf.constant(same_blend_kernel(tile), tf.float64),
+            lambda: tf.ones([side], tf.float64),
+        )
         axis = cls(size, count, side, starts, tf.minimum(starts + side, size), 0, blend)
 
         def add(i: tf.Tensor, coverage: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
