@@ -134,7 +134,12 @@ def test_a_request_whose_deadline_passed_in_the_queue_is_not_started(tmp_path: P
         process.wait_available()
         with grpc.insecure_channel(process.address) as channel:
             stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
-            first = stub.Predict.future(slow_request(3), timeout=RPC_TIMEOUT)
+            # The first request must outlast the late one's deadline on any machine: on a
+            # fast one a nominal 3 s ended before it, and the late request then ran.
+            started = time.monotonic()
+            stub.Predict(slow_request(1), timeout=RPC_TIMEOUT)
+            nominal_second = time.monotonic() - started
+            first = stub.Predict.future(slow_request(3 / nominal_second), timeout=RPC_TIMEOUT)
             time.sleep(0.5)
             late = stub.Predict.future(slow_request(20), timeout=1.0)
             time.sleep(0.2)
