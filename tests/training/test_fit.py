@@ -3,6 +3,7 @@
 import csv
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -132,6 +133,12 @@ def test_a_time_budget_is_used_whole_and_the_schedule_spans_it(synthetic_data, t
         rates = [float(row["learning_rate"]) for row in csv.DictReader(handle)]
     # Warm-up and cosine by elapsed time: the last epoch ends where the budget does, at 0.
     assert rates[-1] < 0.05 * 1e-3 and max(rates) > 1e-4
+    # Each epoch is headed by the budget's share used, not "Epoch 2/1000000".
+    headings = re.findall(r"^Epoch \S+ .*$", result.stdout, re.MULTILINE)
+    assert re.fullmatch(r"Epoch 1 \(\d+% of the 12 s budget used\)", headings[0]), headings
+    assert len(headings) == summary["epochs"] and "/" not in "".join(headings)
+    shares = [int(re.search(r"(\d+)%", heading)[1]) for heading in headings]
+    assert shares == sorted(shares) and shares[-1] >= 50, headings
     # Given --epochs too, the run ends at whichever comes first.
     result = _train(
         *argv, "--run-dir", str(tmp_path / "short"), "--epochs", "2", "--max-time", "600"
@@ -139,6 +146,7 @@ def test_a_time_budget_is_used_whole_and_the_schedule_spans_it(synthetic_data, t
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((tmp_path / "short" / "summary.json").read_text())
     assert summary["epochs"] == 2 and not summary["stopped_by_time_budget"]
+    assert re.search(r"^Epoch 2/2 \(\d+% of the 600 s budget used\)$", result.stdout, re.M)
 
 
 def test_sparse_annotations_train_and_the_record_keeps_the_ignore_value(tmp_path):

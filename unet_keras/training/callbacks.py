@@ -144,6 +144,29 @@ class TrainingPlan(keras.callbacks.Callback):
             )
 
 
+class EpochProgress(keras.callbacks.ProgbarLogger):
+    """Keras's progress log, with each epoch headed by the share of the time budget used.
+
+    A run bounded by time alone has no last epoch to count to: Keras would print
+    `Epoch 12/1000000`.
+    """
+
+    def __init__(self, plan: TrainingPlan, bounded: bool) -> None:
+        super().__init__()
+        self.plan, self.bounded = plan, bounded
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self._reset_progbar()
+        self._maybe_init_progbar()
+        if not self.verbose:
+            return
+        heading = f"Epoch {epoch + 1}" + (f"/{self.epochs}" if self.bounded else "")
+        if self.plan.seconds is not None:
+            used = self.plan.progress()[1]
+            heading += f" ({used:.0%} of the {self.plan.seconds:g} s budget used)"
+        print(heading, flush=True)
+
+
 class ValidationImages(keras.callbacks.Callback):
     """Writes input | truth | prediction image summaries of a few validation tiles."""
 

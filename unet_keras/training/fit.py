@@ -20,7 +20,12 @@ from unet_keras.config import ModelConfig, TrainConfig
 from unet_keras.model import build_unet
 from unet_keras.saving import load_model, save_model
 from unet_keras.training import distribute, pipeline
-from unet_keras.training.callbacks import RunCheckpoint, TrainingPlan, ValidationImages
+from unet_keras.training.callbacks import (
+    EpochProgress,
+    RunCheckpoint,
+    TrainingPlan,
+    ValidationImages,
+)
 from unet_keras.training.losses import CombinedLoss, DiceLoss, WeightedCrossEntropy
 from unet_keras.training.metrics import Dice, IoU, PixelError
 from unet_keras.training.prepare import PreparedData, prepare_data
@@ -131,7 +136,11 @@ def fit(config: TrainConfig, data: PreparedData | None = None) -> dict[str, Any]
             spent=state["seconds"], started=started,
         )  # fmt: skip
         # The plan first: the checkpoint logs the rate it sets.
-        callbacks = [plan, RunCheckpoint(run_dir, record, state, started)]
+        callbacks = [
+            plan,
+            RunCheckpoint(run_dir, record, state, started),
+            EpochProgress(plan, bounded=epochs != UNBOUNDED),
+        ]
         if config.freeze_encoder:
             callbacks.insert(0, FreezeEncoder(config.freeze_encoder))
         callbacks += _logging_callbacks(run_dir, data)
