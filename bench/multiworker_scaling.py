@@ -7,6 +7,12 @@ pipeline (elastic deformation included), without validation sections. Throughput
 per second over the epochs after the first (which traces the step), from the epoch times
 in the chief's log.csv; scaling is the two workers' throughput over the one worker's.
 
+Two ceilings measured the same way show what the machine allows: two independent runs
+(not joined: no gradients exchanged) pinned to cores 0 and 1 at once, and a
+single-threaded float32 matrix product pinned likewise (one process, then two at once).
+Where those scale no better than the joined workers, the cores are the limit, not the
+strategy.
+
     .venv/bin/python bench/multiworker_scaling.py [--epochs 4] [--append]
 """
 
@@ -26,21 +32,25 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "isbi2012" / "train"
 
 
-def train(workers: int, batch: int, epochs: int, steps: int, run: Path) -> float:
-    """Tiles per second of a run of `workers` single-core workers after its first epoch."""
+def train(
+    workers: int, batch: int, epochs: int, steps: int, run: Path, joined: bool = True
+) -> float:
+    """Tiles per second of `workers` single-core workers after their first epoch: one run
+    (`joined`, over loopback) or as many independent runs at once (their sum)."""
     from common import free_port
 
     cluster = {"worker": [f"127.0.0.1:{free_port()}" for _ in range(workers)]}
-    processes = []
+    processes, runs = [], []
     for index in range(workers):
+        runs.append(run if joined else run / f"worker{index}")
         command = [
             "taskset", "-c", str(index), sys.executable, str(ROOT / "train_keras.py"),
-            "--data", str(DATA), "--run-dir", str(run), "--validation", "0",
+            "--data", str(DATA), "--run-dir", str(runs[-1]), "--validation", "0",
             "--epochs", str(epochs), "--steps-per-epoch", str(steps),
-            "--batch-size", str(batch * workers),
+            "--batch-size", str(batch * workers if joined else batch),
         ]  # fmt: skip
         env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-        if workers > 1:
+        if workers > 1 and joined:
             command += ["--strategy", "multiworker"]
             task = {"type": "worker", "index": index}
             env["TF_CONFIG"] = json.dumps({"cluster": cluster, "task": task})
@@ -49,9 +59,35 @@ def train(workers: int, batch: int, epochs: int, steps: int, run: Path) -> float
         _, stderr = process.communicate(timeout=1800)
         if process.returncode:
             raise RuntimeError(stderr[-3000:])
-    with open(run / "log.csv") as handle:
-        seconds = [float(row["seconds"]) for row in csv.DictReader(handle)][1:]
-    return steps * batch * workers / statistics.median(seconds)
+    tiles = 0.0
+    for log in dict.fromkeys(runs):  # the chief's log, or each independent run's
+        with open(log / "log.csv") as handle:
+            seconds = [float(row["seconds"]) for row in csv.DictReader(handle)][1:]
+        tiles += steps * batch * (workers if joined else 1) / statistics.median(seconds)
+    return tiles
+
+
+PRODUCT = """
+import time, numpy as np
+a = np.random.default_rng(0).random((1024, 1024), dtype=np.float32)
+a @ a
+count, started = 0, time.perf_counter()
+while time.perf_counter() - started < {seconds}:
+    a @ a
+    count += 1
+print(count * 2 * 1024**3 / (time.perf_counter() - started) / 1e9)
+"""
+
+
+def matrix_products(processes: int, seconds: float = 20.0) -> float:
+    """GFLOP/s of single-threaded float32 1024^2 products, one process per core, summed."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+    command = [sys.executable, "-c", PRODUCT.format(seconds=seconds)]
+    running = [
+        subprocess.Popen(["taskset", "-c", str(core), *command], env=env, stdout=subprocess.PIPE)
+        for core in range(processes)
+    ]
+    return sum(float(process.communicate(timeout=600)[0]) for process in running)
 
 
 def main() -> None:
@@ -67,9 +103,16 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="multiworker_"))
     one = train(1, args.batch, args.epochs, args.steps, work / "one")
     two = train(2, args.batch, args.epochs, args.steps, work / "two")
+    apart = train(2, args.batch, args.epochs, args.steps, work / "apart", joined=False)
+    product_one, product_two = matrix_products(1), matrix_products(2)
     rows = [
-        f"| 1 worker, core 0 | {args.batch} | {one:.2f} | 1.00x |",
-        f"| 2 workers, cores 0 and 1 | {2 * args.batch} | {two:.2f} | {two / one:.2f}x |",
+        f"| 1 worker, core 0 | {args.batch} | {one:.2f} tiles/s | 1.00x |",
+        f"| 2 workers, cores 0 and 1 | {2 * args.batch} | {two:.2f} tiles/s | {two / one:.2f}x |",
+        f"| 2 independent runs at once, cores 0 and 1 (ceiling) | {args.batch} each | "
+        f"{apart:.2f} tiles/s | {apart / one:.2f}x |",
+        f"| float32 matrix product, 1 process, core 0 | | {product_one:.1f} GFLOP/s | 1.00x |",
+        f"| float32 matrix product, 2 processes, cores 0 and 1 | | {product_two:.1f} GFLOP/s "
+        f"| {product_two / product_one:.2f}x |",
     ]
     print("\n".join(rows))
     publish(
@@ -77,8 +120,10 @@ def main() -> None:
         f"Default model and settings, ISBI 2012 sections 00-19, no validation; "
         f"{args.epochs} epochs of {args.steps} steps, {args.batch} tiles per worker and step; "
         "tiles/s from the median epoch time after the first; workers pinned with taskset "
-        "and joined over loopback.",
-        ["workers", "global batch", "tiles/s", "scaling"],
+        "and joined over loopback. Ceilings: two independent runs pinned to one core each "
+        "at once (their tiles/s summed), and single-threaded 1024^2 float32 matrix products "
+        "for 20 s, one process and then two pinned at once.",
+        ["workers", "global batch", "throughput", "scaling"],
         rows,
         args.append,
     )
