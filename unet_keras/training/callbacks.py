@@ -151,16 +151,17 @@ class EpochProgress(keras.callbacks.ProgbarLogger):
     `Epoch 12/1000000`.
     """
 
-    def __init__(self, plan: TrainingPlan, bounded: bool) -> None:
+    def __init__(self, plan: TrainingPlan) -> None:
         super().__init__()
-        self.plan, self.bounded = plan, bounded
+        self.plan = plan
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
         self._reset_progbar()
         self._maybe_init_progbar()
         if not self.verbose:
             return
-        heading = f"Epoch {epoch + 1}" + (f"/{self.epochs}" if self.bounded else "")
+        # The plan counts steps only when the epochs are bounded.
+        heading = f"Epoch {epoch + 1}" + (f"/{self.epochs}" if self.plan.steps else "")
         if self.plan.seconds is not None:
             used = self.plan.progress()[1]
             heading += f" ({used:.0%} of the {self.plan.seconds:g} s budget used)"

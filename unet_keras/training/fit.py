@@ -139,7 +139,7 @@ def fit(config: TrainConfig, data: PreparedData | None = None) -> dict[str, Any]
         callbacks = [
             plan,
             RunCheckpoint(run_dir, record, state, started),
-            EpochProgress(plan, bounded=epochs != UNBOUNDED),
+            EpochProgress(plan),
         ]
         if config.freeze_encoder:
             callbacks.insert(0, FreezeEncoder(config.freeze_encoder))
