@@ -7,13 +7,16 @@ pipeline (elastic deformation included), without validation sections. Throughput
 per second over the epochs after the first (which traces the step), from the epoch times
 in the chief's log.csv; scaling is the two workers' throughput over the one worker's.
 
-Two ceilings measured the same way show what the machine allows: two independent runs
-(not joined: no gradients exchanged) pinned to cores 0 and 1 at once, and a
-single-threaded float32 matrix product pinned likewise (one process, then two at once).
-Where those scale no better than the joined workers, the cores are the limit, not the
-strategy.
+A ceiling measured the same way shows what the machine allows: two independent runs (not
+joined: no gradients exchanged) pinned to cores 0 and 1 at once. A single-threaded float32
+matrix product pinned likewise (one process, then two at once) is a second one.
 
-    .venv/bin/python bench/multiworker_scaling.py [--epochs 4] [--append]
+The speed of this kind of VM's cores drifts by a third over minutes, so a ratio of two
+runs made far apart means little: each round runs one worker, two joined workers and two
+independent runs back to back, and the scaling reported is the median over the rounds of
+each round's own ratio.
+
+    .venv/bin/python bench/multiworker_scaling.py [--rounds 3] [--epochs 4] [--append]
 """
 
 from __future__ import annotations
@@ -91,8 +94,9 @@ def matrix_products(processes: int, seconds: float = 20.0) -> float:
 
 
 def main() -> None:
-    """Runs one worker, then two, and prints (appends) the table."""
+    """Runs the rounds (one worker, two joined, two independent), prints (appends) the table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--steps", type=int, default=20, help="steps per epoch")
     parser.add_argument("--batch", type=int, default=2, help="tiles per worker and step")
@@ -101,15 +105,26 @@ def main() -> None:
     from common import publish
 
     work = Path(tempfile.mkdtemp(prefix="multiworker_"))
-    one = train(1, args.batch, args.epochs, args.steps, work / "one")
-    two = train(2, args.batch, args.epochs, args.steps, work / "two")
-    apart = train(2, args.batch, args.epochs, args.steps, work / "apart", joined=False)
+    plan = (args.batch, args.epochs, args.steps)
+    rounds = []
+    for index in range(args.rounds):
+        one = train(1, *plan, work / f"one{index}")
+        two = train(2, *plan, work / f"two{index}")
+        apart = train(2, *plan, work / f"apart{index}", joined=False)
+        rounds.append((one, two, apart))
+        print(f"round {index + 1}: one {one:.2f}, joined {two:.2f}, independent {apart:.2f} "
+              f"tiles/s", flush=True)  # fmt: skip
     product_one, product_two = matrix_products(1), matrix_products(2)
+    one, two, apart = (statistics.median(column) for column in zip(*rounds, strict=True))
+    joined = statistics.median(t / o for o, t, _ in rounds)
+    independent = statistics.median(a / o for o, _, a in rounds)
+    each = ", ".join(f"{t / o:.2f}x" for o, t, _ in rounds)
     rows = [
         f"| 1 worker, core 0 | {args.batch} | {one:.2f} tiles/s | 1.00x |",
-        f"| 2 workers, cores 0 and 1 | {2 * args.batch} | {two:.2f} tiles/s | {two / one:.2f}x |",
+        f"| 2 workers, cores 0 and 1 | {2 * args.batch} | {two:.2f} tiles/s | "
+        f"{joined:.2f}x (rounds: {each}) |",
         f"| 2 independent runs at once, cores 0 and 1 (ceiling) | {args.batch} each | "
-        f"{apart:.2f} tiles/s | {apart / one:.2f}x |",
+        f"{apart:.2f} tiles/s | {independent:.2f}x |",
         f"| float32 matrix product, 1 process, core 0 | | {product_one:.1f} GFLOP/s | 1.00x |",
         f"| float32 matrix product, 2 processes, cores 0 and 1 | | {product_two:.1f} GFLOP/s "
         f"| {product_two / product_one:.2f}x |",
@@ -120,9 +135,11 @@ def main() -> None:
         f"Default model and settings, ISBI 2012 sections 00-19, no validation; "
         f"{args.epochs} epochs of {args.steps} steps, {args.batch} tiles per worker and step; "
         "tiles/s from the median epoch time after the first; workers pinned with taskset "
-        "and joined over loopback. Ceilings: two independent runs pinned to one core each "
-        "at once (their tiles/s summed), and single-threaded 1024^2 float32 matrix products "
-        "for 20 s, one process and then two pinned at once.",
+        f"and joined over loopback. {args.rounds} rounds, each running one worker, two "
+        "joined workers and two independent runs pinned to one core each (their tiles/s "
+        "summed) back to back; throughputs are medians over the rounds, scalings the medians "
+        "of each round's own ratios. Matrix products: single-threaded 1024^2 float32 for "
+        "20 s, one process and then two pinned at once.",
         ["workers", "global batch", "throughput", "scaling"],
         rows,
         args.append,
