@@ -1,5 +1,5 @@
 """The callbacks of a training run: checkpoints and logs, the schedule and time budget,
-image summaries."""
+the workers' shared statistics, image summaries."""
 
 from __future__ import annotations
 
@@ -142,6 +142,40 @@ class TrainingPlan(keras.callbacks.Callback):
             logs["learning_rate"] = float(
                 keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)
             )
+
+
+class SharedStatistics(keras.callbacks.Callback):
+    """Averages the batch-normalisation moving statistics over the workers of a cluster.
+
+    Gradients are averaged every step, but each worker's moving mean and variance follow
+    its own batches only, so without this the workers' models differ. Averaged before
+    validation (split over the workers: all must score one model) and at each epoch's end
+    (before the checkpoint), every worker holds the chief's model.
+    """
+
+    def _average(self) -> None:
+        variables = [
+            variable
+            for layer in self.model.layers
+            if isinstance(layer, keras.layers.BatchNormalization)
+            for variable in (layer.moving_mean, layer.moving_variance)
+        ]
+        if not variables:
+            return
+        local = np.concatenate([keras.ops.convert_to_numpy(v).ravel() for v in variables])
+        everyone = distribute.all_workers(self.model.distribute_strategy, local.tolist())
+        mean = np.mean(np.asarray(everyone), axis=0)
+        offset = 0
+        for variable in variables:
+            size = int(np.prod(variable.shape))
+            variable.assign(mean[offset : offset + size].reshape(variable.shape))
+            offset += size
+
+    def on_test_begin(self, logs: dict | None = None) -> None:
+        self._average()
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        self._average()
 
 
 class EpochProgress(keras.callbacks.ProgbarLogger):

@@ -4,8 +4,9 @@ Keras 3's `model.fit` does not run under TensorFlow's `MultiWorkerMirroredStrate
 released (keras-team/keras#20585): before the first step it reduces a nested data batch,
 which the collective strategy cannot do (tensorflow/tensorflow#72388), and each step it
 reduces scalar metric results along an axis they do not have. `MultiWorkerStrategy` accepts
-both; everything else is TensorFlow's. The two-worker test in tests/test_train.py holds it
-to identical weights on every worker and metrics equal to a single process's.
+both; everything else is TensorFlow's. The two-worker test in
+tests/training/test_distribute.py holds it to identical weights on every worker and metrics
+equal to a single process's.
 
 Workers must also agree on every decision that changes how many steps they run (the epoch
 a run resumes from, how far the time budget is spent), or one waits forever for the

@@ -23,6 +23,7 @@ from unet_keras.training import distribute, pipeline
 from unet_keras.training.callbacks import (
     EpochProgress,
     RunCheckpoint,
+    SharedStatistics,
     TrainingPlan,
     ValidationImages,
 )
@@ -143,6 +144,8 @@ def fit(config: TrainConfig, data: PreparedData | None = None) -> dict[str, Any]
         ]
         if config.freeze_encoder:
             callbacks.insert(0, FreezeEncoder(config.freeze_encoder))
+        if config.strategy == "multiworker":
+            callbacks.insert(0, SharedStatistics())  # before the checkpoint saves the model
         callbacks += _logging_callbacks(run_dir, data)
         model.fit(
             _training_input(config, data, strategy, state["epoch"]),
