@@ -165,11 +165,9 @@ class SharedStatistics(keras.callbacks.Callback):
         local = np.concatenate([keras.ops.convert_to_numpy(v).ravel() for v in variables])
         everyone = distribute.all_workers(self.model.distribute_strategy, local.tolist())
         mean = np.mean(np.asarray(everyone), axis=0)
-        offset = 0
-        for variable in variables:
-            size = int(np.prod(variable.shape))
-            variable.assign(mean[offset : offset + size].reshape(variable.shape))
-            offset += size
+        ends = np.cumsum([np.prod(variable.shape) for variable in variables])
+        for variable, piece in zip(variables, np.split(mean, ends[:-1]), strict=True):
+            variable.assign(piece.reshape(variable.shape))
 
     def on_test_begin(self, logs: dict | None = None) -> None:
         self._average()
