@@ -12,11 +12,11 @@ joined: no gradients exchanged) pinned to cores 0 and 1 at once. A single-thread
 matrix product pinned likewise (one process, then two at once) is a second one.
 
 The speed of this kind of VM's cores drifts by a third over minutes, so a ratio of two
-runs made far apart means little: each round runs one worker, two joined workers and two
-independent runs back to back, and the scaling reported is the median over the rounds of
-each round's own ratio.
+runs made far apart means little: each round runs one worker, two joined workers (once for
+each --gradient-exchange dtype named) and two independent runs back to back, and the
+scaling reported is the median over the rounds of each round's own ratio.
 
-    .venv/bin/python bench/multiworker_scaling.py [--rounds 3] [--epochs 4] [--append]
+    .venv/bin/python bench/multiworker_scaling.py [--rounds 3] [--batch 2] [--append]
 """
 
 from __future__ import annotations
@@ -36,10 +36,12 @@ DATA = ROOT.parent / "shared" / "data" / "isbi2012" / "train"
 
 
 def train(
-    workers: int, batch: int, epochs: int, steps: int, run: Path, joined: bool = True
+    workers: int, batch: int, epochs: int, steps: int, run: Path, exchange: str | None = None
 ) -> float:
     """Tiles per second of `workers` single-core workers after their first epoch: one run
-    (`joined`, over loopback) or as many independent runs at once (their sum)."""
+    joined over loopback, summing gradients in `exchange`, or without it as many independent
+    runs at once (their sum)."""
+    joined = exchange is not None
     from common import free_port
 
     cluster = {"worker": [f"127.0.0.1:{free_port()}" for _ in range(workers)]}
@@ -54,7 +56,7 @@ def train(
         ]  # fmt: skip
         env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
         if workers > 1 and joined:
-            command += ["--strategy", "multiworker"]
+            command += ["--strategy", "multiworker", "--gradient-exchange", exchange]
             task = {"type": "worker", "index": index}
             env["TF_CONFIG"] = json.dumps({"cluster": cluster, "task": task})
         processes.append(subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True))
@@ -100,31 +102,42 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--steps", type=int, default=20, help="steps per epoch")
     parser.add_argument("--batch", type=int, default=2, help="tiles per worker and step")
+    parser.add_argument(
+        "--exchanges", default="bfloat16,float32",
+        help="--gradient-exchange dtypes of the joined workers, each run every round",
+    )  # fmt: skip
     parser.add_argument("--append", action="store_true", help="append to docs/benchmarks.md")
     args = parser.parse_args()
     from common import publish
 
+    exchanges = args.exchanges.split(",")
     work = Path(tempfile.mkdtemp(prefix="multiworker_"))
     plan = (args.batch, args.epochs, args.steps)
     rounds = []
     for index in range(args.rounds):
         one = train(1, *plan, work / f"one{index}")
-        two = train(2, *plan, work / f"two{index}")
-        apart = train(2, *plan, work / f"apart{index}", joined=False)
-        rounds.append((one, two, apart))
-        print(f"round {index + 1}: one {one:.2f}, joined {two:.2f}, independent {apart:.2f} "
-              f"tiles/s", flush=True)  # fmt: skip
+        joined = [train(2, *plan, work / f"{dtype}{index}", dtype) for dtype in exchanges]
+        apart = train(2, *plan, work / f"apart{index}")
+        rounds.append((one, *joined, apart))
+        print(f"round {index + 1} tiles/s: one {one:.2f}, "
+              + ", ".join(f"joined ({d}) {t:.2f}" for d, t in zip(exchanges, joined, strict=True))
+              + f", independent {apart:.2f}", flush=True)  # fmt: skip
     product_one, product_two = matrix_products(1), matrix_products(2)
-    one, two, apart = (statistics.median(column) for column in zip(*rounds, strict=True))
-    joined = statistics.median(t / o for o, t, _ in rounds)
-    independent = statistics.median(a / o for o, _, a in rounds)
-    each = ", ".join(f"{t / o:.2f}x" for o, t, _ in rounds)
-    rows = [
-        f"| 1 worker, core 0 | {args.batch} | {one:.2f} tiles/s | 1.00x |",
-        f"| 2 workers, cores 0 and 1 | {2 * args.batch} | {two:.2f} tiles/s | "
-        f"{joined:.2f}x (rounds: {each}) |",
-        f"| 2 independent runs at once, cores 0 and 1 (ceiling) | {args.batch} each | "
-        f"{apart:.2f} tiles/s | {independent:.2f}x |",
+    medians = [statistics.median(column) for column in zip(*rounds, strict=True)]
+    names = [
+        f"2 workers, cores 0 and 1, gradients summed in {dtype} | {2 * args.batch}"
+        for dtype in exchanges
+    ]
+    names.append(f"2 independent runs at once, cores 0 and 1 (ceiling) | {args.batch} each")
+    rows = [f"| 1 worker, core 0 | {args.batch} | {medians[0]:.2f} tiles/s | 1.00x |"]
+    for column, name in enumerate(names, start=1):
+        ratios = [each[column] / each[0] for each in rounds]
+        listed = ", ".join(f"{ratio:.2f}x" for ratio in ratios)
+        rows.append(
+            f"| {name} | {medians[column]:.2f} tiles/s | "
+            f"{statistics.median(ratios):.2f}x (rounds: {listed}) |"
+        )
+    rows += [
         f"| float32 matrix product, 1 process, core 0 | | {product_one:.1f} GFLOP/s | 1.00x |",
         f"| float32 matrix product, 2 processes, cores 0 and 1 | | {product_two:.1f} GFLOP/s "
         f"| {product_two / product_one:.2f}x |",
@@ -136,10 +149,10 @@ def main() -> None:
         f"{args.epochs} epochs of {args.steps} steps, {args.batch} tiles per worker and step; "
         "tiles/s from the median epoch time after the first; workers pinned with taskset "
         f"and joined over loopback. {args.rounds} rounds, each running one worker, two "
-        "joined workers and two independent runs pinned to one core each (their tiles/s "
-        "summed) back to back; throughputs are medians over the rounds, scalings the medians "
-        "of each round's own ratios. Matrix products: single-threaded 1024^2 float32 for "
-        "20 s, one process and then two pinned at once.",
+        "joined workers for each gradient-exchange dtype and two independent runs pinned to "
+        "one core each (their tiles/s summed) back to back; throughputs are medians over "
+        "the rounds, scalings the medians of each round's own ratios. Matrix products: "
+        "single-threaded 1024^2 float32 for 20 s, one process and then two pinned at once.",
         ["workers", "global batch", "throughput", "scaling"],
         rows,
         args.append,

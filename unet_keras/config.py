@@ -437,6 +437,12 @@ class TrainConfig(Settings):
         help="auto: mixed_bfloat16 on CPUs with native bf16 (AVX512_BF16 or AMX) where "
         "TensorFlow runs oneDNN, else float32; mixed_float16 suits GPUs",
     )
+    gradient_exchange: Literal["auto", "float32", "bfloat16"] = setting(
+        "auto",
+        help="dtype the replicas sum their gradients in (mirrored, multiworker); auto: "
+        "bfloat16 under mixed_bfloat16, whose gradients carry bf16 precision already (half "
+        "the bytes on the network), else float32",
+    )
     jit_compile: bool = setting(False, help="compile the training step with XLA")
 
     def check(self) -> None:

@@ -112,12 +112,15 @@ def test_multiworker_trains_two_local_workers_to_identical_weights(synthetic_dat
     # With batch normalisation, each worker's moving statistics follow its own batches
     # unless the workers average them; the weights compared below include them.
     argv = ["--data", str(synthetic_data), "--run-dir", str(run), *TINY, "--batch-norm"]
+    # Summed in bfloat16, the gradients must still leave every worker the same weights.
+    argv += ["--gradient-exchange", "bfloat16"]
     # Far more epochs than the budget allows: after every step the workers ask each other
     # whether it is spent, and must all stop after the same one.
     budget = [*argv, "--epochs", "500", "--max-time", "8"]
     for code, stderr in _run_workers(budget, budget):
         assert code == 0, stderr[-3000:]
         assert "strategy multiworker: 2 replica(s)" in stderr
+        assert "gradients summed over the replicas in bfloat16" in stderr
     summary = json.loads((run / "summary.json").read_text())
     assert summary["stopped_by_time_budget"] and 1 <= summary["epochs"] < 500
     assert (run / "best.keras").is_file()
@@ -155,3 +158,23 @@ def test_workers_that_would_run_different_steps_stop(monkeypatch, other_worker, 
     monkeypatch.setattr(distribute, "all_workers", all_workers)
     with pytest.raises(ValueError, match=message):
         distribute.check_workers_agree(None, {"seed": 0}, epoch=3)
+
+
+def test_gradients_are_summed_in_the_exchange_dtype_and_updated_in_their_own():
+    import keras
+    import tensorflow as tf
+
+    from unet_keras.training.fit import gradient_exchange
+
+    assert gradient_exchange("auto", "mixed_bfloat16") == "bfloat16"
+    assert gradient_exchange("auto", "float32") == "float32"
+    assert gradient_exchange("float32", "mixed_bfloat16") == "float32"
+    variable = keras.Variable(np.zeros(3, "float32"))
+    gradient = tf.constant([1.0 + 2**-10, 3.0, -0.1])  # 1 + 2**-10 is below bf16's precision
+    for dtype, expected in [("float32", gradient), ("bfloat16", [1.0, 3.0, -0.10009765625])]:
+        optimizer = keras.optimizers.Adam()
+        distribute.sum_gradients_in(optimizer, dtype)
+        # One replica: the sum over replicas is the gradient itself, in the exchange dtype.
+        [(summed, _)] = optimizer._all_reduce_sum_gradients([(gradient, variable)])
+        assert summed.dtype == tf.float32
+        np.testing.assert_array_equal(summed.numpy(), np.asarray(expected, "float32"))

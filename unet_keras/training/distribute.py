@@ -20,6 +20,7 @@ import json
 import os
 from typing import Any
 
+import keras
 import tensorflow as tf
 
 
@@ -89,6 +90,34 @@ def make_strategy(name: str) -> tf.distribute.Strategy:
             )
         return MultiWorkerStrategy()
     return tf.distribute.get_strategy()
+
+
+def sum_gradients_in(optimizer: keras.optimizers.Optimizer, dtype: str) -> None:
+    """Makes `optimizer` sum its gradients over the replicas in `dtype`, then update as before.
+
+    Joined over a network, workers spend most of their extra time per step moving gradients
+    (docs/benchmarks.md); in bfloat16 each step sends half the bytes. Keras's TensorFlow
+    optimizer has no public hook for it, so this wraps the one method that sums.
+    """
+    if dtype == "float32":
+        return
+    sum_over_replicas = getattr(optimizer, "_all_reduce_sum_gradients", None)
+    if sum_over_replicas is None:
+        raise RuntimeError(
+            f"cannot exchange gradients in {dtype}: this Keras's {type(optimizer).__name__} "
+            "has no _all_reduce_sum_gradients; use --gradient-exchange float32"
+        )
+
+    def sum_in_dtype(grads_and_vars: list[tuple[Any, Any]]) -> list[tuple[Any, Any]]:
+        dtypes = [None if grad is None else grad.dtype for grad, _ in grads_and_vars]
+        narrowed = [(None if g is None else tf.cast(g, dtype), v) for g, v in grads_and_vars]
+        summed = sum_over_replicas(narrowed)
+        return [
+            (None if grad is None else tf.cast(grad, original), variable)
+            for (grad, variable), original in zip(summed, dtypes, strict=True)
+        ]
+
+    optimizer._all_reduce_sum_gradients = sum_in_dtype
 
 
 def all_workers(strategy: tf.distribute.Strategy, values: list[float]) -> list[list[float]]:
