@@ -10,13 +10,14 @@ random horizontal strips covering that fraction of the rows keep their labels, t
 is marked unlabelled (`--ignore-value`); the held-out sections are scored in full.
 
     .venv/bin/python bench/isbi_accuracy.py [--max-time 900] [--labelled F] [--quick]
-        [--append] [-- TRAIN FLAGS...]
+        [--workers N] [--append] [-- TRAIN FLAGS...]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -94,6 +95,11 @@ def main() -> None:
     parser.add_argument(
         "--ship", action="store_true", help=f"make the trained model the shipped {SHIPPED!r}"
     )
+    parser.add_argument(
+        "--workers", type=int, default=1,
+        help="train with this many workers joined over loopback, one core each "
+        "(--strategy multiworker; --batch-size stays the global batch)",
+    )  # fmt: skip
     parser.add_argument("train_flags", nargs="*", help="extra train_keras.py flags, after --")
     args = parser.parse_args()
 
@@ -112,7 +118,10 @@ def main() -> None:
         *sparse, *args.train_flags,
     ]  # fmt: skip
     print(" ".join(command), flush=True)
-    subprocess.run(command, check=True)
+    if args.workers > 1:
+        train_workers(command, args.workers)
+    else:
+        subprocess.run(command, check=True)
     summary = json.loads((run_dir / "summary.json").read_text())
 
     rows = score_rows(run_dir, held_out, work, args.figure, args.quick, held_out_names)
@@ -121,6 +130,8 @@ def main() -> None:
         remake += " -- " + " ".join(args.train_flags) if args.train_flags else ""
         ship(run_dir, command, remake, summary, rows)
     flags = " ".join(sparse + args.train_flags) or "defaults"
+    if args.workers > 1:
+        flags += f"; {args.workers} single-core workers joined over loopback"
     if args.labelled < 1:
         flags += f"; {args.labelled:.0%} of each training mask labelled, in {STRIP}-row strips"
     publish(
@@ -151,6 +162,22 @@ def main() -> None:
         rows,
         args.append,
     )
+
+
+def train_workers(command: list[str], workers: int) -> None:
+    """Runs `command` as `workers` workers of one local cluster, worker i pinned to core i."""
+    from common import free_port
+
+    cluster = {"worker": [f"127.0.0.1:{free_port()}" for _ in range(workers)]}
+    running = []
+    for index in range(workers):
+        task = {"type": "worker", "index": index}
+        env = {**os.environ, "TF_CONFIG": json.dumps({"cluster": cluster, "task": task})}
+        pinned = ["taskset", "-c", str(index), *command, "--strategy", "multiworker"]
+        running.append(subprocess.Popen(pinned, env=env))
+    codes = [process.wait() for process in running]
+    if any(codes):
+        raise RuntimeError(f"a worker failed: exit statuses {codes}")
 
 
 def score_rows(
