@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from unet_keras import cli
 from unet_keras.config import TrainConfig
 
@@ -41,3 +43,20 @@ def test_a_new_run_starts_from_epoch_0_and_json_files_are_written_whole(tmp_path
     assert run.state(batch_size=4) == {"epoch": 3}
     assert [p.name for p in run.path.iterdir()] == ["state.json"]
     run.check_resumable({"seed": 1})  # no config.json yet: nothing to compare
+
+
+def test_a_setting_added_since_a_run_began_resumes_at_its_default(tmp_path):
+    from unet_keras.training.run_directory import RunDirectory
+
+    defaults = TrainConfig().to_dict()
+    old = {key: value for key, value in defaults.items() if key != "gradient_exchange"}
+    old["augment"] = {k: v for k, v in defaults["augment"].items() if k != "gamma"}
+    run = RunDirectory(tmp_path)
+    run.write_json("config.json", old)
+    run.check_resumable(defaults, defaults)  # what the old version did, under new names
+    for changed in (
+        {"gradient_exchange": "float32"},
+        {"augment": {**old["augment"], "gamma": 0.2}},
+    ):
+        with pytest.raises(ValueError, match=f"other settings \\({next(iter(changed))}\\)"):
+            run.check_resumable({**defaults, **changed}, defaults)

@@ -122,7 +122,7 @@ def fit(config: TrainConfig, data: PreparedData | None = None) -> dict[str, Any]
         "class_values": list(record.mask.class_values),
     }
     run_dir = RunDirectory.for_this_worker(config.run_dir)
-    run_dir.check_resumable(settings)
+    run_dir.check_resumable(settings, defaults=TrainConfig().to_dict())
     log.info("settings: %s", json.dumps(settings, sort_keys=True))
     # Every worker resumes from the chief's files.
     chief_run = RunDirectory(config.run_dir)

@@ -73,11 +73,18 @@ class RunDirectory:
             "batch_size": batch_size,
         }
 
-    def check_resumable(self, settings: dict[str, Any]) -> None:
-        """Refuses to resume a run directory that holds a run with other settings."""
+    def check_resumable(
+        self, settings: dict[str, Any], defaults: dict[str, Any] | None = None
+    ) -> None:
+        """Refuses to resume a run directory that holds a run with other settings.
+
+        A setting the saved run lacks (one added since it began) counts as its value in
+        `defaults`, so a new version resumes an old run unless told to run it differently.
+        """
         saved = self.read_json("config.json")
         if saved is None:
             return
+        saved = _filled(saved, defaults or {})
         differing = sorted(
             key
             for key in set(saved) | set(settings)
@@ -88,3 +95,14 @@ class RunDirectory:
                 f"{self.path} holds a run with other settings ({', '.join(differing)}); "
                 "resume it with its own settings or choose a new --run-dir"
             )
+
+
+def _filled(saved: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
+    """`saved` with what it lacks taken from `defaults`, at every depth."""
+    filled = dict(saved)
+    for key, default in defaults.items():
+        if key not in filled:
+            filled[key] = default
+        elif isinstance(default, dict) and isinstance(filled[key], dict):
+            filled[key] = _filled(filled[key], default)
+    return filled
