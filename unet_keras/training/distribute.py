@@ -95,9 +95,9 @@ def make_strategy(name: str) -> tf.distribute.Strategy:
 def sum_gradients_in(optimizer: keras.optimizers.Optimizer, dtype: str) -> None:
     """Makes `optimizer` sum its gradients over the replicas in `dtype`, then update as before.
 
-    Joined over a network, workers spend most of their extra time per step moving gradients
-    (docs/benchmarks.md); in bfloat16 each step sends half the bytes. Keras's TensorFlow
-    optimizer has no public hook for it, so this wraps the one method that sums.
+    In bfloat16 each step sends half the bytes (the default network's all-reduce between
+    two single-core workers: 31 ms in float32, 18 ms; docs/benchmarks.md). Keras's
+    TensorFlow optimizer has no public hook for it, so this wraps the one method that sums.
     """
     if dtype == "float32":
         return
