@@ -9,7 +9,10 @@ in the chief's log.csv; scaling is the two workers' throughput over the one work
 
 A ceiling measured the same way shows what the machine allows: two independent runs (not
 joined: no gradients exchanged) pinned to cores 0 and 1 at once. A single-threaded float32
-matrix product pinned likewise (one process, then two at once) is a second one.
+matrix product pinned likewise (one process, then two at once) is a second one. A
+synchronous step waits for the slower worker, and this VM's cores run at different
+speeds at the same moment, so twice the slower core's rate in the independent runs is
+the best two joined workers could do.
 
 The speed of this kind of VM's cores drifts by a third over minutes, so a ratio of two
 runs made far apart means little: each round runs one worker, two joined workers (once for
@@ -37,10 +40,10 @@ DATA = ROOT.parent / "shared" / "data" / "isbi2012" / "train"
 
 def train(
     workers: int, batch: int, epochs: int, steps: int, run: Path, exchange: str | None = None
-) -> float:
-    """Tiles per second of `workers` single-core workers after their first epoch: one run
-    joined over loopback, summing gradients in `exchange`, or without it as many independent
-    runs at once (their sum)."""
+) -> list[float]:
+    """Tiles per second after the first epoch of `workers` single-core workers: of one run
+    joined over loopback, summing gradients in `exchange`, or without it of each of as many
+    independent runs at once."""
     joined = exchange is not None
     from common import free_port
 
@@ -64,12 +67,12 @@ def train(
         _, stderr = process.communicate(timeout=1800)
         if process.returncode:
             raise RuntimeError(stderr[-3000:])
-    tiles = 0.0
+    rates = []
     for log in dict.fromkeys(runs):  # the chief's log, or each independent run's
         with open(log / "log.csv") as handle:
             seconds = [float(row["seconds"]) for row in csv.DictReader(handle)][1:]
-        tiles += steps * batch * (workers if joined else 1) / statistics.median(seconds)
-    return tiles
+        rates.append(steps * batch * (workers if joined else 1) / statistics.median(seconds))
+    return rates
 
 
 PRODUCT = """
@@ -115,19 +118,23 @@ def main() -> None:
     plan = (args.batch, args.epochs, args.steps)
     rounds = []
     for index in range(args.rounds):
-        one = train(1, *plan, work / f"one{index}")
-        joined = [train(2, *plan, work / f"{dtype}{index}", dtype) for dtype in exchanges]
-        apart = train(2, *plan, work / f"apart{index}")
-        rounds.append((one, *joined, apart))
+        [one] = train(1, *plan, work / f"one{index}")
+        joined = [train(2, *plan, work / f"{dtype}{index}", dtype)[0] for dtype in exchanges]
+        cores = train(2, *plan, work / f"apart{index}")
+        apart, slower = sum(cores), 2 * min(cores)
+        rounds.append((one, *joined, slower, apart))
         print(f"round {index + 1} tiles/s: one {one:.2f}, "
               + ", ".join(f"joined ({d}) {t:.2f}" for d, t in zip(exchanges, joined, strict=True))
-              + f", independent {apart:.2f}", flush=True)  # fmt: skip
+              + f", independent {apart:.2f} (cores {cores[0]:.2f} + {cores[1]:.2f})",
+              flush=True)  # fmt: skip
     product_one, product_two = matrix_products(1), matrix_products(2)
     medians = [statistics.median(column) for column in zip(*rounds, strict=True)]
     names = [
         f"2 workers, cores 0 and 1, gradients summed in {dtype} | {2 * args.batch}"
         for dtype in exchanges
     ]
+    # A synchronous step waits for the slower worker: twice the slower core bounds it.
+    names.append(f"twice the slower core of the independent runs | {args.batch} each")
     names.append(f"2 independent runs at once, cores 0 and 1 (ceiling) | {args.batch} each")
     rows = [f"| 1 worker, core 0 | {args.batch} | {medians[0]:.2f} tiles/s | 1.00x |"]
     for column, name in enumerate(names, start=1):
@@ -150,7 +157,8 @@ def main() -> None:
         "tiles/s from the median epoch time after the first; workers pinned with taskset "
         f"and joined over loopback. {args.rounds} rounds, each running one worker, two "
         "joined workers for each gradient-exchange dtype and two independent runs pinned to "
-        "one core each (their tiles/s summed) back to back; throughputs are medians over "
+        "one core each (their tiles/s summed; twice the slower one bounds synchronous "
+        "steps) back to back; throughputs are medians over "
         "the rounds, scalings the medians of each round's own ratios. Matrix products: "
         "single-threaded 1024^2 float32 for 20 s, one process and then two pinned at once.",
         ["workers", "global batch", "throughput", "scaling"],
