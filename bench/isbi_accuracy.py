@@ -175,7 +175,12 @@ def train_workers(command: list[str], workers: int) -> None:
         env = {**os.environ, "TF_CONFIG": json.dumps({"cluster": cluster, "task": task})}
         pinned = ["taskset", "-c", str(index), *command, "--strategy", "multiworker"]
         running.append(subprocess.Popen(pinned, env=env))
-    codes = [process.wait() for process in running]
+    # A worker that fails leaves the others waiting on its collectives: stop them too.
+    while None in (codes := [process.poll() for process in running]):
+        if any(codes):
+            for process in running:
+                process.kill()
+        time.sleep(1)
     if any(codes):
         raise RuntimeError(f"a worker failed: exit statuses {codes}")
 
