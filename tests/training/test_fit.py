@@ -23,13 +23,20 @@ TINY += ["--validation", "2"]
 TINY += ["--batch-size", "2", "--steps-per-epoch", "3", "--dropout", "0"]
 
 
-def _train(*argv):
-    return subprocess.run(
+def _start(*argv) -> subprocess.Popen:
+    return subprocess.Popen(
         [sys.executable, str(ROOT / "train_keras.py"), *argv],
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
     )
+
+
+def _train(*argv) -> subprocess.CompletedProcess:
+    process = _start(*argv)
+    stdout, stderr = process.communicate(timeout=600)
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
 
 
 def test_a_run_leaves_its_files_and_a_loadable_best_model(synthetic_data, tmp_path):
@@ -183,11 +190,8 @@ def test_a_run_starts_from_another_with_its_encoder_fixed_at_first(synthetic_dat
     first = _train(*data, "--run-dir", str(tmp_path / "first"))
     assert first.returncode == 0, first.stderr[-3000:]
     # Another shape fails before any training, saying which flag differs (run meanwhile).
-    other = subprocess.Popen(
-        [sys.executable, str(ROOT / "train_keras.py"), *data, "--run-dir", str(tmp_path / "other"),
-         "--filters", "8", "--init-from", str(tmp_path / "first")],
-        stderr=subprocess.PIPE, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
-    )  # fmt: skip
+    other = _start(*data, "--run-dir", str(tmp_path / "other"), "--filters", "8",
+                   "--init-from", str(tmp_path / "first"))  # fmt: skip
     second = tmp_path / "second"
     result = _train(*data, "--run-dir", str(second), "--init-from", str(tmp_path / "first"),
                     "--freeze-encoder", "1")  # fmt: skip
@@ -198,7 +202,7 @@ def test_a_run_starts_from_another_with_its_encoder_fixed_at_first(synthetic_dat
     for before, after in zip(source.weights, tuned.weights, strict=True):
         same = np.array_equal(before.numpy(), after.numpy())
         assert same == after.path.startswith(("down", "bottom")), after.path
-    _, refusal = other.communicate(timeout=300)
+    _, refusal = other.communicate(timeout=600)
     assert other.returncode != 0 and "--filters 4 there, 8 here" in refusal
     assert not (tmp_path / "other" / "config.json").exists()  # nothing to refuse a rerun
 
