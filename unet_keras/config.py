@@ -376,6 +376,12 @@ class TrainConfig(Settings):
         "(mean/std) or unit_range (divide by the dtype maximum)",
     )
     validation: int = setting(4, help="whole images held out for validation")
+    calibrate_by: Literal["auto", "adapted_rand_error", "pixel_error", "iou_0"] = setting(
+        "auto",
+        help="what the threshold chosen on the validation images after training optimises: "
+        "auto (adapted Rand error, objects; membrane IoU iou_0 with sparse masks), or "
+        "pixel_error for pixel maps; rerun a finished run to choose again",
+    )
     # 16 filters, same padding, 256 px tiles: what a 2-core CPU learns most from in a budget
     # (docs/benchmarks.md, the recipe study); --padding valid is the paper's network.
     model: ModelConfig = setting(

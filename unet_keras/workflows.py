@@ -44,7 +44,8 @@ def train(config: TrainConfig) -> dict[str, Any]:
     if not is_chief():
         return summary
     run_dir = RunDirectory(summary["run_dir"])
-    calibration = calibrate_threshold(run_dir.file("best.keras"), data.validation_samples)
+    metric = None if config.calibrate_by == "auto" else config.calibrate_by
+    calibration = calibrate_threshold(run_dir.file("best.keras"), data.validation_samples, metric)
     summary["threshold"] = None if calibration is None else calibration.to_dict()
     run_dir.write_json("summary.json", summary)
     return summary

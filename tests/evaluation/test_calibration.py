@@ -15,17 +15,27 @@ from unet_keras.saving import load_model, save_model
 from unet_keras.serving.export import ServingModule
 
 
+def _saved_with_spread_probabilities(
+    tiny_unet, path: Path, seed: int, mask: MaskConfig, shift: float = 0.0
+) -> Path:
+    """The tiny U-Net saved at `path` with steeper output weights (shifted by `shift`),
+    which spread its probabilities over (0, 1) so that nearby thresholds differ."""
+    model, record = tiny_unet(seed=seed, mask=mask)
+    output = model.get_layer("output")
+    kernel, bias = output.get_weights()
+    output.set_weights([kernel * 3, bias + shift])
+    save_model(model, path, record)
+    return path
+
+
 def test_the_threshold_that_reproduces_the_masks_is_chosen_and_stored(
     tmp_path: Path, tiny_unet
 ) -> None:
-    model, record = tiny_unet(seed=11, mask=MaskConfig((255, 0)))
-    # Steeper output weights spread the probabilities over (0, 1), so that the masks made
-    # at 0.45 below differ from those at 0.4 and 0.5.
-    output = model.get_layer("output")
-    kernel, bias = output.get_weights()
-    output.set_weights([kernel * 3, bias - 0.5])
-    path = tmp_path / "best.keras"
-    save_model(model, path, record)
+    # The masks made at 0.45 below differ from those at 0.4 and 0.5.
+    membrane_white = MaskConfig((255, 0))
+    path = _saved_with_spread_probabilities(
+        tiny_unet, tmp_path / "best.keras", 11, membrane_white, shift=-0.5
+    )
     untouched = Segmenter.from_path(path)
     assert untouched.threshold == 0.5
     rng = np.random.default_rng(0)
@@ -54,7 +64,7 @@ def test_the_threshold_that_reproduces_the_masks_is_chosen_and_stored(
         samples[0].mask,
     )
     model, stored = load_model(path)
-    assert stored.threshold == calibration and stored.mask == record.mask
+    assert stored.threshold == calibration and stored.mask == membrane_white
     assert ServingModule(model, stored)._threshold == 0.45
     assert Segmenter.from_path(path, threshold=0.6).threshold == 0.6
 
@@ -66,12 +76,8 @@ def test_sparse_masks_choose_by_membrane_iou_over_labelled_pixels_only(
     labelled pixels (a brute-force reference here), whatever the unlabelled ones hold."""
     from unet_keras.evaluation.scores import SWEEP_THRESHOLDS
 
-    model, record = tiny_unet(seed=11, mask=MaskConfig((0, 255), ignore_value=128))
-    output = model.get_layer("output")
-    kernel, bias = output.get_weights()
-    output.set_weights([kernel * 3, bias])
-    path = tmp_path / "best.keras"
-    save_model(model, path, record)
+    mask_config = MaskConfig((0, 255), ignore_value=128)
+    path = _saved_with_spread_probabilities(tiny_unet, tmp_path / "best.keras", 11, mask_config)
     segmenter = Segmenter.from_path(path)
     rng = np.random.default_rng(5)
     samples, maps, truths = [], [], []
@@ -97,3 +103,34 @@ def test_sparse_masks_choose_by_membrane_iou_over_labelled_pixels_only(
     assert calibration.chosen_by == "iou_0"
     assert calibration.value == expected
     assert calibration.scores["iou_0"] == pytest.approx(membrane_iou(expected))
+
+
+def test_calibrate_by_pixel_error_chooses_the_threshold_of_fewest_wrong_pixels(
+    tmp_path: Path, tiny_unet
+) -> None:
+    """`--calibrate-by pixel_error`: the threshold of least pixel error (a brute-force
+    reference over the same sweep), recorded as chosen by it."""
+    from unet_keras.evaluation.scores import SWEEP_THRESHOLDS
+
+    path = _saved_with_spread_probabilities(tiny_unet, tmp_path / "best.keras", 3, MaskConfig())
+    segmenter = Segmenter.from_path(path)
+    rng = np.random.default_rng(8)
+    samples, maps = [], []
+    for index in range(2):
+        image = rng.integers(0, 256, (48, 56, 1), dtype=np.uint8)
+        probabilities = segmenter.probabilities(image)[..., 0]
+        # Truth near the model's answer at 0.6, with a tenth of the pixels flipped.
+        cells = (probabilities >= 0.6) ^ (rng.random(probabilities.shape) < 0.1)
+        samples.append(Sample(f"v{index}", image, np.where(cells, 255, 0).astype(np.uint8)))
+        maps.append((probabilities, cells))
+
+    def pixel_error(threshold: float) -> float:
+        return float(np.mean([np.mean((p >= threshold) != cells) for p, cells in maps]))
+
+    expected = min(SWEEP_THRESHOLDS, key=lambda t: (pixel_error(t), abs(t - 0.5)))
+    assert expected != 0.5  # the test must tell the criterion from the default threshold
+    calibration = calibrate_threshold(path, samples, "pixel_error")
+    assert calibration.chosen_by == "pixel_error"
+    assert calibration.value == expected
+    assert calibration.scores["pixel_error"] == pytest.approx(pixel_error(expected))
+    assert load_model(path)[1].threshold == calibration

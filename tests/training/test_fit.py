@@ -72,6 +72,16 @@ def test_a_run_leaves_its_files_and_a_loadable_best_model(synthetic_data, tmp_pa
     assert record.tile.to_dict() == {"input": 60, "output": 20}
     assert model.predict(np.zeros((1, 60, 60, 1)), verbose=0).shape == (1, 20, 20, 1)
 
+    # Rerun with another criterion, the finished run chooses its threshold again, untrained.
+    log = (run / "log.csv").read_text()
+    again = _train(*argv, "--max-time", "600", "--calibrate-by", "pixel_error")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert (run / "log.csv").read_text() == log
+    chosen = json.loads((run / "summary.json").read_text())["threshold"]
+    assert chosen["chosen_by"] == "pixel_error"
+    assert chosen["scores"]["pixel_error"] <= summary["threshold"]["scores"]["pixel_error"]
+    assert load_model(run)[1].threshold.to_dict() == chosen
+
 
 @pytest.mark.slow
 def test_sigkill_then_rerun_resumes_from_the_last_completed_epoch(synthetic_data, tmp_path):

@@ -12,7 +12,8 @@ masks are sparse (unlabelled pixels): there the objects are cut where the labels
 adapted Rand error on such fragments favours thresholds that join cells. Membrane IoU, a
 pixel score, is then used instead: on ISBI with 25 % of the rows labelled it chose
 thresholds that scored held-out adapted Rand error 0.40 and 0.44 where adapted Rand
-chose 0.56 and 0.56 (two seeds, docs/benchmarks.md).
+chose 0.56 and 0.56 (two seeds, docs/benchmarks.md). `--calibrate-by` names another
+score: pixel error, for users who want the best pixel map rather than the best objects.
 """
 
 from __future__ import annotations

@@ -25,8 +25,8 @@ from typing import Any
 from unet_keras.io.atomic import atomic_path
 from unet_keras.training import distribute
 
-# Settings that may change between a run and its resumption.
-RESUMABLE_CHANGES = ("epochs", "max_time")
+# Settings that may change between a run and its resumption (calibration follows training).
+RESUMABLE_CHANGES = ("epochs", "max_time", "calibrate_by")
 
 
 class RunDirectory:
