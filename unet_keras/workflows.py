@@ -33,6 +33,9 @@ def train(config: TrainConfig) -> dict[str, Any]:
     Returns the run's summary, also written to `RUN/summary.json`. In a cluster, workers
     other than the chief return their own summary and leave calibration to the chief.
     """
+    from unet_keras.training.kernels import load_tensorflow
+
+    load_tensorflow(config.onednn, config.model.filters)  # before anything else loads it
     from unet_keras.evaluation.calibration import calibrate_threshold
     from unet_keras.training.distribute import is_chief
     from unet_keras.training.fit import fit

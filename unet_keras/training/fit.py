@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
-from pathlib import Path
 from typing import Any
 
 import keras
@@ -27,6 +25,7 @@ from unet_keras.training.callbacks import (
     TrainingPlan,
     ValidationImages,
 )
+from unet_keras.training.kernels import native_bf16, onednn_enabled
 from unet_keras.training.losses import CombinedLoss, DiceLoss, WeightedCrossEntropy
 from unet_keras.training.metrics import Dice, IoU, PixelError
 from unet_keras.training.prepare import PreparedData, prepare_data
@@ -71,13 +70,9 @@ def precision_policy(precision: str) -> str:
         return precision
     if tf.config.list_physical_devices("GPU"):
         return "float32"
-    try:
-        flags = set(Path("/proc/cpuinfo").read_text().split())
-    except OSError:
-        flags = set()
     # Emulated bf16 (AVX2 only) ran 6x slower than float32; native bf16 1.5x faster, but
     # only through oneDNN: without it (TF_ENABLE_ONEDNN_OPTS=0) 57x slower.
-    native = bool({"avx512_bf16", "amx_bf16"} & flags) and onednn_enabled()
+    native = native_bf16() and onednn_enabled()
     return "mixed_bfloat16" if native else "float32"
 
 
@@ -92,16 +87,6 @@ def gradient_exchange(choice: str, policy: str) -> str:
     return "bfloat16" if policy == "mixed_bfloat16" else "float32"
 
 
-def onednn_enabled() -> bool:
-    """Whether TensorFlow runs its CPU kernels through oneDNN (by the CPU and the setting
-    TF_ENABLE_ONEDNN_OPTS, as TensorFlow itself decides)."""
-    try:
-        from tensorflow.python.util import _pywrap_util_port
-    except ImportError:  # a private module: else the setting alone
-        return os.environ.get("TF_ENABLE_ONEDNN_OPTS") != "0"
-    return bool(_pywrap_util_port.IsMklEnabled())
-
-
 def fit(config: TrainConfig, data: PreparedData | None = None) -> dict[str, Any]:
     """Trains (or resumes) the run described by `config`; returns its summary.
 
@@ -111,7 +96,14 @@ def fit(config: TrainConfig, data: PreparedData | None = None) -> dict[str, Any]
     # First: a multi-worker strategy must configure TensorFlow before anything runs.
     strategy = _strategy(config)
     policy = precision_policy(config.precision)
-    log.info("precision %s (--precision %s)", policy, config.precision)
+    onednn = onednn_enabled()
+    log.info(
+        "precision %s (--precision %s); oneDNN kernels %s (--onednn %s)",
+        policy,
+        config.precision,
+        "on" if onednn else "off",
+        config.onednn,
+    )
     keras.mixed_precision.set_global_policy(policy)
     keras.utils.set_random_seed(config.seed)
     data = data or prepare_data(config)
@@ -178,6 +170,7 @@ def fit(config: TrainConfig, data: PreparedData | None = None) -> dict[str, Any]
         save_model(model, run_dir.file("best.keras"), record)
     summary = _summary(state, data, run_dir, stopped_by_time_budget)
     summary["precision"] = policy
+    summary["onednn"] = onednn
     if config.max_time:
         # Data preparation and every session of a resumed run count.
         summary["budget_used"] = round(state["seconds"] / config.max_time, 4)

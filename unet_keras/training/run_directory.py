@@ -25,8 +25,9 @@ from typing import Any
 from unet_keras.io.atomic import atomic_path
 from unet_keras.training import distribute
 
-# Settings that may change between a run and its resumption (calibration follows training).
-RESUMABLE_CHANGES = ("epochs", "max_time", "calibrate_by")
+# Settings that may change between a run and its resumption: the run's length, calibration
+# (which follows training) and the CPU kernels (the same arithmetic, differently ordered).
+RESUMABLE_CHANGES = ("epochs", "max_time", "calibrate_by", "onednn")
 
 
 class RunDirectory:
