@@ -35,9 +35,11 @@ def make_volume(path: Path, shape: tuple[int, ...], zarr_format: int = 3, ome: b
     return pixels
 
 
-def whole_sections(model: Path, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def whole_sections(
+    model: Path, pixels: np.ndarray, inference: dict = INFERENCE
+) -> tuple[np.ndarray, np.ndarray]:
     """Masks and probabilities (classes first) of each section predicted whole."""
-    segmenter = Segmenter.from_path(model, **INFERENCE)
+    segmenter = Segmenter.from_path(model, **inference)
     sections = pixels.reshape(-1, *pixels.shape[-2:])
     maps = np.stack([segmenter.probabilities(s[..., None]) for s in sections])
     masks = np.stack([segmenter.mask(segmenter.labels(p)) for p in maps])
@@ -53,29 +55,32 @@ def config(model: Path, volume: Path, output: Path, **options: object) -> Predic
 
 
 @pytest.mark.parametrize(
-    ("shape", "zarr_format", "ome"), [((3, 100, 90), 2, False), ((100, 90), 3, True)]
+    ("shape", "zarr_format", "ome", "batch_size"),
+    [((3, 100, 90), 2, False, 1), ((100, 90), 3, True, 2)],
 )
-def test_blocks_equal_whole_sections_bit_for_bit(
-    tmp_path, tiny_model_file, shape, zarr_format, ome
+def test_blocks_equal_whole_sections(
+    tmp_path, tiny_model_file, shape, zarr_format, ome, batch_size
 ):
     model = tiny_model_file()
     pixels = make_volume(tmp_path / "in.zarr/em", shape, zarr_format, ome)
-    report = workflows.predict(
-        config(model, tmp_path / "in.zarr/em", tmp_path / "out.zarr", probabilities="zarr"),
-        progress=False,
-    )
-    masks, maps = whole_sections(model, pixels)
+    inference = {**INFERENCE, "batch_size": batch_size}
+    volume, output = tmp_path / "in.zarr/em", tmp_path / "out.zarr"
+    job = config(model, volume, output, inference=inference, probabilities="zarr")
+    report = workflows.predict(job, progress=False)
+    masks, maps = whole_sections(model, pixels, inference)
     out = zarr.open_group(tmp_path / "out.zarr", mode="r")
     assert np.array_equal(out["mask/0"][...], masks)
-    assert np.array_equal(out["probabilities/0"][...], maps)
+    if batch_size == 1:  # the default: bit for bit
+        assert np.array_equal(out["probabilities/0"][...], maps)
+    else:
+        # With TensorFlow's own CPU kernels (oneDNN off: AVX2 CPUs) a tile's probabilities
+        # round 1 ulp differently with other tiles in its call (seen: 141 of 27,000).
+        np.testing.assert_allclose(out["probabilities/0"][...], maps, rtol=0, atol=1e-6)
     assert out["mask/0"].chunks == (1, 32, 32)[-len(shape) :]
     assert out.metadata.zarr_format == zarr_format
     blocks = (shape[0] if len(shape) == 3 else 1) * 2 * 2  # 64-pixel blocks of 32 chunks
     assert (report.predicted, report.skipped, report.failed) == (blocks, 0, [])
-    again = workflows.predict(
-        config(model, tmp_path / "in.zarr/em", tmp_path / "out.zarr", probabilities="zarr"),
-        progress=False,
-    )
+    again = workflows.predict(job, progress=False)
     assert (again.predicted, again.skipped) == (0, blocks)
 
 

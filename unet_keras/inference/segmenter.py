@@ -203,8 +203,9 @@ class Segmenter:
         for batch in _chunks(tiles, self.batch_size):
             inputs = [cut(i, j) for i, j in batch]
             # Always whole batches (the last one filled up with copies): the network's
-            # kernels round differently for other batch sizes, and a tile must come out
-            # bit for bit the same whichever tiles it was batched with.
+            # kernels round differently for other batch sizes. (With TensorFlow's own CPU
+            # kernels, oneDNN off, the other tiles of a call were seen to move a few
+            # probabilities by 1 ulp too: bit for bit needs one tile a call there.)
             inputs += inputs[-1:] * (self.batch_size - len(inputs))
             outputs = np.asarray(self._forward(normalize(np.stack(inputs), self.normalization)))
             for (i, j), output in zip(batch, outputs, strict=False):

@@ -3,10 +3,11 @@
 A block is a run of whole chunks of one chunk's sections; each section's part of it is
 predicted with the whole section's own tiles and their context, read from neighbouring
 chunks and mirrored only at the volume's true border (`Segmenter.region_probabilities`),
-so the result equals predicting each section whole, bit for bit, and memory is bounded by
-the block and tile sizes, never the volume. A block's results are written, then the block
-is marked done in the store's `progress` array: a run that is killed and started again
-skips the blocks marked done and writes the others.
+so the result equals predicting each section whole, bit for bit at one tile a call
+(with more, TensorFlow's own CPU kernels may round a few probabilities 1 ulp apart), and
+memory is bounded by the block and tile sizes, never the volume. A block's results are
+written, then the block is marked done in the store's `progress` array: a run that is
+killed and started again skips the blocks marked done and writes the others.
 
 On a cluster (`scheduler` an address, or `workers` local processes) each task is a block;
 the tasks carry the model's path and the stores' paths, never arrays or a Keras object,
