@@ -40,9 +40,7 @@ def test_tensorflow_loads_with_the_choice_and_the_environment_is_left_as_it_was(
 
 
 def test_once_tensorflow_is_loaded_its_setting_stays_and_a_different_choice_is_logged(caplog):
-    from unet_keras.training.fit import onednn_enabled
-
-    enabled = onednn_enabled()
+    enabled = kernels.onednn_enabled()
     before = os.environ.get("TF_ENABLE_ONEDNN_OPTS")
     other = "off" if enabled else "on"
     with caplog.at_level(logging.WARNING, logger=kernels.__name__):
