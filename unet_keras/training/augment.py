@@ -138,7 +138,7 @@ def _deform(
 
 # XLA fuses the many element-wise steps and gathers into a few loops: on a CPU this runs
 # about 10x faster than the same ops one by one.
-_deform_compiled = tf.function(_deform, jit_compile=True)
+_deform_compiled = tf.function(_deform, jit_compile=True, autograph=False)
 
 
 def _checked_modes(image: tf.Tensor, modes: Sequence[str]) -> tuple[str, ...]:

@@ -60,6 +60,8 @@ def compiled_model(config: TrainConfig, model_config: ModelConfig) -> keras.Mode
     model.compile(
         optimizer, loss=LOSSES[config.loss](), metrics=metrics, jit_compile=config.jit_compile
     )
+    # Built now, not in the first step: a step that creates variables is traced twice.
+    optimizer.build(model.trainable_variables)
     return model
 
 

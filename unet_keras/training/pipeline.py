@@ -22,6 +22,11 @@ from unet_keras.geometry import mirror_index
 from unet_keras.training import augment
 from unet_keras.training.prepare import Example
 
+# The functions traced into the pipelines branch on Python settings only (tensor branches
+# are explicit `tf.cond`s), so AutoGraph's rewrite of their source would add nothing but
+# start-up time: about 1.5 s a training run (docs/benchmarks.md).
+_traced = tf.autograph.experimental.do_not_convert
+
 
 def _example_dataset(examples: Sequence[Example]) -> tf.data.Dataset:
     """One element per image: (image, labels, weights); callers cache it after one pass.
@@ -40,6 +45,7 @@ def _example_dataset(examples: Sequence[Example]) -> tf.data.Dataset:
             example.weights.astype(np.float32, copy=False),
         )
 
+    @_traced
     def load_example(index: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
         image, labels, weights = tf.numpy_function(
             arrays, [index], (tf.float32, tf.int32, tf.float32), stateful=False
@@ -190,6 +196,7 @@ def training_dataset(
     cubic = config.elastic and config.elastic_backend == "tensorflow"
     cubic = cubic and config.interpolation == "cubic"
 
+    @_traced
     def make_tile(index: tf.Tensor, stack: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         seeds = tf.random.experimental.stateless_split(
             tf.random.experimental.stateless_fold_in([seed, stream], index), 5
@@ -205,7 +212,7 @@ def training_dataset(
         tile = tf.ensure_shape(tile, (input_size, input_size, channels))
         return tile, tf.ensure_shape(targets, (output_size, output_size, 2))
 
-    stacks = _example_dataset(examples).map(lambda *arrays: _stacked(*arrays, cubic)).cache()
+    stacks = _example_dataset(examples).map(_traced(lambda *arrays: _stacked(*arrays, cubic))).cache()
     stacks = stacks.repeat().shuffle(len(examples), seed=seed)
     return (
         tf.data.Dataset.zip(tf.data.Dataset.counter(), stacks)
@@ -235,6 +242,7 @@ def validation_dataset(
         raise ValueError("validation_dataset needs at least one example")
     margin = _check_tiles(input_size, output_size)
 
+    @_traced
     def tiles(image, labels, weights):
         height, width = tf.shape(image)[0], tf.shape(image)[1]
         rows = tf.range(0, height, output_size)
