@@ -114,17 +114,18 @@ class ServingModule(tf.Module):
         image = tf.TensorSpec([None, None, None, channels], self._dtype, contract.IMAGE)
         pngs = tf.TensorSpec([None], tf.string, contract.IMAGE_PNG)
         tiles = tf.TensorSpec([None, None, None, channels], tf.float32, contract.TILES_INPUT)
-        self.serve = tf.function(self._serve, input_signature=[image])
-        self.segment_png = tf.function(self._segment_png, input_signature=[pngs])
+        self.serve = tf.function(self._serve, input_signature=[image], autograph=False)
+        self.segment_png = tf.function(self._segment_png, input_signature=[pngs], autograph=False)
         unused = tf.TensorSpec([], tf.int32, contract.METADATA_INPUT)
         self.metadata = tf.function(
             lambda unused=_NO_INPUT: self._metadata(), input_signature=[unused], autograph=False
         )
-        self.tiles = tf.function(self._tiles, input_signature=[tiles])
+        self.tiles = tf.function(self._tiles, input_signature=[tiles], autograph=False)
         # The bare network, which the signatures share: the export stores it once.
         self.network = tf.function(
             lambda tiles: self.model(tiles, training=False),
             input_signature=[tf.TensorSpec([None, None, None, channels], tf.float32)],
+            autograph=False,
         )
 
     def signatures(self) -> dict[str, Any]:
