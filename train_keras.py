@@ -5,7 +5,7 @@ The same as `unet-keras train`; `--help` lists every setting and its default.
 
 import sys
 
-from unet_keras.cli import main
+from unet_keras.cli import run
 
 if __name__ == "__main__":
-    sys.exit(main(["train", *sys.argv[1:]]))
+    run(["train", *sys.argv[1:]])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import gc
 import json
 import logging
 import sys
@@ -323,5 +324,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
 
+def run(argv: Sequence[str] | None = None) -> typing.NoReturn:
+    """The `unet-keras` program: `main`, then the process ends with its exit status.
+
+    The objects left are frozen first, so that the interpreter's last garbage collection
+    skips them: over TensorFlow's objects it took 1.4 s of every command's run, to free
+    memory that the process's end frees anyway. Files are closed before `main` returns.
+    """
+    status = main(argv)
+    gc.freeze()
+    sys.exit(status)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

@@ -34,15 +34,17 @@ def train(config: TrainConfig) -> dict[str, Any]:
     other than the chief return their own summary and leave calibration to the chief.
     """
     from unet_keras.training.kernels import load_tensorflow
+    from unet_keras.training.prepare import prepare_data
 
+    # Data first: it needs no TensorFlow, so bad data is refused in a second, not after
+    # TensorFlow's five-second load.
+    data = prepare_data(config)
     load_tensorflow(config.onednn, config.model.filters)  # before anything else loads it
     from unet_keras.evaluation.calibration import calibrate_threshold
     from unet_keras.training.distribute import is_chief
     from unet_keras.training.fit import fit
-    from unet_keras.training.prepare import prepare_data
     from unet_keras.training.run_directory import RunDirectory
 
-    data = prepare_data(config)
     summary = fit(config, data)
     if not is_chief():
         return summary

@@ -44,7 +44,7 @@ MAX_MESSAGE_BYTES = 4 * 2**20
 # CPU for these images, which a 2-core machine needs.
 EXPORT_OPTIONS = {"tiles_per_call": 1, "max_pixels": MAX_PIXELS}
 SEEDS = {1: 7, 2: 8}  # version -> weights; different weights give different masks
-CLIENTS, REQUESTS = 16, 20
+CLIENTS, REQUESTS = 16, 10
 SIZE = 512
 # Distinct images, cycled so that concurrent clients send different ones: a response that
 # went to the wrong caller shows.

@@ -212,7 +212,9 @@ def training_dataset(
         tile = tf.ensure_shape(tile, (input_size, input_size, channels))
         return tile, tf.ensure_shape(targets, (output_size, output_size, 2))
 
-    stacks = _example_dataset(examples).map(_traced(lambda *arrays: _stacked(*arrays, cubic))).cache()
+    stacks = (
+        _example_dataset(examples).map(_traced(lambda *arrays: _stacked(*arrays, cubic))).cache()
+    )
     stacks = stacks.repeat().shuffle(len(examples), seed=seed)
     return (
         tf.data.Dataset.zip(tf.data.Dataset.counter(), stacks)
