@@ -24,7 +24,7 @@ from unet_keras.training.prepare import Example
 
 # The functions traced into the pipelines branch on Python settings only (tensor branches
 # are explicit `tf.cond`s), so AutoGraph's rewrite of their source would add nothing but
-# start-up time: about 1.5 s a training run (docs/benchmarks.md).
+# start-up time: 2-2.5 s a training run (docs/benchmarks.md).
 _traced = tf.autograph.experimental.do_not_convert
 
 
