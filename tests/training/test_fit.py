@@ -151,15 +151,16 @@ def test_bfloat16_with_xla_trains_to_a_finite_loss(synthetic_data, tmp_path):
 def test_a_time_budget_is_used_whole_and_the_schedule_spans_it(synthetic_data, tmp_path):
     run = tmp_path / "run"
     argv = ["--data", str(synthetic_data), "--run-dir", str(run), *TINY]
-    # 20 s: on a slow CPU (AVX2, oneDNN's first steps) start-up and tracing took most of 12.
-    result = _train(*argv, "--max-time", "20", "--steps-per-epoch", "2")
+    # 15 s: on a slow CPU (AVX2, oneDNN's first steps) the first epoch's tracing took 9 s
+    # of a 12 s budget before the step was traced once, not twice (now about 5 s).
+    result = _train(*argv, "--max-time", "15", "--steps-per-epoch", "2")
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((run / "summary.json").read_text())
     assert summary["stopped_by_time_budget"] and summary["epochs"] >= 2
-    assert summary["budget_used"] >= 0.95 and summary["wall_seconds"] < 30
+    assert summary["budget_used"] >= 0.95 and summary["wall_seconds"] < 25
     # Each epoch is headed by the budget's share used, not "Epoch 2/1000000".
     headings = re.findall(r"^Epoch \S+ .*$", result.stdout, re.MULTILINE)
-    assert re.fullmatch(r"Epoch 1 \(\d+% of the 20 s budget used\)", headings[0]), headings
+    assert re.fullmatch(r"Epoch 1 \(\d+% of the 15 s budget used\)", headings[0]), headings
     assert len(headings) == summary["epochs"] and "/" not in "".join(headings)
     shares = [int(re.search(r"(\d+)%", heading)[1]) / 100 for heading in headings]
     assert shares == sorted(shares) and shares[-1] >= 0.5, headings
