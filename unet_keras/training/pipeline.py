@@ -25,7 +25,7 @@ from unet_keras.training.prepare import Example
 # The functions traced into the pipelines branch on Python settings only (tensor branches
 # are explicit `tf.cond`s), so AutoGraph's rewrite of their source would add nothing but
 # start-up time: 2-2.5 s a training run (docs/benchmarks.md).
-_traced = tf.autograph.experimental.do_not_convert
+_without_autograph = tf.autograph.experimental.do_not_convert
 
 
 def _example_dataset(examples: Sequence[Example]) -> tf.data.Dataset:
@@ -45,7 +45,7 @@ def _example_dataset(examples: Sequence[Example]) -> tf.data.Dataset:
             example.weights.astype(np.float32, copy=False),
         )
 
-    @_traced
+    @_without_autograph
     def load_example(index: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
         image, labels, weights = tf.numpy_function(
             arrays, [index], (tf.float32, tf.int32, tf.float32), stateful=False
@@ -196,7 +196,7 @@ def training_dataset(
     cubic = config.elastic and config.elastic_backend == "tensorflow"
     cubic = cubic and config.interpolation == "cubic"
 
-    @_traced
+    @_without_autograph
     def make_tile(index: tf.Tensor, stack: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         seeds = tf.random.experimental.stateless_split(
             tf.random.experimental.stateless_fold_in([seed, stream], index), 5
@@ -213,7 +213,9 @@ def training_dataset(
         return tile, tf.ensure_shape(targets, (output_size, output_size, 2))
 
     stacks = (
-        _example_dataset(examples).map(_traced(lambda *arrays: _stacked(*arrays, cubic))).cache()
+        _example_dataset(examples)
+        .map(_without_autograph(lambda *arrays: _stacked(*arrays, cubic)))
+        .cache()
     )
     stacks = stacks.repeat().shuffle(len(examples), seed=seed)
     return (
@@ -244,7 +246,7 @@ def validation_dataset(
         raise ValueError("validation_dataset needs at least one example")
     margin = _check_tiles(input_size, output_size)
 
-    @_traced
+    @_without_autograph
     def tiles(image, labels, weights):
         height, width = tf.shape(image)[0], tf.shape(image)[1]
         rows = tf.range(0, height, output_size)
