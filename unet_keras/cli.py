@@ -67,7 +67,7 @@ def _show_prediction(config: PredictConfig, report: Any) -> int:
 
 
 def _show_evaluation(config: EvaluateConfig, report: dict[str, Any]) -> int:
-    keys = ("threshold", "tta", "mean", "best_threshold")
+    keys = ("threshold", "tta", "mean", "best_threshold", "isbi_pixel_error")
     print(json.dumps({key: report[key] for key in keys if key in report}, indent=2))
     if config.output:
         print(f"per-image scores and figures: {config.output}")

@@ -39,6 +39,21 @@ def test_evaluate_scores_writes_figures_and_sweeps(
     assert len(report["sweep"]) == 17
     best = report["best_threshold"]
     assert best["adapted_rand_error"] == min(e["adapted_rand_error"] for e in report["sweep"])
+    # The challenge's pixel error: the threshold with the largest F-score of cell pixels,
+    # counted over both images together.
+    probabilities = [segmenter.probabilities(picture)[..., 0] for picture in pictures]
+    truths = [picture[..., 0] > 100 for picture in pictures]
+    f_scores = {}
+    for entry in report["sweep"]:
+        found = [p >= entry["threshold"] for p in probabilities]
+        hits = sum(np.sum(f & t) for f, t in zip(found, truths, strict=True))
+        f_scores[entry["threshold"]] = 2 * hits / (sum(map(np.sum, found + truths)))
+        assert entry["isbi_pixel_error"] == pytest.approx(1 - f_scores[entry["threshold"]])
+    threshold = max(f_scores, key=f_scores.get)
+    assert report["isbi_pixel_error"] == {
+        "value": pytest.approx(1 - f_scores[threshold]),
+        "threshold": threshold,
+    }
     assert (tmp_path / "eval" / "a_evaluation.png").is_file()
     printed = capsys.readouterr().out
     assert json.loads(printed[: printed.rindex("}") + 1])["mean"] == pytest.approx(report["mean"])

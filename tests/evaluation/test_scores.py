@@ -14,7 +14,9 @@ from skimage.metrics import adapted_rand_error
 
 from unet_keras.evaluation.scores import (
     best_threshold,
+    isbi_pixel_errors,
     mean_scores,
+    pixel_counts,
     segmentation_scores,
     threshold_sweep,
 )
@@ -225,6 +227,33 @@ def test_threshold_sweep_and_best_threshold_find_the_separating_threshold():
     assert best_threshold(sweep, metric="iou_1")["threshold"] == 0.7  # higher is better
     with pytest.raises(ValueError, match=r"probabilities shape \(6, 10\) and truth shape"):
         threshold_sweep(probabilities[:, :10], truth, thresholds)
+
+
+def test_isbi_pixel_error_is_one_minus_the_f_score_of_cell_pixels_pooled_over_images():
+    """Counted by hand: the challenge's error is 1 - 2TP / (2TP + FP + FN) of the cell
+    pixels, from counts summed over the images, not the fraction of pixels wrong."""
+    truth = np.array([[1, 1, 1, 0], [1, 1, 0, 0]])
+    probabilities = np.array([[0.9, 0.6, 0.2, 0.7], [0.8, 0.4, 0.1, 0.3]])
+    counts = pixel_counts(probabilities, truth, [0.5, 0.65, 0.0, 1.0])
+    # At 0.5: found 0.9, 0.6, 0.7, 0.8; of them cells 0.9, 0.6, 0.8; cells 0.2, 0.4 missed.
+    assert counts.tolist() == [[3, 1, 2], [2, 1, 3], [5, 3, 0], [0, 0, 5]]
+    errors = isbi_pixel_errors(counts)
+    assert errors == pytest.approx([1 - 6 / 9, 1 - 4 / 8, 1 - 10 / 13, 1.0])
+    assert segmentation_scores((probabilities >= 0.5).astype(int), truth, 2)["pixel_error"] == (
+        3 / 8
+    )
+    # A second image with no error: pooled, it weighs by its pixels; per-image means would not.
+    perfect = pixel_counts(truth.astype(float), truth, [0.5])
+    pooled = isbi_pixel_errors(counts[:1] + perfect)[0]
+    assert pooled == pytest.approx(1 - (6 + 10) / (9 + 10))
+    assert pooled != pytest.approx((errors[0] + 0.0) / 2)
+    # Unlabelled truth pixels count for nothing; nothing to find and nothing found: no error.
+    sparse = np.where([[True, True, False, False]] * 2, truth, IGNORED)
+    assert pixel_counts(probabilities, sparse, [0.5]).tolist() == [[3, 0, 1]]
+    nothing = pixel_counts(np.zeros((2, 2)), np.zeros((2, 2), int), [0.5])
+    assert isbi_pixel_errors(nothing).tolist() == [0.0]
+    with pytest.raises(ValueError, match="truth holds class indices"):
+        pixel_counts(probabilities, truth * 2, [0.5])
 
 
 def test_best_threshold_breaks_ties_towards_one_half_and_rejects_bad_input():

@@ -17,7 +17,9 @@ from unet_keras.evaluation.figures import evaluation_figure, instance_figure
 from unet_keras.evaluation.scores import (
     SWEEP_THRESHOLDS,
     best_threshold,
+    isbi_pixel_errors,
     mean_scores,
+    pixel_counts,
     segmentation_scores,
     threshold_sweep,
 )
@@ -46,7 +48,9 @@ def evaluate_path(
 
     Returns `{"images": [{"name", "scores"}...], "mean": {...}}`, and with `sweep` (binary
     models) also the mean scores at each threshold and the best threshold by adapted Rand
-    error, the ISBI 2012 ranking score. The objects scored are those `objects` labels
+    error, the ISBI 2012 ranking score, and the challenge's pixel error (1 - the maximal
+    F-score of cell pixels, pooled over the images; see `isbi_pixel_errors`) with its
+    threshold. The objects scored are those `objects` labels
     (connected components by default), as `predict` writes them. `ignore_value` marks
     unlabelled truth pixels (default: the model's own mask convention). Figures per image:
     `<stem>_evaluation.png` (classes and errors) and `<stem>_objects.png` (objects).
@@ -59,6 +63,7 @@ def evaluate_path(
         mask_config = dataclasses.replace(mask_config, ignore_value=ignore_value)
     samples = load_dataset(data, masks, require_masks=True)
     images, sweeps = [], []
+    counts = np.zeros((len(SWEEP_THRESHOLDS), 3), np.int64)
     for sample in samples:
         truth = mask_to_labels(sample.mask, mask_config, sample.name)
         probabilities = segmenter.probabilities(sample.image, sample.name, progress)
@@ -70,6 +75,7 @@ def evaluate_path(
         images.append({"name": sample.name, "scores": scores})
         if sweep:
             sweeps.append(threshold_sweep(probabilities[..., 0], truth, SWEEP_THRESHOLDS))
+            counts += pixel_counts(probabilities[..., 0], truth, SWEEP_THRESHOLDS)
         if output is not None:
             stem = Path(output) / _safe_stem(sample.name)
             figure = evaluation_figure(sample.image, truth, predicted)
@@ -87,8 +93,16 @@ def evaluate_path(
     }
     if sweep:
         by_threshold = [mean_scores(list(entries)) for entries in zip(*sweeps, strict=True)]
+        # Pooled over the images, not averaged per image: the challenge's definition.
+        for entry, error in zip(by_threshold, isbi_pixel_errors(counts), strict=True):
+            entry["isbi_pixel_error"] = float(error)
         report["sweep"] = by_threshold
         report["best_threshold"] = best_threshold(by_threshold)
+        lowest = best_threshold(by_threshold, "isbi_pixel_error")
+        report["isbi_pixel_error"] = {
+            "value": lowest["isbi_pixel_error"],
+            "threshold": lowest["threshold"],
+        }
     if output is not None:
         with atomic_path(Path(output) / "evaluation.json") as temporary:
             temporary.write_text(json.dumps(report, indent=2))
