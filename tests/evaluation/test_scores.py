@@ -254,6 +254,8 @@ def test_isbi_pixel_error_is_one_minus_the_f_score_of_cell_pixels_pooled_over_im
     assert isbi_pixel_errors(nothing).tolist() == [0.0]
     with pytest.raises(ValueError, match="truth holds class indices"):
         pixel_counts(probabilities, truth * 2, [0.5])
+    with pytest.raises(ValueError, match=r"probabilities shape \(2, 3\) and truth shape"):
+        pixel_counts(probabilities[:, :3], truth, [0.5])
 
 
 def test_best_threshold_breaks_ties_towards_one_half_and_rejects_bad_input():
