@@ -128,9 +128,10 @@ def isbi_pixel_errors(counts: np.ndarray) -> np.ndarray:
     `counts` are `pixel_counts` rows, summed over a stack's images. The challenge ranked by
     the lowest of these over its thresholds, "1 - the maximal F-score of pixel similarity"
     (Fiji's trainableSegmentation `PixelError.getPixelErrorMaximalFScore`, the positive
-    class being the truth's non-zero pixels: cells). It is not `pixel_error`, the fraction
-    of pixels misclassified: on ISBI (22 % membrane) a model with 0.085 of its pixels wrong
-    scores about 0.053 here.
+    class being the truth's non-zero pixels: cells; Fiji finds p > t where we find p >= t,
+    which differs only for probabilities equal to a threshold). It is not `pixel_error`,
+    the fraction of pixels misclassified: on ISBI (22 % membrane) a model with 0.085 of its
+    pixels wrong scores about 0.053 here.
     """
     hits, false_found, missed = np.asarray(counts, np.float64).T
     found_or_true = 2 * hits + false_found + missed
