@@ -112,6 +112,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.rescore and (args.ship or args.train_flags or args.labelled < 1 or args.workers > 1):
         parser.error("--rescore scores a finished run: no --ship, training flags or workers")
+    if args.rescore and not (Path(args.rescore) / "summary.json").is_file():
+        parser.error(f"--rescore {args.rescore}: no summary.json there, so no finished run")
 
     from common import publish
 
