@@ -18,7 +18,20 @@ def test_a_run_directory_refuses_other_settings(synthetic_data, tmp_path, capsys
     (run / "config.json").write_text(json.dumps({**TrainConfig().to_dict(), "seed": 99}))
     code = cli.main(["train", "--data", str(synthetic_data), "--run-dir", str(run), *TINY])
     assert code == 2
-    assert "holds a run with other settings" in capsys.readouterr().err
+    error = capsys.readouterr().err
+    assert "holds a run with other settings (" in error and "seed: 99 there, 0 here" in error
+
+
+def test_the_refusal_names_a_nested_setting_and_both_values(tmp_path):
+    """A default changed since the run began (rotations, off since) shows as the old value."""
+    from unet_keras.training.run_directory import RunDirectory
+
+    defaults = TrainConfig().to_dict()
+    old = {**defaults, "augment": {**defaults["augment"], "rotations": True}}
+    run = RunDirectory(tmp_path)
+    run.write_json("config.json", {**old, "max_time": 60.0})
+    with pytest.raises(ValueError, match=r"\(augment\.rotations: true there, false here\);"):
+        run.check_resumable({**defaults, "max_time": 900.0}, defaults)
 
 
 def test_each_worker_writes_its_own_copy_and_the_chief_the_run(tmp_path, monkeypatch):
@@ -54,9 +67,9 @@ def test_a_setting_added_since_a_run_began_resumes_at_its_default(tmp_path):
     run = RunDirectory(tmp_path)
     run.write_json("config.json", old)
     run.check_resumable(defaults, defaults)  # what the old version did, under new names
-    for changed in (
-        {"gradient_exchange": "float32"},
-        {"augment": {**old["augment"], "gamma": 0.2}},
+    for changed, named in (
+        ({"gradient_exchange": "float32"}, 'gradient_exchange: "auto" there, "float32" here'),
+        ({"augment": {**old["augment"], "gamma": 0.2}}, "augment.gamma: 0.0 there, 0.2 here"),
     ):
-        with pytest.raises(ValueError, match=f"other settings \\({next(iter(changed))}\\)"):
+        with pytest.raises(ValueError, match=f"other settings \\({named}\\)"):
             run.check_resumable({**defaults, **changed}, defaults)

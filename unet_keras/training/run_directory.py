@@ -86,15 +86,14 @@ class RunDirectory:
         if saved is None:
             return
         saved = _filled(saved, defaults or {})
-        differing = sorted(
-            key
-            for key in set(saved) | set(settings)
-            if key not in RESUMABLE_CHANGES and saved.get(key) != settings.get(key)
-        )
+        resumable = {key: None for key in RESUMABLE_CHANGES}
+        differing = _differences({**saved, **resumable}, {**settings, **resumable})
         if differing:
+            # Values too: a default changed since the run began shows as the run's old value.
             raise ValueError(
-                f"{self.path} holds a run with other settings ({', '.join(differing)}); "
-                "resume it with its own settings or choose a new --run-dir"
+                f"{self.path} holds a run with other settings ("
+                + "; ".join(f"{key}: {was} there, {now} here" for key, was, now in differing)
+                + "); resume it with its own settings or choose a new --run-dir"
             )
 
 
@@ -107,3 +106,16 @@ def _filled(saved: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
         elif isinstance(default, dict) and isinstance(filled[key], dict):
             filled[key] = _filled(filled[key], default)
     return filled
+
+
+def _differences(saved: Any, settings: Any, prefix: str = "") -> list[tuple[str, str, str]]:
+    """(dotted setting, saved value, new value) wherever the two differ, at every depth."""
+    if isinstance(saved, dict) and isinstance(settings, dict):
+        return [
+            difference
+            for key in sorted(set(saved) | set(settings))
+            for difference in _differences(saved.get(key), settings.get(key), prefix + key + ".")
+        ]
+    if saved == settings:
+        return []
+    return [(prefix.rstrip("."), json.dumps(saved), json.dumps(settings))]
