@@ -238,8 +238,10 @@ def score_rows(
     counts = sum(pixel_counts(np.ones(t.shape), t, [0.5]) for t in truths)
     trivial["isbi_pixel_error"] = float(isbi_pixel_errors(counts)[0])
     rows = [score_row("all cell (trivial)", trivial)]
-    stored = Segmenter.from_path(run_dir).threshold
-    for tta in (False,) if quick else (False, True):
+    plain = Segmenter.from_path(run_dir)
+    stored = plain.threshold
+    # TTA averages the flips and rotations the model was trained with: none, no TTA rows.
+    for tta in (False,) if quick or plain.record.symmetries == "none" else (False, True):
         segmenter = Segmenter.from_path(run_dir, tta=tta)
         started = time.perf_counter()
         output = work / f"evaluation_tta{int(tta)}"

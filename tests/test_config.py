@@ -63,6 +63,32 @@ def test_a_record_round_trips_with_its_calibration():
     )
 
 
+def test_a_record_from_before_the_symmetries_field_reads_as_trained_with_all_8():
+    record = ModelRecord(
+        MaskConfig((0, 255)),
+        NormalizationConfig("standardize", (120.0,), (40.0,), "uint8"),
+        ModelConfig(filters=8, depth=2),
+        TileSizes(92, 52),
+        symmetries="flips",
+    )
+    older = {key: value for key, value in record.to_dict().items() if key != "symmetries"}
+    assert ModelRecord.from_dict(older).symmetries == "all"
+    assert ModelRecord.from_dict(record.to_dict()).symmetries == "flips"
+
+
+@pytest.mark.parametrize(
+    ("flips", "rotations", "symmetries"),
+    [
+        (True, True, "all"),
+        (True, False, "flips"),
+        (False, True, "rotations"),
+        (False, False, "none"),
+    ],
+)
+def test_the_augmentation_names_the_symmetries_it_draws_from(flips, rotations, symmetries):
+    assert AugmentConfig(flips=flips, rotations=rotations).symmetries == symmetries
+
+
 @pytest.mark.parametrize(
     ("values", "message"),
     [

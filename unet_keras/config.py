@@ -261,7 +261,7 @@ class AugmentConfig(Settings):
     interpolation: Literal["linear", "cubic"] = setting(
         "linear", help="image interpolation under deformation"
     )
-    flips: bool = setting(True, help="random horizontal flips")
+    flips: bool = setting(True, help="random left-right flips")
     rotations: bool = setting(True, help="random 90-degree rotations")
     gamma: float = setting(0.0, help="random gamma: exp(uniform(-g, g)); 0 disables it")
     contrast: float = setting(0.0, help="random contrast factor in [1 - c, 1 + c]; 0 disables it")
@@ -272,6 +272,13 @@ class AugmentConfig(Settings):
                 f"elastic_grid must be two sizes of at least 2, got {self.elastic_grid!r}"
             )
         _at_least(self, 0, "elastic_sigma", "gamma", "contrast")
+
+    @property
+    def symmetries(self) -> str:
+        """The flips and quarter turns training draws from, as `ModelRecord.symmetries`."""
+        if self.flips and self.rotations:
+            return "all"
+        return "flips" if self.flips else "rotations" if self.rotations else "none"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -331,6 +338,11 @@ class ModelRecord(Settings):
     model: ModelConfig = setting(help="the network's shape")
     tile: TileSizes = setting(help="the training tile")
     threshold: Calibration | None = setting(None, help="chosen after training, if it was")
+    symmetries: Literal["all", "flips", "rotations", "none"] = setting(
+        "all",
+        help="the flips (left-right) and quarter turns training drew from: test-time "
+        "augmentation averages these alone (records from before this field: all 8)",
+    )
 
     @property
     def threshold_value(self) -> float:
@@ -488,7 +500,9 @@ class InferenceConfig(Settings):
         "the tile)",
     )
     tta: bool = setting(
-        False, help="test-time augmentation: average the 8 flips and rotations (8x slower)"
+        False,
+        help="test-time augmentation: average the flips and rotations the model was trained "
+        "with (up to 8, as many times slower)",
     )
     threshold: float | None = setting(
         None,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -107,6 +109,36 @@ def test_tta_is_the_mean_of_transformed_predictions(tiny_segmenter) -> None:
     augmented = tiny_segmenter("valid", tile=76, tta=True).probabilities(image)
     np.testing.assert_allclose(augmented, expected, atol=1e-5)
     assert np.abs(augmented - plain.probabilities(image)).max() > 1e-3
+
+
+@pytest.mark.parametrize(
+    ("symmetries", "expected"),
+    [
+        ("flips", [(0, False), (0, True)]),
+        ("rotations", [(0, False), (1, False), (2, False), (3, False)]),
+    ],
+)
+def test_tta_averages_only_the_symmetries_the_model_was_trained_with(
+    tiny_unet, symmetries, expected
+) -> None:
+    model, record = tiny_unet(ModelConfig(filters=4, depth=2, dropout=0.0), seed=3)
+    record = dataclasses.replace(record, symmetries=symmetries)
+    image = np.random.default_rng(5).integers(0, 256, (64, 48, 1), dtype=np.uint8)
+    plain = Segmenter.from_model(model, record, tile=76)
+    mean = np.zeros((64, 48, 1), np.float32)
+    for turns, flip in expected:
+        transformed = np.ascontiguousarray(dihedral(image, turns, flip))
+        dihedral(mean, turns, flip)[...] += plain.probabilities(transformed) / len(expected)
+    augmented = Segmenter.from_model(model, record, tile=76, tta=True).probabilities(image)
+    np.testing.assert_allclose(augmented, mean, atol=1e-5)
+
+
+def test_tta_of_a_model_trained_without_flips_or_rotations_is_refused(tiny_unet) -> None:
+    model, record = tiny_unet(ModelConfig(filters=4, depth=2, dropout=0.0), seed=3)
+    record = dataclasses.replace(record, symmetries="none")
+    with pytest.raises(ValueError, match="--tta: the model was trained without flips or rot"):
+        Segmenter.from_model(model, record, tta=True)
+    assert Segmenter.from_model(model, record).symmetries == DIHEDRAL[:1]
 
 
 def test_labels_and_mask_follow_the_training_convention(tiny_segmenter) -> None:

@@ -4,11 +4,11 @@ the mask convention and model shape a run settles."""
 import numpy as np
 import pytest
 
-from unet_keras.config import MaskConfig, NormalizationConfig
+from unet_keras.config import AugmentConfig, MaskConfig, NormalizationConfig, TrainConfig
 from unet_keras.io.normalization import fit_normalization
 from unet_keras.io.sample import Sample
 from unet_keras.io.synthetic import synthetic_em_images
-from unet_keras.training.prepare import prepare_examples, split_by_image
+from unet_keras.training.prepare import prepare_data, prepare_examples, split_by_image
 
 MASKS = MaskConfig((0, 255))
 
@@ -73,3 +73,13 @@ def test_unlabelled_pixels_stay_unlabelled_through_the_pipeline():
         assert (weights.numpy()[unlabelled] == 0).all()
         assert labels.numpy().min() >= 0
     assert seen_unlabelled > 0
+
+
+def test_the_record_names_the_symmetries_training_draws_from(synthetic_data):
+    """Test-time augmentation reads them: it may average only what the model learnt."""
+    augment = AugmentConfig(flips=False, rotations=True)
+    config = TrainConfig(data=str(synthetic_data), validation=1, augment=augment)
+    assert prepare_data(config).record.symmetries == "rotations"
+    assert prepare_data(TrainConfig(data=str(synthetic_data), validation=1)).record.symmetries == (
+        "all"
+    )

@@ -40,6 +40,16 @@ from unet_keras.saving import load_network
 DIHEDRAL = tuple((turns, flip) for flip in (False, True) for turns in range(4))
 
 
+def symmetry_group(symmetries: str) -> tuple[tuple[int, bool], ...]:
+    """The symmetries of `DIHEDRAL` that a `ModelRecord.symmetries` value names."""
+    return tuple(
+        (turns, flip)
+        for turns, flip in DIHEDRAL
+        if (not flip or symmetries in ("all", "flips"))
+        and (not turns or symmetries in ("all", "rotations"))
+    )
+
+
 def dihedral(image: np.ndarray, turns: int, flip: bool) -> np.ndarray:
     """A view of an (H, W, ...) array under a symmetry of the square (flip, then turns)."""
     if flip:
@@ -55,8 +65,10 @@ class Segmenter:
     (normalisation, mask convention, model shape, chosen threshold). `tile` is the input tile side
     (default: 700 for valid padding at depth 4, 512 for same padding); `batch_size` tiles
     go through the model at once; `overlap` (same padding only) is the overlap of
-    neighbouring tiles in pixels; `tta` averages the predictions of the image's 8 flips
-    and rotations; `threshold` turns a one-channel (sigmoid) model's probability into
+    neighbouring tiles in pixels; `tta` averages the predictions of the image's flips
+    and rotations that the model was trained with (`record.symmetries`: averaging over
+    others would undo what the model learnt of the annotation's sub-pixel offset from the
+    images); `threshold` turns a one-channel (sigmoid) model's probability into
     class 1 (default: the one chosen on the validation images after training, see
     `unet_keras.evaluation.calibration`, else 0.5).
     """
@@ -83,6 +95,12 @@ class Segmenter:
         if not 0.0 < threshold < 1.0:
             raise ValueError(f"threshold must be in (0, 1), got {threshold}")
         self.tile, self.batch_size, self.tta, self.threshold = tile, batch_size, tta, threshold
+        self.symmetries = symmetry_group(record.symmetries) if tta else DIHEDRAL[:1]
+        if tta and len(self.symmetries) == 1:
+            raise ValueError(
+                "--tta: the model was trained without flips or rotations, so test-time "
+                "augmentation has nothing to average; leave out --tta"
+            )
         if overlap is None:
             overlap = int((tile or DEFAULT_SAME_TILE) * DEFAULT_OVERLAP)
         self.overlap = overlap
@@ -114,7 +132,7 @@ class Segmenter:
         """Predicts an (H, W, C) image in its raw dtype; returns (H, W, classes) float32."""
         self._check_image(image, source)
         result = np.zeros((*image.shape[:2], self.classes), np.float32)
-        symmetries = DIHEDRAL if self.tta else DIHEDRAL[:1]
+        symmetries = self.symmetries
         plans = [self._plan(dihedral(image, *symmetry).shape) for symmetry in symmetries]
         total = sum(len(rows.starts) * len(cols.starts) for rows, cols in plans)
         with tqdm(total=total, disable=not progress, unit="tile", desc=source, leave=False) as bar:

@@ -151,7 +151,7 @@ def prepare_data(config: TrainConfig) -> PreparedData:
         training=prepare_examples(training, **prepare),
         validation=prepare_examples(validation, **prepare),
         validation_samples=validation,
-        record=ModelRecord(mask, normalization, model, tile),
+        record=ModelRecord(mask, normalization, model, tile, symmetries=config.augment.symmetries),
     )
 
 
