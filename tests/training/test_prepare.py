@@ -81,5 +81,5 @@ def test_the_record_names_the_symmetries_training_draws_from(synthetic_data):
     config = TrainConfig(data=str(synthetic_data), validation=1, augment=augment)
     assert prepare_data(config).record.symmetries == "rotations"
     assert prepare_data(TrainConfig(data=str(synthetic_data), validation=1)).record.symmetries == (
-        "all"
+        "flips"
     )
