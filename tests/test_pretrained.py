@@ -38,6 +38,7 @@ def test_the_shipped_model_is_small_and_says_how_it_was_made():
     assert any("chosen on validation" in row for row in made["scores"]["table"])
     model, record = unet_keras.pretrained(NAME)
     assert record.mask.class_values == (0, 255) and record.model.classes == 1
+    assert record.symmetries == "all"  # trained with quarter turns: --tta averages all 8
     assert model.count_params() == 1_940_817  # 16 filters, depth 4
     with zipfile.ZipFile(HERE / f"{NAME}.keras") as archive:  # shipped uncompiled
         assert not json.loads(archive.read("config.json")).get("compile_config")

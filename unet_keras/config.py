@@ -264,8 +264,9 @@ class AugmentConfig(Settings):
     flips: bool = setting(True, help="random left-right flips")
     # Off by default: a quarter turn also turns the annotation's own sub-pixel offset from
     # the image (ISBI 2012's masks sit 0.6 px above the membranes), which the model then
-    # cannot learn; on ISBI, training without them cut held-out pixel error from 0.0867 to
-    # 0.0813 (2 seeds, docs/benchmarks.md). Left-right flips keep the vertical offset.
+    # cannot learn; on ISBI, training without them cut held-out pixel error from 0.0858 to
+    # 0.0834 (4 and 3 runs of 900 s, docs/benchmarks.md). Left-right flips keep the
+    # vertical offset.
     rotations: bool = setting(False, help="random 90-degree rotations")
     gamma: float = setting(0.0, help="random gamma: exp(uniform(-g, g)); 0 disables it")
     contrast: float = setting(0.0, help="random contrast factor in [1 - c, 1 + c]; 0 disables it")
