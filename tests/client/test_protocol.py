@@ -27,6 +27,15 @@ def test_a_record_is_read_and_checked():
         protocol.record(messages.PredictResponse())
 
 
+def test_a_newer_models_record_fields_are_left_unread_with_a_warning(caplog):
+    """An older client keeps working with a model exported by a later version."""
+    record = model_record()
+    text = json.dumps({**record.to_dict(), "added_later": [1, 2]}).encode()
+    with caplog.at_level("WARNING", logger=protocol.__name__):
+        assert protocol.record(metadata_response(text)) == record
+    assert "does not know, left unread: ['added_later']" in caplog.text
+
+
 def test_windows_fit_the_message_limits_with_the_models_reach():
     layout = protocol.layout(model_record(), None, None)
     assert (layout.context, layout.grid, layout.classes) == (107, 16, 1)

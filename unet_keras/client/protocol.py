@@ -6,7 +6,9 @@ them.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -19,6 +21,8 @@ from unet_keras.client.config import ChannelConfig
 from unet_keras.client.tensors import dtype_name, make_ndarray, make_tensor_proto
 from unet_keras.config import ModelRecord
 from unet_keras.geometry import Window, plan_image_windows, receptive_reach, stitch, whole_image
+
+log = logging.getLogger(__name__)
 
 # Room for everything in a request or response besides the pixels: model spec, names,
 # shape, framing. Real overhead is a few hundred bytes.
@@ -157,9 +161,29 @@ def record(response: Any) -> ModelRecord:
             f"the {contract.METADATA} signature returned no scalar {contract.RECORD!r} output"
         )
     try:
-        return ModelRecord.from_dict(json.loads(text[()]))
+        values = json.loads(text[()])
+        if isinstance(values, dict):
+            values = _known_fields(values)
+        return ModelRecord.from_dict(values)
     except ValueError as error:  # JSON errors are ValueErrors too
         raise ValueError(f"the model's record is not readable: {error}") from None
+
+
+def _known_fields(values: dict[str, Any]) -> dict[str, Any]:
+    """The record's fields this client knows; a newer model's others are logged and left.
+
+    A model exported by a later version may name more of its training (as `symmetries`
+    was added) than a client deployed earlier knows: none of those decide how the client
+    sends pixels or reads masks, so an older client keeps working with newer models.
+    """
+    known = {field.name for field in dataclasses.fields(ModelRecord)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        log.warning(
+            "the model's record has fields this client does not know, left unread: %s "
+            "(the model was exported by a later unet-keras)", unknown
+        )  # fmt: skip
+    return {key: value for key, value in values.items() if key in known}
 
 
 def layout(record: ModelRecord, context: int | None, grid: int | None) -> Layout:
