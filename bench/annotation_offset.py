@@ -84,6 +84,8 @@ def model_row(run_dir: Path) -> str:
     # From the run's settings: records written before they named their symmetries say "all".
     augment = json.loads((run_dir / "config.json").read_text())["augment"]
     symmetries = AugmentConfig.from_dict(augment).symmetries
+    if record.threshold is None:
+        raise SystemExit(f"{run_dir}: no threshold was chosen on validation images after training")
     validation = [Path(name).stem for name in record.threshold.images]
     cells = []
     for names in (validation, list(HELD_OUT)):

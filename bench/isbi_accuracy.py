@@ -232,16 +232,17 @@ def score_rows(
         segmentation_scores,
     )
     from unet_keras.inference.segmenter import Segmenter
+    from unet_keras.saving import read_record
 
     truths = [np.asarray(_read(held_out / "masks" / f"{n}.png")) == 255 for n in names]
     trivial = mean_scores([segmentation_scores(np.ones_like(t, int), t, 2) for t in truths])
     counts = sum(pixel_counts(np.ones(t.shape), t, [0.5]) for t in truths)
     trivial["isbi_pixel_error"] = float(isbi_pixel_errors(counts)[0])
     rows = [score_row("all cell (trivial)", trivial)]
-    plain = Segmenter.from_path(run_dir)
-    stored = plain.threshold
+    record = read_record(run_dir)
+    stored = record.threshold_value
     # TTA averages the flips and rotations the model was trained with: none, no TTA rows.
-    for tta in (False,) if quick or plain.record.symmetries == "none" else (False, True):
+    for tta in (False,) if quick or record.symmetries == "none" else (False, True):
         segmenter = Segmenter.from_path(run_dir, tta=tta)
         started = time.perf_counter()
         output = work / f"evaluation_tta{int(tta)}"

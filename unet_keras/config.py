@@ -242,6 +242,15 @@ class NormalizationConfig(Settings):
         return len(self.offset)
 
 
+# What a record's `symmetries` name means: (left-right flips, quarter turns).
+SYMMETRIES = {
+    "all": (True, True),
+    "flips": (True, False),
+    "rotations": (False, True),
+    "none": (False, False),
+}
+
+
 @dataclasses.dataclass(frozen=True)
 class AugmentConfig(Settings):
     """Training augmentation: the paper's elastic deformation plus optional extras."""
@@ -281,9 +290,7 @@ class AugmentConfig(Settings):
     @property
     def symmetries(self) -> str:
         """The flips and quarter turns training draws from, as `ModelRecord.symmetries`."""
-        if self.flips and self.rotations:
-            return "all"
-        return "flips" if self.flips else "rotations" if self.rotations else "none"
+        return next(k for k, v in SYMMETRIES.items() if v == (self.flips, self.rotations))
 
 
 @dataclasses.dataclass(frozen=True)

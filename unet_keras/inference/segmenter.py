@@ -22,7 +22,7 @@ import numpy as np
 import tensorflow as tf
 from tqdm.auto import tqdm
 
-from unet_keras.config import ModelRecord
+from unet_keras.config import SYMMETRIES, ModelRecord
 from unet_keras.geometry import (
     DEFAULT_OVERLAP,
     DEFAULT_SAME_TILE,
@@ -42,11 +42,11 @@ DIHEDRAL = tuple((turns, flip) for flip in (False, True) for turns in range(4))
 
 def symmetry_group(symmetries: str) -> tuple[tuple[int, bool], ...]:
     """The symmetries of `DIHEDRAL` that a `ModelRecord.symmetries` value names."""
+    flips, rotations = SYMMETRIES[symmetries]
     return tuple(
         (turns, flip)
         for turns, flip in DIHEDRAL
-        if (not flip or symmetries in ("all", "flips"))
-        and (not turns or symmetries in ("all", "rotations"))
+        if (flips or not flip) and (rotations or not turns)
     )
 
 

@@ -86,8 +86,11 @@ class RunDirectory:
         if saved is None:
             return
         saved = _filled(saved, defaults or {})
-        resumable = {key: None for key in RESUMABLE_CHANGES}
-        differing = _differences({**saved, **resumable}, {**settings, **resumable})
+        differing = [
+            difference
+            for difference in _differences(saved, settings)
+            if difference[0].split(".")[0] not in RESUMABLE_CHANGES
+        ]
         if differing:
             # Values too: a default changed since the run began shows as the run's old value.
             raise ValueError(
