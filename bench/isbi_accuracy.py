@@ -37,6 +37,11 @@ FIGURE = ROOT / "docs" / "isbi_held_out_20.png"  # referenced by README
 SHIPPED = "isbi2012-membranes"
 UNLABELLED = 128  # the value sparse training masks mark unlabelled pixels with
 STRIP = 16  # rows per strip of a sparse mask
+SCORE_NAMES = {
+    "pixel_error": "pixel error",
+    "adapted_rand_error": "adapted Rand error",
+    "iou_0": "membrane IoU",
+}
 
 
 def split(
@@ -169,8 +174,8 @@ def main() -> None:
         "512x512 section (prediction and scoring). Pixel error: the fraction of pixels "
         "misclassified; ISBI pixel error: the challenge's, 1 - F-score of the cell pixels "
         "pooled over the 4 sections (the challenge ranked by its lowest over thresholds, "
-        "the last row). Thresholds: 0.5; the one chosen after "
-        "training on the 2 validation sections by adapted Rand error (the default for "
+        "the last row). Thresholds: 0.5; the one chosen after training on the 2 validation "
+        f"sections by {SCORE_NAMES[summary['threshold']['chosen_by']]} (the default for "
         "predict, evaluate and export); and the best on these 4 sections themselves (an "
         "optimistic figure, for reference). Watershed objects: `--instances watershed` "
         "(seed height 16) instead of connected components.",

@@ -403,8 +403,8 @@ class TrainConfig(Settings):
     calibrate_by: Literal["auto", "adapted_rand_error", "pixel_error", "iou_0"] = setting(
         "auto",
         help="what the threshold chosen on the validation images after training optimises: "
-        "auto (adapted Rand error, objects; membrane IoU iou_0 with sparse masks), or "
-        "pixel_error for pixel maps; rerun a finished run to choose again",
+        "auto (pixel error; membrane IoU iou_0 with sparse masks), or adapted_rand_error "
+        "(objects; noisy on a few validation images); rerun a finished run to choose again",
     )
     # 16 filters, same padding, 256 px tiles: what a 2-core CPU learns most from in a budget
     # (docs/benchmarks.md, the recipe study); --padding valid is the paper's network.

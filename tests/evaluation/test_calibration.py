@@ -105,11 +105,10 @@ def test_sparse_masks_choose_by_membrane_iou_over_labelled_pixels_only(
     assert calibration.scores["iou_0"] == pytest.approx(membrane_iou(expected))
 
 
-def test_calibrate_by_pixel_error_chooses_the_threshold_of_fewest_wrong_pixels(
-    tmp_path: Path, tiny_unet
-) -> None:
-    """`--calibrate-by pixel_error`: the threshold of least pixel error (a brute-force
-    reference over the same sweep), recorded as chosen by it."""
+def test_full_masks_choose_the_threshold_of_fewest_wrong_pixels(tmp_path: Path, tiny_unet) -> None:
+    """By default, with every pixel labelled: the threshold of least pixel error (a
+    brute-force reference over the same sweep), recorded as chosen by it; adapted Rand
+    error when asked for."""
     from unet_keras.evaluation.scores import SWEEP_THRESHOLDS
 
     path = _saved_with_spread_probabilities(tiny_unet, tmp_path / "best.keras", 3, MaskConfig())
@@ -129,8 +128,15 @@ def test_calibrate_by_pixel_error_chooses_the_threshold_of_fewest_wrong_pixels(
 
     expected = min(SWEEP_THRESHOLDS, key=lambda t: (pixel_error(t), abs(t - 0.5)))
     assert expected != 0.5  # the test must tell the criterion from the default threshold
-    calibration = calibrate_threshold(path, samples, "pixel_error")
+    calibration = calibrate_threshold(path, samples)
     assert calibration.chosen_by == "pixel_error"
     assert calibration.value == expected
     assert calibration.scores["pixel_error"] == pytest.approx(pixel_error(expected))
     assert load_model(path)[1].threshold == calibration
+
+    by_objects = calibrate_threshold(path, samples, "adapted_rand_error")
+    assert by_objects.chosen_by == "adapted_rand_error"
+    assert by_objects.value != calibration.value  # here the two criteria disagree
+    assert by_objects.scores["adapted_rand_error"] <= calibration.scores["adapted_rand_error"]
+    assert by_objects.scores["pixel_error"] >= calibration.scores["pixel_error"]
+    assert load_model(path)[1].threshold == by_objects
