@@ -39,6 +39,9 @@ def test_the_shipped_model_is_small_and_says_how_it_was_made():
     model, record = unet_keras.pretrained(NAME)
     assert record.mask.class_values == (0, 255) and record.model.classes == 1
     assert record.symmetries == "all"  # trained with quarter turns: --tta averages all 8
+    # Its threshold was chosen as --calibrate-by auto chooses now, and its record says so.
+    assert record.threshold.chosen_by == "pixel_error"
+    assert record.threshold.to_dict() == made["training"]["summary"]["threshold"]
     assert model.count_params() == 1_940_817  # 16 filters, depth 4
     with zipfile.ZipFile(HERE / f"{NAME}.keras") as archive:  # shipped uncompiled
         assert not json.loads(archive.read("config.json")).get("compile_config")
