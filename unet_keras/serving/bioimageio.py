@@ -54,9 +54,10 @@ class PackageModule(tf.Module):
 
     def __init__(self, serving: ServingModule, channels: int) -> None:
         super().__init__(name="unet_bioimageio")
-        # The weights are saved through `model`; `serving` stays untracked, as its other
-        # signatures (PNG decoding) do not hold for float32 input.
-        self.model = serving.model
+        # The weights are saved through `weights` (the network's own tf.Variables, which
+        # session loaders such as deepImageJ's restore too); `serving` stays untracked, as
+        # its other signatures (PNG decoding) do not hold for float32 input.
+        self.weights = serving.weights
         spec = tf.TensorSpec([None, None, None, channels], tf.float32, INPUT)
         self.serve = tf.function(
             lambda image: {OUTPUT: serving.segment(image)[0]}, input_signature=[spec]

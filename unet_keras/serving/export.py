@@ -83,7 +83,12 @@ class ServingModule(tf.Module):
         max_pixels: int = DEFAULT_MAX_PIXELS,
     ) -> None:
         super().__init__(name="unet_serving")
-        self.model = model
+        # The network's tf.Variables, not the Keras model: a tracked Keras 3 variable
+        # exports as two graph variables, one the checkpoint restores and one the traced
+        # functions read. TF2's loader links them through the object graph; TF Serving's
+        # session loader only runs the restore op, so its functions read uninitialised
+        # variables. The model stays out of the module (the functions close over it).
+        self.weights = {variable.path: variable.value for variable in model.weights}
         if threshold is not None:
             if not 0 < threshold < 1:
                 raise ValueError(f"threshold must be in (0, 1), got {threshold}")
@@ -123,7 +128,7 @@ class ServingModule(tf.Module):
         self.tiles = tf.function(self._tiles, input_signature=[tiles], autograph=False)
         # The bare network, which the signatures share: the export stores it once.
         self.network = tf.function(
-            lambda tiles: self.model(tiles, training=False),
+            lambda tiles: model(tiles, training=False),
             input_signature=[tf.TensorSpec([None, None, None, channels], tf.float32)],
             autograph=False,
         )

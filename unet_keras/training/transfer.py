@@ -30,14 +30,18 @@ def source_weights(source: str) -> tuple[dict[str, np.ndarray], ModelRecord]:
 
 
 def _exported_weights(path: Path) -> tuple[dict[str, np.ndarray], ModelRecord]:
-    """The Keras model's weights inside an export (`ServingModule.model`), by layer path."""
+    """The network's weights inside an export (`ServingModule.weights`), by layer path."""
     import tensorflow as tf
 
     record = read_record(path)
     loaded = tf.saved_model.load(str(path))
+    weights = getattr(loaded, "weights", None)
+    if weights is not None:
+        return {name: variable.numpy() for name, variable in weights.items()}, record
+    # Exports before the weights were tracked alone held the Keras model as `model`.
     network = getattr(loaded, "model", None)
     if network is None:
-        raise ValueError(f"--init-from {path}: not a unet-keras export (no model inside)")
+        raise ValueError(f"--init-from {path}: not a unet-keras export (no weights inside)")
     # Restored Keras layers are plain trackables: their variables keep the layer paths.
     descendants = tf.train.TrackableView(network).descendants()
     weights = {
