@@ -23,7 +23,7 @@ from unet_keras.serving.codec import as_proto_field
     ids=lambda values: f"{values.dtype}{list(values.shape)}",
 )
 def test_outputs_in_typed_fields_round_trip(values: np.ndarray) -> None:
-    proto = as_proto_field(tf.constant(values))
+    proto = as_proto_field(values, tf.constant(values).dtype.as_datatype_enum)
     assert not proto.tensor_content
     decoded = tf.make_ndarray(proto)
     assert decoded.shape == values.shape

@@ -61,15 +61,17 @@ def check_carried(alias: str, proto: tensor_pb2.TensorProto) -> None:
         )
 
 
-def as_proto_field(tensor: tf.Tensor) -> tensor_pb2.TensorProto:
-    """A tensor as Tensor::AsProtoField writes it: values in the dtype's typed field."""
-    dtype = tensor.dtype.as_datatype_enum
+def as_proto_field(array: np.ndarray, dtype: int) -> tensor_pb2.TensorProto:
+    """An output as Tensor::AsProtoField writes it: values in the typed field of `dtype`
+    (a tensorflow.DataType enum value, the signature's)."""
+    array = np.asarray(array)
     wire = _WIRE.get(dtype)
     if wire is None:
-        return tf.make_tensor_proto(tensor)
-    proto = tensor_pb2.TensorProto(dtype=dtype, tensor_shape=tensor.shape.as_proto())
+        return tf.make_tensor_proto(array, dtype=dtype)
+    proto = tensor_pb2.TensorProto(dtype=dtype)
+    proto.tensor_shape.dim.extend(proto.tensor_shape.Dim(size=size) for size in array.shape)
     # Strings as objects: a scalar comes back as bytes, and NumPy's bytes dtype drops NULs.
-    values = np.asarray(tensor.numpy(), object if dtype == types_pb2.DT_STRING else None).ravel()
+    values = np.asarray(array, object if dtype == types_pb2.DT_STRING else None).ravel()
     if wire.bit_view is not None:
         values = values.view(wire.bit_view)
     field = getattr(proto, wire.field)

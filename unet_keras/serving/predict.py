@@ -3,9 +3,11 @@ one path every front end (gRPC, REST, warmup) takes once it has a PredictRequest
 
 from __future__ import annotations
 
+import math
+import time
 from typing import TYPE_CHECKING
 
-import tensorflow as tf
+import grpc
 from tensorflow_serving.apis import predict_pb2
 
 from unet_keras import contract
@@ -18,22 +20,30 @@ if TYPE_CHECKING:
 
 
 def predict(
-    servable: Servable, request: predict_pb2.PredictRequest
+    servable: Servable, request: predict_pb2.PredictRequest, deadline: float | None = None
 ) -> predict_pb2.PredictResponse:
-    """Runs a Predict request on a version, as predict_util.cc's RunPredict does."""
+    """Runs a Predict request on a version, as predict_util.cc's RunPredict does.
+
+    `deadline` (time.monotonic() seconds) bounds the graph's run as TF Serving bounds it
+    by the request's deadline: past it, the run is cancelled with DEADLINE_EXCEEDED.
+    """
     name = request.model_spec.signature_name or contract.SEGMENT
-    signature, function = servable.signature(name)
+    signature = servable.signature(name)
     inputs = requests.request_inputs(signature, request)
     aliases = requests.output_aliases(signature, list(request.output_filter))
     feeds = requests.feeds(signature, inputs)
-    try:
-        outputs = function(**feeds)
-    except tf.errors.OpError as error:
-        raise StatusError.from_tf(error) from None
+    timeout_ms = 0
+    if deadline is not None:
+        timeout_ms = math.ceil((deadline - time.monotonic()) * 1000)
+        if timeout_ms <= 0:  # a caller that has given up: no work for it
+            raise StatusError(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
+    outputs = servable.run(signature, feeds, aliases, timeout_ms)
     response = predict_pb2.PredictResponse()
     response.model_spec.name = request.model_spec.name
     response.model_spec.signature_name = name
     response.model_spec.version.value = servable.version
     for alias in aliases:
-        response.outputs[alias].CopyFrom(as_proto_field(outputs[alias]))
+        response.outputs[alias].CopyFrom(
+            as_proto_field(outputs[alias], signature.outputs[alias].dtype)
+        )
     return response

@@ -83,9 +83,9 @@ def request_inputs(
 
 def feeds(
     signature: meta_graph_pb2.SignatureDef, inputs: dict[str, tuple[int, np.ndarray]]
-) -> dict[str, tf.Tensor]:
-    """The inputs as tensors, refused where their dtype or shape contradicts the signature."""
-    tensors = {}
+) -> dict[str, np.ndarray]:
+    """The inputs as arrays, refused where their dtype or shape contradicts the signature."""
+    arrays = {}
     for index, (alias, (dtype, array)) in enumerate(inputs.items()):
         info = signature.inputs[alias]
         if dtype != info.dtype:
@@ -101,8 +101,8 @@ def feeds(
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"input {alias}: shape {list(array.shape)} does not match the signature's {shape}",
             )
-        tensors[alias] = tf.constant(array, tf.as_dtype(info.dtype))
-    return tensors
+        arrays[alias] = array
+    return arrays
 
 
 def output_aliases(signature: meta_graph_pb2.SignatureDef, output_filter: list[str]) -> list[str]:

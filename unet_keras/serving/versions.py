@@ -18,11 +18,12 @@ import dataclasses
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import grpc
+import numpy as np
 import tensorflow as tf
 from google.protobuf.message import DecodeError
 from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
@@ -67,30 +68,71 @@ def read_meta_graph(path: Path) -> meta_graph_pb2.MetaGraphDef:
 
 
 class Servable:
-    """One loaded SavedModel version, counting the requests that use it."""
+    """One loaded SavedModel version, counting the requests that use it.
 
-    def __init__(self, version: int, path: Path) -> None:
+    Loaded as TF Serving's SavedModelBundle loads it: the 'serve' MetaGraphDef imported
+    into a session of its own, the variables restored by the saver's restore op, the init
+    op run; a signature then runs as Session::Run fed and fetched by the SignatureDef's
+    tensor names. Not TF2's object-graph loader, which links variables that the session
+    path leaves uninitialised: an export that TF Serving cannot run fails here too.
+    """
+
+    def __init__(
+        self, version: int, path: Path, session_config: tf.compat.v1.ConfigProto | None = None
+    ) -> None:
         self.version = version
         self.signature_defs = dict(read_meta_graph(path).signature_def)
-        self._loaded = tf.saved_model.load(str(path), tags=[contract.SERVE_TAG])
-        self._users = 0
-        self._idle = threading.Condition()
-        # Before the version is AVAILABLE, as TF Serving does: the first real request then
-        # pays no tracing or allocation.
-        start = time.perf_counter()
-        self.warmup_records = replay_warmup(self, path)
-        self.warmup_seconds = time.perf_counter() - start
+        graph = tf.Graph()
+        self._session = tf.compat.v1.Session(graph=graph, config=session_config)
+        try:
+            with graph.as_default():
+                tf.compat.v1.saved_model.loader.load(
+                    self._session, [contract.SERVE_TAG], str(path)
+                )
+            self._users = 0
+            self._idle = threading.Condition()
+            # Before the version is AVAILABLE, as TF Serving does: the first real request
+            # then pays no graph optimisation or allocation.
+            start = time.perf_counter()
+            self.warmup_records = replay_warmup(self, path)
+            self.warmup_seconds = time.perf_counter() - start
+        except BaseException:
+            self._session.close()
+            raise
 
-    def signature(
-        self, name: str
-    ) -> tuple[meta_graph_pb2.SignatureDef, Callable[..., dict[str, tf.Tensor]]]:
-        """A signature and its function; FAILED_PRECONDITION when the model has no such one."""
-        # A MetaGraphDef entry without a function (__saved_model_init_op) is no signature.
-        if name not in self.signature_defs or name not in self._loaded.signatures:
+    def signature(self, name: str) -> meta_graph_pb2.SignatureDef:
+        """A signature; FAILED_PRECONDITION when the model has no such one."""
+        # The init op's entry (__saved_model_init_op) is no signature: it has no inputs.
+        if name not in self.signature_defs or name.startswith("__"):
             raise StatusError(
                 grpc.StatusCode.FAILED_PRECONDITION, f'Serving signature key "{name}" not found.'
             )
-        return self.signature_defs[name], self._loaded.signatures[name]
+        return self.signature_defs[name]
+
+    def run(
+        self,
+        signature: meta_graph_pb2.SignatureDef,
+        feeds: dict[str, np.ndarray],
+        outputs: list[str],
+        timeout_ms: int = 0,
+    ) -> dict[str, np.ndarray]:
+        """Session::Run of `signature`: inputs by alias in, the `outputs` aliases out.
+
+        `timeout_ms` > 0 bounds the run as TF Serving bounds it by the request's deadline
+        (RunOptions.timeout_in_ms): past it the graph is cancelled, DEADLINE_EXCEEDED.
+        """
+        feed_dict = {signature.inputs[alias].name: value for alias, value in feeds.items()}
+        fetches = {alias: signature.outputs[alias].name for alias in outputs}
+        options = tf.compat.v1.RunOptions(timeout_in_ms=timeout_ms) if timeout_ms > 0 else None
+        try:
+            return self._session.run(fetches, feed_dict, options=options)
+        except tf.errors.OpError as error:
+            raise StatusError.from_tf(error) from None
+
+    def close(self) -> None:
+        """Frees the session, once no request uses it."""
+        self.wait_idle()
+        self._session.close()
 
     def acquire(self) -> None:
         """Counts one more request in flight."""
@@ -300,7 +342,7 @@ class ModelManager:
         with self._lock:
             servable = self._serving.pop(version)
         self._set_state(version, State.UNLOADING)
-        servable.wait_idle()
+        servable.close()
         self._set_state(version, State.END)
         log.info("Unloaded servable version {name: %s version: %d}", self.name, version)
 
