@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Serve the exported U-Net with TensorFlow Serving: natively when tensorflow_model_server
-# is on PATH, otherwise print the equivalent `docker run` command.
+# is on PATH, otherwise print the equivalent `docker run` command. SERVER='unet-keras serve'
+# runs the local server instead, with the same flags.
 #
 # Usage: serving/launch.sh [--print] [BASE_PATH]
 #   BASE_PATH  directory holding numbered SavedModel versions (BASE_PATH/1/, ...);
@@ -12,6 +13,7 @@
 #   ENABLE_BATCHING (0)                  1 turns server-side batching on (fixed-size
 #                                        tiles only; see batching.config)
 #   TF_SERVING_IMAGE (tensorflow/serving:2.20.0)   image for the Docker command
+#   SERVER (tensorflow_model_server)     the server command run natively when on PATH
 set -euo pipefail
 
 readonly MODEL_NAME=unet
@@ -21,7 +23,7 @@ readonly CONTAINER_GRPC_PORT=8500
 readonly CONTAINER_REST_PORT=8501
 
 usage() {
-    sed -n '5,13s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"
+    sed -n '6,16s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"
 }
 
 die() {
@@ -124,7 +126,9 @@ if ((${#versions[@]} == 0)); then
         "the server opens its ports only once the first export has been loaded" >&2
 fi
 
-if server=$(command -v tensorflow_model_server); then
+read -r -a server_words <<<"${SERVER:-tensorflow_model_server}"
+((${#server_words[@]} > 0)) || die "SERVER is empty"
+if server=$(command -v "${server_words[0]}"); then
     # models.config names the container path; point a private copy at BASE_PATH (made even
     # for --print, so that the printed command works). Edits to serving/models.config
     # reach this server only through a new launch.
@@ -132,9 +136,9 @@ if server=$(command -v tensorflow_model_server); then
     config=$(<"$serving_dir/models.config")
     printf '%s\n' "${config//\"$CONTAINER_BASE\"/\"$base\"}" >"$models_config"
     server_flags "$models_config" "$serving_dir" "$GRPC_PORT" "$REST_PORT"
-    command=("$server" "${flags[@]}")
+    command=("$server" "${server_words[@]:1}" "${flags[@]}")
     if ((print_only)); then
-        print_command 1 "${command[@]}"
+        print_command "${#server_words[@]}" "${command[@]}"
         exit 0
     fi
     printf 'launch.sh: serving %s from %s (gRPC :%s, REST :%s)\n' \
@@ -155,6 +159,6 @@ command=(
     "${flags[@]}"
 )
 if ((!print_only)); then
-    printf 'launch.sh: tensorflow_model_server is not on PATH; run it in Docker with:\n' >&2
+    printf 'launch.sh: %s is not on PATH; run it in Docker with:\n' "${server_words[0]}" >&2
 fi
 print_command 3 "${command[@]}"

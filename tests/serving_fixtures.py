@@ -259,6 +259,15 @@ class ServerProcess:
                 env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
             )
 
+    @classmethod
+    def attach(
+        cls, process: subprocess.Popen, address: str, name: str, log: Path
+    ) -> ServerProcess:
+        """A server started some other way (launch.sh, other flags), gRPC at `address`."""
+        server = cls.__new__(cls)
+        server.process, server.address, server.name, server.log = process, address, name, log
+        return server
+
     def wait_available(self, timeout: float = 60.0) -> None:
         """Waits until GetModelStatus reports a version AVAILABLE; fails with the log."""
         request = get_model_status_pb2.GetModelStatusRequest()

@@ -20,6 +20,7 @@ from typing import Any
 
 from unet_keras import workflows
 from unet_keras.config import (
+    UNSUPPORTED_SERVER_FLAGS,
     EvaluateConfig,
     ExportConfig,
     InspectConfig,
@@ -172,7 +173,11 @@ def flags(cls: type[Settings], defaults: Any = None, section: str = "") -> list[
 
 
 def add_settings_flags(parser: argparse.ArgumentParser, cls: type[Settings]) -> None:
-    """Adds a flag per setting of `cls`; flags not given stay out of the parsed result."""
+    """Adds a flag per setting of `cls`; flags not given stay out of the parsed result.
+
+    Each flag is spelled with hyphens and, as tensorflow_model_server spells its flags, with
+    underscores (--model-base-path, --model_base_path), plus the field's `aliases`.
+    """
     for flag in flags(cls):
         options = _argument_options(flag)
         if flag.field.metadata.get("positional"):
@@ -183,7 +188,68 @@ def add_settings_flags(parser: argparse.ArgumentParser, cls: type[Settings]) -> 
             options["required"] = True
         else:
             options["default"] = argparse.SUPPRESS
-        parser.add_argument(flag.option, **options)
+        spellings = dict.fromkeys(
+            [flag.option, f"--{flag.field.name}", *flag.field.metadata.get("aliases", ())]
+        )
+        parser.add_argument(*spellings, **options)
+
+
+class BooleanFlag(argparse.Action):
+    """A true-or-false setting: --flag, --flag=true or --flag=false (tensorflow_model_server's
+    spellings; also 1 and 0), or --no-flag."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: Any) -> None:
+        negated = [f"--no-{option[2:]}" for option in option_strings if "_" not in option]
+        super().__init__([*option_strings, *negated], dest, nargs="?", **kwargs)
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        value: Any,
+        option_string: str | None = None,
+    ) -> None:
+        """Stores the flag's truth value; any other value is an error that names the flag."""
+        if option_string is not None and option_string.startswith("--no-"):
+            if value is not None:
+                parser.error(f"{option_string} takes no value")
+            setattr(namespace, self.dest, False)
+            return
+        truth = {"true": True, "1": True, "false": False, "0": False}
+        if value is not None and value.lower() not in truth:
+            parser.error(f"{option_string}: expected true or false, got {value!r}")
+        setattr(namespace, self.dest, True if value is None else truth[value.lower()])
+
+
+class UnsupportedFlag(argparse.Action):
+    """A tensorflow_model_server flag that `unet-keras serve` does not take: refused by name."""
+
+    def __init__(self, option_strings: list[str], dest: str, what: str, **kwargs: Any) -> None:
+        super().__init__(
+            option_strings, dest, nargs="?", default=argparse.SUPPRESS, help=argparse.SUPPRESS
+        )
+        self.what = what
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        value: Any,
+        option_string: str | None = None,
+    ) -> None:
+        """Stops the parse with a one-line error naming the flag."""
+        parser.error(
+            f"{option_string} is a tensorflow_model_server flag that unet-keras serve does not "
+            f"support ({self.what})"
+        )
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, with errors on one line: the program, the error, where help is."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        """Prints `prog: error: message` and exits with status 2."""
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def _shown(default: Any) -> str | None:
@@ -204,7 +270,7 @@ def _argument_options(flag: Flag) -> dict[str, Any]:
     if allowed is not None:
         return {**options, "choices": allowed}
     if kind is bool:
-        return {**options, "action": argparse.BooleanOptionalAction}
+        return {**options, "action": BooleanFlag, "metavar": "BOOL"}
     if typing.get_origin(kind) is tuple:
         items = typing.get_args(kind)
         nargs = "+" if items[-1] is Ellipsis else len(items)
@@ -268,7 +334,7 @@ def _read_config_file(path: Path) -> dict[str, Any]:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of `unet-keras`, every flag with its default in --help."""
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="unet-keras",
         description="U-Net (Ronneberger et al. 2015) for biomedical image segmentation.",
     )
@@ -282,6 +348,9 @@ def build_parser() -> argparse.ArgumentParser:
                 "--config", help="JSON or YAML file of settings (flag names, underscored)"
             )
         add_settings_flags(subparser, command.settings)
+        if name == "serve":
+            for flag, what in UNSUPPORTED_SERVER_FLAGS.items():
+                subparser.add_argument(f"--{flag}", action=UnsupportedFlag, what=what)
     return parser
 
 

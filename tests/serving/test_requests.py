@@ -83,3 +83,12 @@ def test_output_filters_and_metadata_fields_are_checked():
     requests.check_metadata_request(metadata)
     metadata.metadata_field.append("everything")
     assert "everything is not supported" in refused(requests.check_metadata_request, metadata)
+
+
+def test_more_images_than_the_request_batch_limit_are_refused_before_decoding():
+    images = np.zeros((65, 1, 1, 1), np.uint8)
+    message = refused(requests.request_inputs, signature(), request(image=images), 64)
+    assert message.startswith("input image: 65 items along the first dimension, more than")
+    assert "--max-request-batch" in message
+    accepted = requests.request_inputs(signature(), request(image=images[:64]), 64)
+    assert accepted["image"][1].shape == (64, 1, 1, 1)

@@ -39,7 +39,7 @@ def test_start_fails_when_the_latest_version_cannot_load(
     base = tmp_path / "broken"
     write_version(base, 5, write_garbage)
     flags = ["--model-base-path", str(base), "--model-name", "broken", "--port", "0"]
-    flags += ["--rest-api-port", "0"]
+    flags += ["--rest-api-port", "0", "--max_num_load_retries=0"]
     assert main(["serve", *flags]) == 1
     assert (
         "Failed to start server. Error: 1 model(s) did not become available: "
@@ -104,6 +104,8 @@ def slow_request(seconds: float) -> object:
 
 
 def test_the_grace_period_bounds_a_shutdown(tmp_path: Path) -> None:
+    """A request still running when the grace period ends is cancelled (its session is
+    closed), so the process ends rather than wait for it."""
     export_half_plus_two(tmp_path / HALF_PLUS_TWO, 1)
     process = ServerProcess(
         tmp_path / HALF_PLUS_TWO, HALF_PLUS_TWO, tmp_path / "log", "--grace-seconds", "1"
@@ -111,16 +113,17 @@ def test_the_grace_period_bounds_a_shutdown(tmp_path: Path) -> None:
     process.wait_available()
     with grpc.insecure_channel(process.address) as channel:
         stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
-        in_flight = stub.Predict.future(slow_request(12), timeout=RPC_TIMEOUT)
+        in_flight = stub.Predict.future(slow_request(60), timeout=RPC_TIMEOUT)
         time.sleep(1.0)
         assert not in_flight.done()
-        signalled = time.monotonic()
         process.terminate()
         status = process.wait()
-        took = time.monotonic() - signalled
+        with pytest.raises(grpc.RpcError) as ended:
+            in_flight.result()
     assert status == 0
-    assert took < 4, f"the process ended {took:.1f} s after SIGTERM, with a grace of 1 s"
-    assert "still running after --grace-seconds" in (tmp_path / "log").read_text()
+    # Cancelled by the server (its run), not left to its 30 s deadline on the client.
+    assert ended.value.code() in (grpc.StatusCode.CANCELLED, grpc.StatusCode.UNAVAILABLE)
+    assert "still running after --grace-seconds; cancelling them" in (tmp_path / "log").read_text()
 
 
 def test_a_request_whose_deadline_passed_in_the_queue_is_not_started(tmp_path: Path) -> None:
@@ -179,7 +182,7 @@ def test_one_model_or_a_config_file_not_both(
     flags: list[str], capsys: pytest.CaptureFixture
 ) -> None:
     assert main(["serve", *flags]) == 2
-    assert "give --model-base-path (one model) or --model-config-file" in capsys.readouterr().err
+    assert "give --model_base_path (one model) or --model_config_file" in capsys.readouterr().err
 
 
 def test_a_bad_model_config_file_stops_the_start_with_its_name(

@@ -3,15 +3,16 @@ GetModelMetadata, ModelService.GetModelStatus, on tensorflow-serving-api's proto
 Serving's status codes and message texts.
 
 Outputs come in the typed value fields (`AsProtoField`, TF Serving's default;
-tensor_content only with --enable_serialization_as_tensor_content). Deviation: a request
-whose deadline passes while the graph runs finishes on the server (TF Serving cancels the
-session run; the client gets DEADLINE_EXCEEDED either way).
+tensor_content only with --enable_serialization_as_tensor_content). As in TF Serving, the
+graph's run is bounded by the call's deadline (RunOptions.timeout_in_ms) and cancelled
+past it.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Sequence
 from concurrent import futures
 
 import grpc
@@ -25,6 +26,7 @@ from tensorflow_serving.apis import (
 
 from unet_keras import contract
 from unet_keras.serving import requests
+from unet_keras.serving.health import ModelHealth
 from unet_keras.serving.metrics import Metrics
 from unet_keras.serving.models import ModelRegistry
 from unet_keras.serving.predict import predict
@@ -59,9 +61,15 @@ def _abort(context: grpc.ServicerContext, error: StatusError) -> None:
 class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
     """PredictionService: Predict and GetModelMetadata (the rest stays UNIMPLEMENTED)."""
 
-    def __init__(self, manager: ModelRegistry, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self,
+        manager: ModelRegistry,
+        metrics: Metrics | None = None,
+        max_request_batch: int | None = None,
+    ) -> None:
         self._manager = manager
         self._metrics = metrics
+        self._max_request_batch = max_request_batch
 
     def Predict(  # noqa: N802 (the gRPC method's name)
         self, request: predict_pb2.PredictRequest, context: grpc.ServicerContext
@@ -70,12 +78,11 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         start, status = time.perf_counter(), "OK"
         try:
             requests.require_model_spec(request)
+            # The graph's run is cancelled at the caller's deadline, as TF Serving's is.
             remaining = context.time_remaining()
-            # Work for a caller that has already given up is wasted.
-            if remaining is not None and remaining <= 0:
-                raise StatusError(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
+            deadline = None if remaining is None else time.monotonic() + remaining
             with self._manager.servable(request.model_spec) as servable:
-                return predict(servable, request)
+                return predict(servable, request, deadline, self._max_request_batch)
         except StatusError as error:
             status = error.code.name
             _abort(context, error)
@@ -142,14 +149,18 @@ def build_server(
     threads: int,
     max_message_bytes: int,
     max_concurrent_requests: int | None = None,
+    max_request_batch: int | None = None,
     tls: TlsFiles | None = None,
     metrics: Metrics | None = None,
+    health: ModelHealth | None = None,
+    options: Sequence[tuple[str, int | str]] = (),
 ) -> tuple[grpc.Server, int]:
     """A gRPC server for `manager` bound to `address`, not started, and its port.
 
     Past `max_concurrent_requests` calls in progress, gRPC answers RESOURCE_EXHAUSTED at
-    once rather than queue them (each queued call holds its message in memory). OSError
-    when it cannot listen.
+    once rather than queue them (each queued call holds its message in memory). `health`
+    adds grpc.health.v1; `options` are gRPC server arguments (--grpc_channel_arguments),
+    laid over the message limits. OSError when it cannot listen.
     """
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="grpc"),
@@ -159,12 +170,15 @@ def build_server(
             ("grpc.max_receive_message_length", max_message_bytes),
             # A port another server holds must fail here, not be silently shared.
             ("grpc.so_reuseport", 0),
+            *options,
         ],
     )
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-        PredictionServicer(manager, metrics), server
+        PredictionServicer(manager, metrics, max_request_batch), server
     )
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(manager), server)
+    if health is not None:
+        health.add_to(server)
     try:
         if tls is None:
             port = server.add_insecure_port(address)

@@ -42,6 +42,11 @@ class RestServer:
         threads: int,
         max_body_bytes: int,
         max_concurrent_requests: int,
+        max_request_batch: int | None = None,
+        timeout_ms: int = 0,
+        body_timeout: float = 30.0,
+        idle_timeout: float = 15.0,
+        cors: bool = False,
         metrics: Metrics | None = None,
         prometheus_path: str | None = None,
         ssl_context: ssl.SSLContext | None = None,
@@ -53,6 +58,9 @@ class RestServer:
         self._ssl_context = ssl_context
         self._max_body = max_body_bytes
         self._max_concurrent = max_concurrent_requests
+        self._timeout_ms, self._cors = timeout_ms, cors
+        self._max_request_batch = max_request_batch
+        self._body_timeout, self._idle_timeout = body_timeout, idle_timeout
         self._in_progress = 0
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="rest")
         self._loop = asyncio.new_event_loop()

@@ -31,7 +31,13 @@ from tensorflow_serving.config import model_server_config_pb2
 
 from unet_keras.serving.metrics import Metrics
 from unet_keras.serving.status import StatusError
-from unet_keras.serving.versions import ModelManager, Servable, VersionPolicy, not_found
+from unet_keras.serving.versions import (
+    LoadOptions,
+    ModelManager,
+    Servable,
+    VersionPolicy,
+    not_found,
+)
 
 log = logging.getLogger(__name__)
 
@@ -109,10 +115,14 @@ class ModelRegistry:
     """Every served model, by name, with the label map; what the services ask for versions."""
 
     def __init__(
-        self, allow_labels_for_unavailable: bool = False, metrics: Metrics | None = None
+        self,
+        allow_labels_for_unavailable: bool = False,
+        metrics: Metrics | None = None,
+        load_options: LoadOptions | None = None,
     ) -> None:
         self.allow_labels_for_unavailable = allow_labels_for_unavailable
         self.metrics = metrics
+        self.load_options = load_options or LoadOptions()
         self._lock = threading.Lock()
         self._apply_lock = threading.Lock()
         self._managers: dict[str, ModelManager] = {}
@@ -149,8 +159,9 @@ class ModelRegistry:
                     manager = old.get(entry.name)
                     if manager is None or manager.base_path != Path(entry.base_path):
                         manager = ModelManager(
-                            entry.name, entry.base_path, entry.policy, self.metrics
-                        )
+                            entry.name, entry.base_path, entry.policy, self.metrics,
+                            self.load_options,
+                        )  # fmt: skip
                     manager.policy = entry.policy
                     managers[entry.name] = manager
                 self._managers = managers
@@ -260,6 +271,13 @@ class ModelRegistry:
                 grpc.StatusCode.NOT_FOUND, f"Could not find any versions of model {spec.name}"
             )
         return manager.status(spec)
+
+    def cancel_runs(self) -> None:
+        """Cancels every run in progress, over every model (the server stops)."""
+        with self._lock:
+            managers = list(self._managers.values())
+        for manager in managers:
+            manager.cancel_runs()
 
     @property
     def requests_in_flight(self) -> int:

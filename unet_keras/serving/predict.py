@@ -20,16 +20,20 @@ if TYPE_CHECKING:
 
 
 def predict(
-    servable: Servable, request: predict_pb2.PredictRequest, deadline: float | None = None
+    servable: Servable,
+    request: predict_pb2.PredictRequest,
+    deadline: float | None = None,
+    max_batch: int | None = None,
 ) -> predict_pb2.PredictResponse:
     """Runs a Predict request on a version, as predict_util.cc's RunPredict does.
 
     `deadline` (time.monotonic() seconds) bounds the graph's run as TF Serving bounds it
     by the request's deadline: past it, the run is cancelled with DEADLINE_EXCEEDED.
+    `max_batch` refuses inputs with a longer first dimension before any work.
     """
     name = request.model_spec.signature_name or contract.SEGMENT
     signature = servable.signature(name)
-    inputs = requests.request_inputs(signature, request)
+    inputs = requests.request_inputs(signature, request, max_batch)
     aliases = requests.output_aliases(signature, list(request.output_filter))
     feeds = requests.feeds(signature, inputs)
     timeout_ms = 0

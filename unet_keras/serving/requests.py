@@ -22,6 +22,7 @@ import grpc
 import numpy as np
 import tensorflow as tf
 from google.protobuf.message import Message
+from tensorflow.core.framework import tensor_pb2
 from tensorflow.core.protobuf import meta_graph_pb2
 from tensorflow_serving.apis import get_model_metadata_pb2, predict_pb2
 
@@ -45,12 +46,15 @@ def _check_input_count(signature: meta_graph_pb2.SignatureDef, sent: set[str]) -
 def request_inputs(
     signature: meta_graph_pb2.SignatureDef,
     request: predict_pb2.PredictRequest,
+    max_batch: int | None = None,
 ) -> dict[str, tuple[int, np.ndarray]]:
-    """Alias -> (dtype, values) of every signature input, as GetInputValues reads them."""
+    """Alias -> (dtype, values) of every signature input, as GetInputValues reads them;
+    inputs whose first dimension is over `max_batch` are refused before decoding."""
     sent = set(request.inputs)
     _check_input_count(signature, sent)
     for alias, proto in sorted(request.inputs.items()):
         check_carried(alias, proto)
+        check_batch(alias, proto, max_batch)
     inputs = {}
     for alias in sorted(signature.inputs):
         if alias in request.inputs:
@@ -103,6 +107,19 @@ def feeds(
             )
         arrays[alias] = array
     return arrays
+
+
+def check_batch(alias: str, proto: tensor_pb2.TensorProto, max_batch: int | None) -> None:
+    """Refuses an input whose first dimension (images, tiles) is over `max_batch`: a
+    request of many tiny images costs far more to run than its bytes (this server only)."""
+    shape = proto.tensor_shape.dim
+    if max_batch is not None and shape and shape[0].size > max_batch:
+        raise StatusError(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"input {alias}: {shape[0].size} items along the first dimension, more than this "
+            f"server's limit of {max_batch} a request (--max-request-batch); send them in "
+            "several requests",
+        )
 
 
 def output_aliases(signature: meta_graph_pb2.SignatureDef, output_filter: list[str]) -> list[str]:

@@ -7,9 +7,9 @@ core/availability_preserving_policy.cc (numeric version directories, the latest 
 aspired, a new version loaded before the old one unloads, a failed one never retried while
 its directory stays); model_servers/get_model_status_impl.cc.
 
-Deviations: a failed load is not retried (TF Serving retries 5 times, a minute apart,
-reporting LOADING meanwhile). Version labels and several models are
-`unet_keras.serving.models`' part.
+A failed load is tried again `LoadOptions.retries` times (core/loader_harness.cc;
+tensorflow_model_server: 5 times, a minute apart), the version LOADING meanwhile. Version
+labels and several models are `unet_keras.serving.models`' part.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ import numpy as np
 import tensorflow as tf
 from google.protobuf.message import DecodeError
 from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
+from tensorflow.python.util import deprecation
 from tensorflow_serving.apis import get_model_status_pb2, model_pb2, status_pb2
 
 from unet_keras import contract
@@ -67,6 +68,21 @@ def read_meta_graph(path: Path) -> meta_graph_pb2.MetaGraphDef:
     )
 
 
+@dataclasses.dataclass(frozen=True)
+class LoadOptions:
+    """How versions load: tensorflow_model_server's --max_num_load_retries,
+    --load_retry_interval_micros, --enable_model_warmup and session options.
+
+    `stop`, once set, ends a wait between tries (the server is stopping).
+    """
+
+    retries: int = 0
+    retry_interval: float = 60.0
+    warmup: bool = True
+    session_config: tf.compat.v1.ConfigProto | None = None
+    stop: threading.Event = dataclasses.field(default_factory=threading.Event)
+
+
 class Servable:
     """One loaded SavedModel version, counting the requests that use it.
 
@@ -77,15 +93,16 @@ class Servable:
     path leaves uninitialised: an export that TF Serving cannot run fails here too.
     """
 
-    def __init__(
-        self, version: int, path: Path, session_config: tf.compat.v1.ConfigProto | None = None
-    ) -> None:
+    def __init__(self, version: int, path: Path, options: LoadOptions | None = None) -> None:
+        options = options or LoadOptions()
         self.version = version
         self.signature_defs = dict(read_meta_graph(path).signature_def)
         graph = tf.Graph()
-        self._session = tf.compat.v1.Session(graph=graph, config=session_config)
+        self._session = tf.compat.v1.Session(graph=graph, config=options.session_config)
         try:
-            with graph.as_default():
+            # The TF1 loader is deprecated for Python users, but it is TF Serving's path: its
+            # advice to use tf.saved_model.load would mislead a reader of the server's log.
+            with graph.as_default(), deprecation.silence():
                 tf.compat.v1.saved_model.loader.load(
                     self._session, [contract.SERVE_TAG], str(path)
                 )
@@ -94,7 +111,7 @@ class Servable:
             # Before the version is AVAILABLE, as TF Serving does: the first real request
             # then pays no graph optimisation or allocation.
             start = time.perf_counter()
-            self.warmup_records = replay_warmup(self, path)
+            self.warmup_records = replay_warmup(self, path) if options.warmup else 0
             self.warmup_seconds = time.perf_counter() - start
         except BaseException:
             self._session.close()
@@ -132,6 +149,10 @@ class Servable:
     def close(self) -> None:
         """Frees the session, once no request uses it."""
         self.wait_idle()
+        self._session.close()
+
+    def cancel(self) -> None:
+        """Closes the session now: runs in progress end with CANCELLED (the server stops)."""
         self._session.close()
 
     def acquire(self) -> None:
@@ -192,11 +213,13 @@ class ModelManager:
         base_path: str | Path,
         policy: VersionPolicy | None = None,
         metrics: Metrics | None = None,
+        load_options: LoadOptions | None = None,
     ) -> None:
         self.name = name
         self.base_path = Path(base_path)
         self.policy = policy or VersionPolicy()
         self.metrics = metrics
+        self.load_options = load_options or LoadOptions()
         self._lock = threading.Lock()
         self._serving: dict[int, Servable] = {}
         self._in_flight = 0
@@ -219,6 +242,13 @@ class ModelManager:
             superseded = superseded[:-1]  # keep the newest one serving until then
         for version in superseded:
             self._unload(version)
+
+    def cancel_runs(self) -> None:
+        """Cancels every run in progress on this model's versions (the server stops)."""
+        with self._lock:
+            servables = list(self._serving.values())
+        for servable in servables:
+            servable.cancel()
 
     def unload_all(self) -> None:
         """Unloads every version (the model left the config), waiting for their requests."""
@@ -308,24 +338,43 @@ class ModelManager:
         self._set_state(version, State.START)
         self._set_state(version, State.LOADING)
         log.info("Loading servable version {name: %s version: %d}", self.name, version)
-        try:
-            servable = Servable(version, path)
-        except StatusError as error:
-            self._fail(version, error)
-        except tf.errors.OpError as error:
-            self._fail(version, StatusError.from_tf(error))
-        # Whatever else a broken SavedModel raises must not stop the server.
-        except Exception as error:
-            self._fail(version, StatusError(grpc.StatusCode.UNKNOWN, f"{error!r}"))
-        else:
-            if self.metrics is not None and servable.warmup_records:
-                self.metrics.warmup(str(path), "OK", servable.warmup_seconds * 1e6)
-            with self._lock:
-                self._serving[version] = servable
-            self._set_state(version, State.AVAILABLE)
-            log.info(
-                "Successfully loaded servable version {name: %s version: %d}", self.name, version
-            )
+        servable = self._load_with_retries(version, path)
+        if isinstance(servable, StatusError):
+            self._fail(version, servable)
+            return
+        if self.metrics is not None and servable.warmup_records:
+            self.metrics.warmup(str(path), "OK", servable.warmup_seconds * 1e6)
+        with self._lock:
+            self._serving[version] = servable
+        self._set_state(version, State.AVAILABLE)
+        log.info("Successfully loaded servable version {name: %s version: %d}", self.name, version)
+
+    def _load_with_retries(self, version: int, path: Path) -> Servable | StatusError:
+        """The loaded version, or the last error after 1 + `retries` tries, as TF Serving's
+        LoaderHarness tries (LOADING meanwhile); a version gone from disk is not tried again."""
+        options = self.load_options
+        what = f"Loading servable: {{name: {self.name} version: {version}}}"
+        tries = 0
+        while True:
+            tries += 1
+            try:
+                return Servable(version, path, options)
+            except StatusError as error:
+                failure = error
+            except tf.errors.OpError as error:
+                failure = StatusError.from_tf(error)
+            # Whatever else a broken SavedModel raises must not stop the server.
+            except Exception as error:
+                failure = StatusError(grpc.StatusCode.UNKNOWN, f"{error!r}")
+            log.error("%s failed: %s: %s", what, failure.code.name, failure.message)
+            if tries > options.retries:
+                if options.retries:
+                    log.info("Retrying of %s exhausted max_num_retries: %d", what, options.retries)
+                return failure
+            if options.stop.wait(options.retry_interval) or not path.is_dir():
+                log.info("Retrying of %s was cancelled.", what)
+                return failure
+            log.info("Retrying of %s retry: %d", what, tries)
 
     def _fail(self, version: int, error: StatusError) -> None:
         log.error(
