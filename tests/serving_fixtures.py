@@ -29,6 +29,8 @@ import tensorflow as tf
 from tensorflow.core.framework import tensor_pb2
 from tensorflow_serving.apis import get_model_status_pb2, model_service_pb2_grpc, predict_pb2
 
+from tests.tf_serving_runtime import SavedModelSession, TFStatusError
+from unet_keras import contract
 from unet_keras.config import MaskConfig, ModelConfig, ModelRecord, NormalizationConfig
 from unet_keras.model import build_unet
 from unet_keras.saving import save_model
@@ -161,6 +163,51 @@ def tensor(dtype: int, shape: list[int], **fields: object) -> tensor_pb2.TensorP
 def floats(*values: float) -> np.ndarray:
     """half_plus_two's input `x`."""
     return np.array(values, np.float32)
+
+
+def served_alike(version: Path, signature: str, **inputs: np.ndarray) -> dict[str, np.ndarray]:
+    """A signature's outputs on TF Serving's loading path, checked equal, bit for bit, to
+    TF2's loader's."""
+    with SavedModelSession(version) as session:
+        served = session.run(signature, inputs)
+    function = tf.saved_model.load(str(version)).signatures[signature]
+    defaults = {contract.METADATA_INPUT: np.int32(0)} if signature == contract.METADATA else {}
+    loaded = {
+        alias: np.asarray(value.numpy(), object if value.dtype == tf.string else None)
+        for alias, value in function(**{**defaults, **inputs}).items()
+    }
+    assert served.keys() == loaded.keys()
+    for alias, value in served.items():
+        assert value.dtype == loaded[alias].dtype and value.shape == loaded[alias].shape
+        # Strings (object arrays) by value; numbers by their bits.
+        same = (
+            value.tolist() == loaded[alias].tolist()
+            if value.dtype == object
+            else (value.tobytes() == loaded[alias].tobytes())
+        )
+        assert same, f"{signature}/{alias} differs"
+    return served
+
+
+def refused_alike(version: Path, signature: str, match: str, **inputs: np.ndarray) -> None:
+    """A request that both TF Serving's loading path and TF2's loader refuse with
+    INVALID_ARGUMENT, in words that match `match`."""
+    import re
+
+    with SavedModelSession(version) as session:
+        try:
+            session.run(signature, inputs)
+        except TFStatusError as error:
+            assert error.code_name == "INVALID_ARGUMENT" and re.search(match, error.message)
+        else:
+            raise AssertionError(f"TF Serving's path ran {signature} on a request to refuse")
+    function = tf.saved_model.load(str(version)).signatures[signature]
+    try:
+        function(**{k: tf.constant(v) for k, v in inputs.items()})
+    except tf.errors.InvalidArgumentError as error:
+        assert re.search(match, error.message)
+    else:
+        raise AssertionError(f"TF2's loader ran {signature} on a request to refuse")
 
 
 def write_garbage(path: Path) -> None:
