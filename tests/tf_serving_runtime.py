@@ -35,6 +35,8 @@ it imports nothing from `unet_keras`, and runs under TF 2.20 and 2.21. Command l
     python tests/tf_serving_runtime.py VERSION_DIR --list
     python tests/tf_serving_runtime.py VERSION_DIR --signature NAME --inputs IN.npz \\
         --outputs OUT.npz [--timeout-ms N]
+    python tests/tf_serving_runtime.py --jobs JOBS.json   # [{version_dir, signature,
+                                                          #   inputs, outputs}, ...]
 """
 
 from __future__ import annotations
@@ -53,7 +55,14 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.core.protobuf import config_pb2, meta_graph_pb2
 
-__all__ = ["SavedModelSession", "TFStatusError", "describe", "library_path", "main"]
+__all__ = [
+    "SavedModelSession",
+    "TFStatusError",
+    "describe",
+    "library_path",
+    "main",
+    "run_files",
+]
 
 # TF_Code values, in order (tensorflow/c/tf_status.h).
 _CODE_NAMES = (
@@ -511,10 +520,25 @@ def _from_npz(array: np.ndarray, info: meta_graph_pb2.TensorInfo | None) -> np.n
     return array
 
 
+def run_files(
+    version_dir: Path, signature: str, inputs: Path, outputs: Path, timeout_ms: int = 0
+) -> None:
+    """Runs a signature on the inputs of an .npz; writes its outputs to an .npz."""
+    with SavedModelSession(version_dir) as session:
+        definition = session.signature(signature)
+        with np.load(inputs, allow_pickle=True) as stored:
+            values = {
+                alias: _from_npz(stored[alias], definition.inputs.get(alias))
+                for alias in stored.files
+            }
+        results = session.run(signature, values, timeout_ms=timeout_ms)
+    np.savez(outputs, **results)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """The command line: --list, or run one signature from an .npz into an .npz."""
+    """The command line: --list, one signature from an .npz into an .npz, or --jobs."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("version_dir", type=Path, help="a SavedModel version directory")
+    parser.add_argument("version_dir", type=Path, nargs="?", help="a SavedModel version")
     parser.add_argument("--list", action="store_true", help="print the signatures as JSON")
     parser.add_argument("--signature", help="the signature to run")
     parser.add_argument("--inputs", type=Path, help=".npz of the inputs by alias")
@@ -522,25 +546,37 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--outputs", type=Path, help=".npz to write the outputs to, by alias (bfloat16 as V2)"
     )
     parser.add_argument("--timeout-ms", type=int, default=0, help="RunOptions.timeout_in_ms")
+    parser.add_argument(
+        "--jobs",
+        type=Path,
+        help="a JSON list of {version_dir, signature, inputs, outputs}: many runs, one "
+        "TensorFlow import",
+    )
     args = parser.parse_args(argv)
-    if not args.list and not (args.signature and args.inputs and args.outputs):
+    if args.jobs is not None:
+        jobs = json.loads(args.jobs.read_text())
+    elif args.version_dir is None:
+        parser.error("give a version directory, or --jobs")
+    elif args.list:
+        jobs = []
+    elif args.signature and args.inputs and args.outputs:
+        jobs = [vars(args)]
+    else:
         parser.error("give --list, or --signature with --inputs and --outputs")
+    where = str(args.version_dir)
     try:
-        with SavedModelSession(args.version_dir) as session:
-            if args.list:
+        if args.list:
+            with SavedModelSession(args.version_dir) as session:
                 print(json.dumps(describe(session.signature_defs), indent=2))
-                return 0
-            signature = session.signature(args.signature)
-            with np.load(args.inputs, allow_pickle=True) as stored:
-                inputs = {
-                    alias: _from_npz(stored[alias], signature.inputs.get(alias))
-                    for alias in stored.files
-                }
-            results = session.run(args.signature, inputs, timeout_ms=args.timeout_ms)
+        for job in jobs:
+            where = f"{job['version_dir']} {job['signature']}"
+            run_files(
+                Path(job["version_dir"]), job["signature"], Path(job["inputs"]),
+                Path(job["outputs"]), job.get("timeout_ms", 0),
+            )  # fmt: skip
     except (TFStatusError, TypeError, ValueError) as error:
-        print(f"{type(error).__name__}: {error}", file=sys.stderr)
+        print(f"{where}: {type(error).__name__}: {error}", file=sys.stderr)
         return 1
-    np.savez(args.outputs, **results)
     return 0
 
 

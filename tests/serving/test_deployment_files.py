@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import configparser
 import os
 import re
 import shlex
@@ -21,7 +22,11 @@ from google.protobuf import (
     wrappers_pb2,
 )
 from google.protobuf.message import Message
+from packaging.requirements import Requirement
+from packaging.version import Version
 from tensorflow_serving.config import model_server_config_pb2
+
+from unet_keras import contract
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVING = ROOT / "serving"
@@ -414,3 +419,27 @@ def test_launch_rejects_bad_arguments(tmp_path: Path, args: tuple[str, ...]) -> 
     result = _launch("--print", *args, path=str(tmp_path))
     assert result.returncode == 2
     assert "launch.sh:" in result.stderr
+
+
+def _extra_requirement(extra: str, name: str) -> Requirement:
+    """A requirement of one of setup.cfg's extras."""
+    parser = configparser.ConfigParser()
+    parser.read(ROOT / "setup.cfg")
+    lines = parser["options.extras_require"][extra].splitlines()
+    found = [Requirement(line) for line in lines if line.strip() and not line.startswith("#")]
+    return next(requirement for requirement in found if requirement.name == name)
+
+
+def test_tensorflow_versions_agree_across_deployment_setup_and_contract() -> None:
+    newest = Version(contract.TF_SERVING_VERSION)
+    oldest = Version(contract.OLDEST_TF_SERVING_VERSION)
+    image = f"tensorflow/serving:{contract.TF_SERVING_VERSION}"
+    assert _container()["image"] == image
+    assert f"TF_SERVING_IMAGE:-{image}}}" in LAUNCH.read_text()
+    assert f"`{image}`" in (SERVING / "README.md").read_text()
+    # Exports are written by a TensorFlow the supported servers carry, none newer.
+    for name in ("tensorflow", "tensorflow-serving-api"):
+        allowed = _extra_requirement("full", name).specifier
+        assert oldest in allowed and newest in allowed, name
+        assert Version(f"{newest.major}.{newest.minor + 1}.0") not in allowed, name
+        assert Version(f"{oldest.major}.{oldest.minor - 1}.0") not in allowed, name

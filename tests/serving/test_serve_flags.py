@@ -3,9 +3,12 @@ deployment files' argument lists start it unchanged; its grpc.health.v1 service.
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import grpc
@@ -17,6 +20,7 @@ from tests.serving_fixtures import (
     REPOSITORY,
     UNET,
     ServerProcess,
+    certificates,
     export_half_plus_two,
     free_port,
 )
@@ -37,7 +41,7 @@ def parse(*argv: str) -> object:
 def run_cli(*argv: str) -> subprocess.CompletedProcess[str]:
     """`unet-keras serve ARGV` in a subprocess (for errors that end the parse)."""
     return subprocess.run(
-        [os.fspath(REPOSITORY / ".venv/bin/unet-keras"), "serve", *argv],
+        [sys.executable, "-m", "unet_keras.cli", "serve", *argv],
         capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
 
@@ -173,7 +177,7 @@ def test_serve_with_tensorflow_model_servers_flags_answers_a_health_check(tmp_pa
     log = tmp_path / "log"
     with open(log, "wb") as stderr:
         process = subprocess.Popen(
-            [os.fspath(REPOSITORY / ".venv/bin/unet-keras"), "serve", *flags,
+            [sys.executable, "-m", "unet_keras.cli", "serve", *flags,
              f"--model_base_path={base}"],
             stdout=subprocess.DEVNULL, stderr=stderr,
             env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
@@ -204,7 +208,8 @@ def test_launch_sh_starts_unet_keras_serve_with_its_flags_unchanged(tmp_path: Pa
     export_half_plus_two(base, 1)
     port, rest_port = free_port(), free_port()
     env = {
-        "PATH": f"{REPOSITORY / '.venv/bin'}:/usr/bin:/bin",
+        # The environment's own unet-keras, as a user who activated it finds it.
+        "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin",
         "SERVER": "unet-keras serve",
         "GRPC_PORT": str(port),
         "REST_PORT": str(rest_port),
@@ -216,7 +221,7 @@ def test_launch_sh_starts_unet_keras_serve_with_its_flags_unchanged(tmp_path: Pa
         env=env, capture_output=True, text=True, timeout=60, check=True,
     ).stdout  # fmt: skip
     words = shlex.split(printed.replace("\\\n", " "))
-    assert words[:2] == [os.fspath(REPOSITORY / ".venv/bin/unet-keras"), "serve"]
+    assert words[:2] == [os.fspath(Path(sys.executable).parent / "unet-keras"), "serve"]
     assert set(words[2:]) >= {f"--port={port}", "--enable_grpc_healthcheck_service=true"}
     log = tmp_path / "log"
     with open(log, "wb") as stderr:
@@ -231,3 +236,45 @@ def test_launch_sh_starts_unet_keras_serve_with_its_flags_unchanged(tmp_path: Pa
     finally:
         server.terminate()
         assert server.wait() == 0
+
+
+def test_an_ssl_config_file_serves_grpc_over_mutual_tls(tmp_path: Path) -> None:
+    """TF Serving's SSLConfig holds PEM texts; client_verify requires a client certificate
+    that custom_ca signed."""
+    pem = certificates(tmp_path)
+    fields = {"server_key": "server.key", "server_cert": "server.pem", "custom_ca": "ca.pem"}
+    text = "".join(
+        f"{field}: {json.dumps(pem[name].read_text())}\n" for field, name in fields.items()
+    )
+    (tmp_path / "ssl.config").write_text(text + "client_verify: true\n")
+    export_half_plus_two(tmp_path / UNET, 1)
+    process = ServerProcess(
+        tmp_path / UNET, UNET, tmp_path / "log", f"--ssl_config_file={tmp_path / 'ssl.config'}"
+    )
+    root = pem["ca.pem"].read_bytes()
+    address = process.address.replace("127.0.0.1", "localhost")  # the certificate's name
+    trusted = grpc.ssl_channel_credentials(
+        root, pem["client.key"].read_bytes(), pem["client.pem"].read_bytes()
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:  # the port opens once the version has loaded
+            try:
+                with grpc.secure_channel(address, trusted) as channel:
+                    request = health_pb2.HealthCheckRequest(service=UNET)
+                    status = health_pb2_grpc.HealthStub(channel).Check(request, timeout=2)
+                    break
+            except grpc.RpcError:
+                assert time.monotonic() < deadline and process.process.poll() is None, (
+                    process.log.read_text()
+                )
+                time.sleep(0.2)
+        assert status.status == SERVING_STATUS
+        # Without a client certificate the handshake fails.
+        with grpc.secure_channel(address, grpc.ssl_channel_credentials(root)) as channel:
+            with pytest.raises(grpc.RpcError) as refused:
+                health_pb2_grpc.HealthStub(channel).Check(request, timeout=5)
+            assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        process.terminate()
+        assert process.wait() == 0

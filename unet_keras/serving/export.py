@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -58,6 +59,8 @@ from unet_keras.geometry import (
 from unet_keras.io.atomic import sync_directory, sync_tree
 from unet_keras.saving import load_model
 from unet_keras.serving.warmup import write_warmup_requests
+
+log = logging.getLogger(__name__)
 
 # The `metadata` signature's input default: a tensor default is what SavedModel records
 # in SignatureDef.defaults, which make the input optional.
@@ -435,9 +438,30 @@ def export_model(
         if warmup:
             write_warmup_requests(saved, module.warmup_requests())
         sync_tree(saved)  # all on disk before it becomes visible
-        return _publish(saved, base_path, version)
+        published = _publish(saved, base_path, version)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+    _warn_if_newer_than_the_server(published)
+    return published
+
+
+def _warn_if_newer_than_the_server(version: Path) -> None:
+    """Warns, with the fix, when this TensorFlow is newer than the deployment image's: an
+    op or attribute added since would not load there."""
+
+    def minor(release: str) -> tuple[int, ...]:
+        return tuple(int(part) for part in release.split(".")[:2] if part.isdigit())
+
+    if minor(tf.__version__) <= minor(contract.TF_SERVING_VERSION):
+        return
+    serving = contract.TF_SERVING_VERSION
+    log.warning(
+        "%s was written by TensorFlow %s, newer than the %s of the deployment image "
+        "(tensorflow/serving:%s), which may not load what newer releases write. Export with "
+        "that TensorFlow (pip install 'tensorflow==%s.*'), or move the deployment to a "
+        "matching image (unet_keras/contract.py TF_SERVING_VERSION, serving/).",
+        version, tf.__version__, serving, serving, ".".join(serving.split(".")[:2]),
+    )  # fmt: skip
 
 
 def _publish(saved: Path, base_path: Path, version: int | None) -> Path:
