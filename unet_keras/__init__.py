@@ -48,7 +48,7 @@ _EXPORTS = {
     "load_model": "unet_keras.saving",
     "read_record": "unet_keras.saving",
     "save_model": "unet_keras.saving",
-    "pretrained": "unet_keras.pretrained_models",
+    "pretrained": "unet_keras.saving",
     "border_weight_map": "unet_keras.training.weights",
     "elastic_deform": "unet_keras.training.augment",
     "prepare_data": "unet_keras.training.prepare",

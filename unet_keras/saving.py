@@ -23,7 +23,7 @@ import unet_keras.model  # noqa: F401  (registers the layers a model file needs)
 from unet_keras import contract
 from unet_keras.config import ModelRecord
 from unet_keras.io.atomic import atomic_path
-from unet_keras.pretrained_models import resolve
+from unet_keras.pretrained_models import SHIPPED, resolve
 
 
 def save_model(model: keras.Model, path: str | os.PathLike, record: ModelRecord) -> None:
@@ -96,6 +96,13 @@ def load_model(path: str | os.PathLike, compile: bool = False) -> tuple[keras.Mo
         keras.config.set_dtype_policy(policy)
     exact.set_weights(model.get_weights())
     return exact, record
+
+
+def pretrained(name: str) -> tuple[keras.Model, ModelRecord]:
+    """Loads the shipped model `name` (`unet_keras.pretrained_models`), as `load_model` does."""
+    if name not in SHIPPED:
+        raise ValueError(f"no shipped model {name!r}; shipped: {', '.join(sorted(SHIPPED))}")
+    return load_model(resolve(name))
 
 
 def load_network(path: str | os.PathLike) -> tuple[Callable[[Any], Any], ModelRecord]:

@@ -18,7 +18,7 @@ FAST_RETRY = RetryPolicy(attempts=4, initial_backoff=0.01, max_backoff=0.02)
 @pytest.fixture(scope="module")
 def tf() -> types.SimpleNamespace:
     """TensorFlow and TF Serving's own message modules, imported after the client's."""
-    tensorflow = pytest.importorskip("tensorflow")
+    import tensorflow
     from tensorflow.core.framework import tensor_pb2
     from tensorflow_serving.apis import (
         get_model_metadata_pb2,

@@ -30,7 +30,6 @@ NO_RETRY = RetryPolicy(attempts=1)
 @pytest.fixture(scope="module")
 def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
     """The tiny U-Net export served in this process: (gRPC address, REST address)."""
-    pytest.importorskip("tensorflow")
     from tests.serving_fixtures import UNET, export_unet, registry_for
     from unet_keras.serving.grpc_services import build_server
     from unet_keras.serving.http_server import RestServer

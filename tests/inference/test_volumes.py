@@ -12,15 +12,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import zarr
 
-zarr = pytest.importorskip("zarr")
-
-from unet_keras import workflows  # noqa: E402
-from unet_keras.cli import main  # noqa: E402
-from unet_keras.config import PredictConfig  # noqa: E402
-from unet_keras.inference.segmenter import Segmenter  # noqa: E402
-from unet_keras.inference.volumes import environment_restored  # noqa: E402
-from unet_keras.io.volumes import create_volume  # noqa: E402
+from unet_keras import workflows
+from unet_keras.cli import main
+from unet_keras.config import PredictConfig
+from unet_keras.inference.segmenter import Segmenter
+from unet_keras.inference.volumes import environment_restored
+from unet_keras.io.volumes import create_volume
 
 # Tiles of 76 pixels (36 out) on 32-pixel chunks and 40-pixel blocks: tiles straddle
 # blocks, and blocks straddle chunks, so every seam is crossed.
@@ -134,7 +133,8 @@ def test_a_killed_run_rerun_writes_only_the_missing_blocks(tmp_path, tiny_model_
 
 
 def test_a_dask_cluster_of_two_worker_processes_gives_the_same_volume(tmp_path, tiny_model_file):
-    distributed = pytest.importorskip("distributed")
+    import distributed
+
     model = tiny_model_file()
     pixels = make_volume(tmp_path / "in.zarr", (4, 70, 70))
     with (
@@ -166,7 +166,6 @@ def test_local_worker_processes_give_the_same_volume_and_leave_the_environment(
 ):
     """--workers 2 starts its own cluster; distributed's nanny sets OMP_NUM_THREADS=1 in
     this process too, which must not outlive the run."""
-    pytest.importorskip("distributed")
     model = tiny_model_file()
     pixels = make_volume(tmp_path / "in.zarr", (2, 70, 70))
     settings = config(model, tmp_path / "in.zarr", tmp_path / "out.zarr")

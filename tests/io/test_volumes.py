@@ -6,11 +6,10 @@ import json
 
 import numpy as np
 import pytest
+import zarr
 
-zarr = pytest.importorskip("zarr")
-
-from unet_keras.io.sample import DataError  # noqa: E402
-from unet_keras.io.volumes import (  # noqa: E402
+from unet_keras.io.sample import DataError
+from unet_keras.io.volumes import (
     OutputImage,
     create_output,
     create_volume,

@@ -69,3 +69,38 @@ def test_the_encoder_stays_fixed_for_the_first_epochs_only():
     )
     assert not encoder_frozen(model)
     assert not all(np.array_equal(a, b) for a, b in zip(encoder, snapshot("down"), strict=True))
+
+
+@pytest.mark.slow
+def test_fine_tuning_the_shipped_model_on_a_little_data(synthetic_data, tmp_path):
+    """`train --init-from isbi2012-membranes` with the encoder frozen: training starts from
+    the shipped weights, moves only the decoder in the frozen epoch; the run's model keeps
+    the shipped network and mask convention, standardised to its own data as the shipped
+    one was to its data."""
+    from unet_keras.cli import main
+    from unet_keras.saving import load_model, pretrained
+
+    shipped, shipped_record = pretrained("isbi2012-membranes")
+    run = tmp_path / "run"
+    argv = ["train", "--data", str(synthetic_data), "--run-dir", str(run)]
+    argv += ["--init-from", "isbi2012-membranes", "--freeze-encoder", "1", "--tile", "64"]
+    argv += ["--epochs", "1", "--steps-per-epoch", "2", "--validation", "1", "--batch-size", "1"]
+    assert main(argv) == 0
+    tuned, record = load_model(run / "last.keras")
+    assert record.model == shipped_record.model
+    assert record.normalization.method == shipped_record.normalization.method == "standardize"
+    assert record.normalization.offset != shipped_record.normalization.offset
+    assert record.mask == shipped_record.mask
+
+    def weights(model: keras.Model, prefix: str) -> list[np.ndarray]:
+        return [w.numpy() for layer in model.layers if layer.name.startswith(prefix)
+                for w in layer.weights]  # fmt: skip
+
+    assert all(
+        np.array_equal(a, b)
+        for a, b in zip(weights(shipped, "down"), weights(tuned, "down"), strict=True)
+    )
+    assert not all(
+        np.array_equal(a, b)
+        for a, b in zip(weights(shipped, "up"), weights(tuned, "up"), strict=True)
+    )

@@ -1,9 +1,9 @@
-"""Models that ship with the package, by name: `pretrained(NAME)`, `--model NAME`,
+"""Models that ship with the package, by name: `unet_keras.pretrained(NAME)`, `--model NAME`,
 `--init-from NAME`.
 
 Each is a `.keras` file saved with its record (as `save_model` writes it, without optimizer
-state) beside a JSON file that says how it was trained and scored and on whose data; the
-script that trains it is in `bench/`, so anyone can make it again. Naming a shipped model
+state) beside a JSON file that says how it was trained and scored and on whose data, and
+the command that makes it again (`training.remake`, a script in `bench/`). Naming a shipped model
 works wherever a model path does; a file or folder of that name in the working directory
 wins, so a name never hides the user's own files.
 """
@@ -40,7 +40,8 @@ def resolve(path: str | os.PathLike) -> Path:
     if not shipped.is_file():
         raise FileNotFoundError(
             f"{shipped}: the shipped model {str(path)!r} is missing from this installation; "
-            f"reinstall unet-keras, or make it again with bench/pretrain_isbi.py"
+            f"reinstall unet-keras, or make it again with the command its record gives "
+            f"({HERE / (str(path) + '.json')}: training.remake)"
         )
     return shipped
 
@@ -50,12 +51,3 @@ def training_record(name: str) -> dict[str, Any]:
     if name not in SHIPPED:
         raise ValueError(f"no shipped model {name!r}; shipped: {', '.join(sorted(SHIPPED))}")
     return json.loads((HERE / f"{name}.json").read_text())
-
-
-def pretrained(name: str) -> tuple[Any, Any]:
-    """Loads the shipped model `name`: `(keras.Model, ModelRecord)`, as `load_model` does."""
-    from unet_keras.saving import load_model
-
-    if name not in SHIPPED:
-        raise ValueError(f"no shipped model {name!r}; shipped: {', '.join(sorted(SHIPPED))}")
-    return load_model(resolve(name))
