@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import inspect
 import types
 from typing import Any
@@ -13,6 +14,22 @@ from tests.client.fake_serving import FakeServing
 from unet_keras.client import AsyncSegmentationClient, RetryPolicy, SegmentationClient
 
 FAST_RETRY = RetryPolicy(attempts=4, initial_backoff=0.01, max_backoff=0.02)
+
+
+@pytest.fixture
+def slept(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """The pauses the clients' retries ask for, in order (they are still slept)."""
+    from unet_keras.client import core
+
+    pauses: list[float] = []
+
+    @dataclasses.dataclass(frozen=True)
+    class RecordedSleep(core.Sleep):
+        def __post_init__(self) -> None:
+            pauses.append(self.seconds)
+
+    monkeypatch.setattr(core, "Sleep", RecordedSleep)
+    return pauses
 
 
 @pytest.fixture(scope="module")

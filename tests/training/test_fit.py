@@ -159,13 +159,15 @@ def test_a_time_budget_is_used_whole_and_the_schedule_spans_it(synthetic_data, t
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((run / "summary.json").read_text())
     assert summary["stopped_by_time_budget"] and summary["epochs"] >= 2
-    assert summary["budget_used"] >= 0.95 and summary["wall_seconds"] < 25
+    assert summary["budget_used"] >= 0.95
     # Each epoch is headed by the budget's share used, not "Epoch 2/1000000".
     headings = re.findall(r"^Epoch \S+ .*$", result.stdout, re.MULTILINE)
     assert re.fullmatch(r"Epoch 1 \(\d+% of the 15 s budget used\)", headings[0]), headings
     assert len(headings) == summary["epochs"] and "/" not in "".join(headings)
     shares = [int(re.search(r"(\d+)%", heading)[1]) / 100 for heading in headings]
-    assert shares == sorted(shares) and shares[-1] >= 0.5, headings
+    # Stopped by the budget: the last epoch began inside it (its share rounds to 100% at
+    # most), none after it ended.
+    assert shares == sorted(shares) and 0.5 <= shares[-1] <= 1, headings
     with open(run / "log.csv") as handle:
         rates = [float(row["learning_rate"]) for row in csv.DictReader(handle)]
     # Warm-up and cosine by elapsed time: each epoch ends on the schedule's rate at a share
