@@ -11,6 +11,7 @@ from unet_keras.rest_format import (
     encode_tensor,
     is_bytes_output,
     json_number_dumps,
+    shown,
 )
 
 
@@ -41,6 +42,13 @@ def test_bytes_are_base64_when_named_so_and_text_otherwise() -> None:
     assert is_bytes_output("mask_png_bytes") and not is_bytes_output("mask_png")
 
 
+def _nested(depth: int) -> list:
+    value: object = 1
+    for _ in range(depth):
+        value = [value]
+    return value  # type: ignore[return-value]
+
+
 @pytest.mark.parametrize(
     ("value", "dtype", "message"),
     [
@@ -55,6 +63,10 @@ def test_bytes_are_base64_when_named_so_and_text_otherwise() -> None:
         ([{"b64": "not base64!"}], object, "Unable to base64 decode"),
         ([{"b64": "aGk=", "x": 1}], object, "not formatted correctly for base64 data"),
         ([3], object, "is not of expected type: string"),
+        # What crashed the server before (issue 31): each is a tensor error now.
+        ([10**400], np.float32, "Number too big to be stored in double."),
+        (["\ud800"], object, "not valid UTF-8 text"),
+        (_nested(65), np.float32, "nested 65 levels deep; a tensor may have at most 64"),
     ],
 )
 def test_what_is_no_tensor_of_the_dtype_is_refused_with_tf_servings_words(
@@ -68,3 +80,15 @@ def test_a_huge_value_is_cut_in_the_error_message() -> None:
     with pytest.raises(JsonTensorError) as raised:
         decode_tensor([["x" * 10_000]], np.dtype(np.float32))
     assert len(str(raised.value)) < 400
+
+
+def test_a_scalar_and_64_dimensions_still_decode() -> None:
+    assert decode_tensor(7, np.dtype(np.int64)).shape == ()
+    assert decode_tensor(_nested(64), np.dtype(np.float32)).ndim == 64
+    # An int a double holds but float32 does not: infinity, as TF Serving's cast gives.
+    with np.errstate(over="ignore"):
+        assert np.isinf(decode_tensor([10**300], np.dtype(np.float32))[0])
+
+
+def test_a_value_too_deep_to_show_still_gets_a_message() -> None:
+    assert shown(_nested(100_000)).startswith("[[[")

@@ -5,9 +5,15 @@ all leaves at the depth of its rank; a binary string is `{"b64": "<base64>"}`; n
 may be `NaN`, `Infinity` and `-Infinity`. An output whose name ends in `_bytes` is written
 as base64. The local server and the client's REST transport both use these functions.
 
+A request's cost stays linear in its size: a tensor is read in one pass over its leaves
+into one array (never one array per value), and nesting deeper than NumPy's 64
+dimensions is refused before any walk.
+
 Stricter than TF Serving: an integer outside its dtype's range is refused (TF Serving
-wraps it), and an output string that is not UTF-8 is sent as base64 (TF Serving writes
-the raw bytes into the JSON text, which no JSON parser reads).
+wraps it), a tensor of more than 64 dimensions is refused (TensorFlow allows 254), and an
+output string that is not UTF-8 is sent as base64 (TF Serving writes the raw bytes into
+the JSON text, which no JSON parser reads). An integer too large for a double is refused
+with the message of TF Serving's JSON parser ("Number too big to be stored in double.").
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import base64
 import binascii
 import json
 import math
+import sys
 from typing import Any
 
 import numpy as np
@@ -24,6 +31,8 @@ BASE64_KEY = "b64"
 BYTES_SUFFIX = "_bytes"
 # What json_tensor.cc shows of an offending value in an error message.
 _SHOWN = 256
+# NumPy's limit on an array's dimensions (TensorFlow's is 254).
+MAX_RANK = 64
 
 
 class JsonTensorError(ValueError):
@@ -32,7 +41,10 @@ class JsonTensorError(ValueError):
 
 def shown(value: Any) -> str:
     """A value for an error message, cut as TF Serving cuts it."""
-    text = json.dumps(value, separators=(",", ":"), default=repr)
+    try:
+        text = json.dumps(value, separators=(",", ":"), default=repr)
+    except RecursionError:  # nested past Python's stack: the message must not fail too
+        return "[[[..."
     return text if len(text) <= _SHOWN else text[:_SHOWN]
 
 
@@ -56,7 +68,14 @@ def decode_tensor(value: Any, dtype: np.dtype) -> np.ndarray:
     """A JSON value as an array of `dtype` (object for strings: bytes), checked as
     json_tensor.cc's FillTensorProto checks it; JsonTensorError otherwise."""
     dtype = np.dtype(dtype)
+    if not isinstance(value, list):  # a scalar or {"b64": ...}: no walk, no object array
+        return _from_leaves([value], [], dtype)
     shape = json_shape(value)
+    if len(shape) > MAX_RANK:
+        raise JsonTensorError(
+            f"JSON Value: a list nested {len(shape)} levels deep; a tensor may have at most "
+            f"{MAX_RANK} dimensions here"
+        )
     try:
         # NumPy walks dense nested lists in C; anything else takes the checking walk.
         dense = np.array(value, dtype=object)
@@ -69,6 +88,11 @@ def decode_tensor(value: Any, dtype: np.dtype) -> np.ndarray:
     if dense is None or list(dense.shape) != shape:
         leaves = []
         _collect(value, shape, 0, leaves)
+    return _from_leaves(leaves, shape, dtype)
+
+
+def _from_leaves(leaves: list[Any], shape: list[int], dtype: np.dtype) -> np.ndarray:
+    """The leaves, checked against `dtype`, as one array of `shape`."""
     if dtype == np.dtype(object):
         array = np.empty(len(leaves), object)
         array[:] = [_bytes_leaf(leaf) for leaf in leaves]
@@ -95,7 +119,13 @@ def decode_tensor(value: Any, dtype: np.dtype) -> np.ndarray:
                 f"JSON Value: {bad} is out of the range of {_type_name(dtype)} "
                 f"[{info.min}, {info.max}]"
             )
-    return np.array(leaves, dtype).reshape(shape)
+    try:
+        return np.array(leaves, dtype).reshape(shape)
+    except OverflowError:  # an int past a double's range, for a float dtype
+        bad = next((leaf for leaf in leaves if abs(leaf) > sys.float_info.max), leaves[0])
+        raise JsonTensorError(
+            f"JSON Value: {shown(bad)} Number too big to be stored in double."
+        ) from None
 
 
 def _collect(value: Any, shape: list[int], level: int, leaves: list[Any]) -> None:
@@ -130,7 +160,12 @@ def _collect(value: Any, shape: list[int], level: int, leaves: list[Any]) -> Non
 
 def _bytes_leaf(leaf: Any) -> bytes:
     if isinstance(leaf, str):
-        return leaf.encode()
+        try:
+            return leaf.encode()
+        except UnicodeEncodeError:  # a lone surrogate: no UTF-8 text holds it
+            raise JsonTensorError(
+                f"JSON Value: {shown(leaf)} is not valid UTF-8 text (a lone surrogate)"
+            ) from None
     if is_base64_object(leaf):
         try:
             return base64.b64decode(leaf[BASE64_KEY], validate=True)

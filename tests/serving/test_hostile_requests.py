@@ -159,7 +159,8 @@ def test_a_flood_is_answered_or_refused_at_once_and_memory_stays_bounded(tmp_pat
 
 def test_a_rest_flood_is_answered_or_refused_at_once_and_memory_stays_bounded(tmp_path: Path):
     """The REST port holds the same line: past the limit a call is refused before its body
-    is read, so a flood's memory is that of the calls let in."""
+    is read, so a flood's memory is that of the calls let in (and of the few bodies being
+    read, which are as many at most)."""
     import json
     import urllib.error
     import urllib.request

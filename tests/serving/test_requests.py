@@ -88,7 +88,24 @@ def test_output_filters_and_metadata_fields_are_checked():
 def test_more_images_than_the_request_batch_limit_are_refused_before_decoding():
     images = np.zeros((65, 1, 1, 1), np.uint8)
     message = refused(requests.request_inputs, signature(), request(image=images), 64)
-    assert message.startswith("input image: 65 items along the first dimension, more than")
+    assert message.startswith("input image: 65 images along the first dimension, more than")
     assert "--max-request-batch" in message
     accepted = requests.request_inputs(signature(), request(image=images[:64]), 64)
     assert accepted["image"][1].shape == (64, 1, 1, 1)
+
+
+def test_a_vector_input_is_no_batch_of_images_and_is_not_counted():
+    vector = meta_graph_pb2.TensorInfo(
+        name="x:0",
+        dtype=types_pb2.DT_FLOAT,
+        tensor_shape=tensor_shape_pb2.TensorShapeProto(
+            dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=-1)]
+        ),
+    )
+    values = meta_graph_pb2.SignatureDef(inputs={"x": vector}, outputs={"y": vector})
+    accepted = requests.request_inputs(values, request(x=np.zeros(1000, np.float32)), 64)
+    assert accepted["x"][1].shape == (1000,)
+    pngs = meta_graph_pb2.TensorInfo(
+        name="png:0", dtype=types_pb2.DT_STRING, tensor_shape=vector.tensor_shape
+    )
+    assert requests.holds_images(pngs) and not requests.holds_images(vector)

@@ -22,7 +22,7 @@ import grpc
 import numpy as np
 import tensorflow as tf
 from google.protobuf.message import Message
-from tensorflow.core.framework import tensor_pb2
+from tensorflow.core.framework import tensor_pb2, types_pb2
 from tensorflow.core.protobuf import meta_graph_pb2
 from tensorflow_serving.apis import get_model_metadata_pb2, predict_pb2
 
@@ -49,12 +49,13 @@ def request_inputs(
     max_batch: int | None = None,
 ) -> dict[str, tuple[int, np.ndarray]]:
     """Alias -> (dtype, values) of every signature input, as GetInputValues reads them;
-    inputs whose first dimension is over `max_batch` are refused before decoding."""
+    image inputs with more than `max_batch` images are refused before decoding."""
     sent = set(request.inputs)
     _check_input_count(signature, sent)
     for alias, proto in sorted(request.inputs.items()):
         check_carried(alias, proto)
-        check_batch(alias, proto, max_batch)
+        if alias in signature.inputs and holds_images(signature.inputs[alias]):
+            check_batch(alias, proto, max_batch)
     inputs = {}
     for alias in sorted(signature.inputs):
         if alias in request.inputs:
@@ -109,14 +110,22 @@ def feeds(
     return arrays
 
 
+def holds_images(info: meta_graph_pb2.TensorInfo) -> bool:
+    """Whether a signature input is a batch of images: [N, H, W, ...] pixels or tiles, or
+    [N] encoded images (strings). Other tensors (a vector of values) have no images to
+    count."""
+    rank = len(info.tensor_shape.dim)
+    return rank >= 3 or (rank == 1 and info.dtype == types_pb2.DT_STRING)
+
+
 def check_batch(alias: str, proto: tensor_pb2.TensorProto, max_batch: int | None) -> None:
-    """Refuses an input whose first dimension (images, tiles) is over `max_batch`: a
-    request of many tiny images costs far more to run than its bytes (this server only)."""
+    """Refuses an image input of more than `max_batch` images: a request of many tiny
+    images costs far more to run than its bytes (this server only)."""
     shape = proto.tensor_shape.dim
     if max_batch is not None and shape and shape[0].size > max_batch:
         raise StatusError(
             grpc.StatusCode.INVALID_ARGUMENT,
-            f"input {alias}: {shape[0].size} items along the first dimension, more than this "
+            f"input {alias}: {shape[0].size} images along the first dimension, more than this "
             f"server's limit of {max_batch} a request (--max-request-batch); send them in "
             "several requests",
         )

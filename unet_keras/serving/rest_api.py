@@ -8,14 +8,30 @@ util/json_tensor.cc (the row `instances` and columnar `inputs` formats, `{"b64":
 status of each gRPC code). A Predict goes through the same checks and code as a gRPC
 Predict: the JSON becomes a PredictRequest, as in TF Serving.
 
+A Predict's graph run is bounded by --rest_api_timeout_in_ms as in TF Serving
+(RunOptions.timeout_in_ms, from the run's start): past it the run is cancelled and the
+call answered 504 `{"error": "Timed out waiting for notification"}`. A malformed body is
+always a 400 with TF Serving's `{"error": ...}`: JSON that is not UTF-8 or holds a lone
+surrogate escape gets rapidjson's message ("Invalid encoding in string.", "The surrogate
+pair in string is invalid."), with the byte offset. Each input's values over all
+`instances` are decoded in one pass into one array, so a body costs a small multiple of
+its size; only a malformed one is then walked instance by instance, to name the instance
+at fault as json_tensor.cc does.
+
 Deviations: `:classify` and `:regress` answer UNIMPLEMENTED (no such signatures here);
-the JSON tensor deviations of `unet_keras.rest_format`.
+more `instances` (or a longer first dimension of an `inputs` tensor) than
+--max-request-batch are refused before they are decoded, as on the gRPC port (TF Serving
+has no such limit); JSON syntax errors carry Python's message, not rapidjson's; a body in
+UTF-16 or UTF-32 is refused as not UTF-8 (rapidjson reads no other encoding either, but
+passes invalid UTF-8 inside strings through as bytes); the JSON tensor deviations of
+`unet_keras.rest_format`.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import time
 import urllib.parse
 from typing import Any
 
@@ -23,7 +39,7 @@ import grpc
 import numpy as np
 import tensorflow as tf
 from google.protobuf import json_format
-from tensorflow.core.framework import types_pb2
+from tensorflow.core.framework import tensor_pb2, types_pb2
 from tensorflow_serving.apis import (
     get_model_metadata_pb2,
     get_model_status_pb2,
@@ -32,6 +48,7 @@ from tensorflow_serving.apis import (
 )
 
 from unet_keras import contract, rest_format
+from unet_keras.serving import requests
 from unet_keras.serving.grpc_services import signature_metadata
 from unet_keras.serving.models import ModelRegistry
 from unet_keras.serving.predict import predict
@@ -69,6 +86,9 @@ HTTP_STATUS = {
     grpc.StatusCode.UNAUTHENTICATED: 401,
 }
 _INT64_MAX = 2**63 - 1
+# A \uXXXX escape of a UTF-16 surrogate: an odd run of backslashes before the `u`.
+_SURROGATE_ESCAPE = re.compile(rb"(?<!\\)(?:\\\\)*(\\u[dD][89a-fA-F][0-9a-fA-F]{2})")
+_LOW_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][c-fC-F][0-9a-fA-F]{2}")
 
 
 class RestReply:
@@ -88,8 +108,22 @@ def error_body(message: str) -> str:
     return json.dumps({"error": message}, indent=4)
 
 
-def handle(registry: ModelRegistry, method: str, path: str, body: bytes) -> RestReply:
-    """One REST call, as HttpRestApiHandler::ProcessRequest answers it."""
+def handle(
+    registry: ModelRegistry,
+    method: str,
+    path: str,
+    body: bytes | bytearray,
+    *,
+    timeout_ms: int = 0,
+    max_batch: int | None = None,
+    body_error: str | None = None,
+) -> RestReply:
+    """One REST call, as HttpRestApiHandler::ProcessRequest answers it.
+
+    `timeout_ms` > 0 bounds a Predict's graph run (--rest_api_timeout_in_ms); `max_batch`
+    refuses longer inputs before decoding them; `body_error` says why the body is empty
+    (a gzip body that could not be inflated), for the message.
+    """
     model, api = "", ""
     try:
         if method == "POST" and (match := _PREDICT_PATH.fullmatch(path)):
@@ -101,7 +135,9 @@ def handle(registry: ModelRegistry, method: str, path: str, body: bytes) -> Rest
                     grpc.StatusCode.UNIMPLEMENTED,
                     f"{api} is not served here: the export has no classify or regress signature",
                 )
-            return RestReply(grpc.StatusCode.OK, _predict(registry, spec, body), model, "predict")
+            document = _parse(body, body_error)
+            answer = _predict(registry, spec, document, timeout_ms, max_batch)
+            return RestReply(grpc.StatusCode.OK, answer, model, "predict")
         if method == "GET" and (match := _STATUS_PATH.fullmatch(path)):
             name, version, label, metadata = match.groups()
             if not name:
@@ -116,6 +152,17 @@ def handle(registry: ModelRegistry, method: str, path: str, body: bytes) -> Rest
         raise StatusError(grpc.StatusCode.INVALID_ARGUMENT, f"Malformed request: {method} {path}")
     except StatusError as error:
         return RestReply(error.code, error_body(error.message), model, api)
+
+
+def refusal(method: str, path: str, code: grpc.StatusCode, message: str) -> RestReply:
+    """A call answered before `handle` (too large, too slow, too many, client gone), with
+    the model and API its path names, for the metrics."""
+    model, api = "", ""
+    if method == "POST" and (match := _PREDICT_PATH.fullmatch(path)):
+        model, api = urllib.parse.unquote(match.group(1)), match.group(4).lower()
+    elif method == "GET" and (match := _STATUS_PATH.fullmatch(path)):
+        model = urllib.parse.unquote(match.group(1) or "")
+    return RestReply(code, error_body(message), model, api)
 
 
 def _model_spec(name: str, version: str | None, label: str | None) -> model_pb2.ModelSpec:
@@ -157,9 +204,14 @@ def _metadata(registry: ModelRegistry, spec: model_pb2.ModelSpec) -> str:
     )
 
 
-def _predict(registry: ModelRegistry, spec: model_pb2.ModelSpec, body: bytes) -> str:
+def _predict(
+    registry: ModelRegistry,
+    spec: model_pb2.ModelSpec,
+    document: dict[str, Any],
+    timeout_ms: int,
+    max_batch: int | None,
+) -> str:
     """json_tensor.cc's FillPredictRequestFromJson, a Predict, and MakeJsonFromTensors."""
-    document = _parse(body)
     signature_name = document.get("signature_name", "")
     if not isinstance(signature_name, str):
         raise _invalid(
@@ -176,26 +228,64 @@ def _predict(registry: ModelRegistry, spec: model_pb2.ModelSpec, body: bytes) ->
             raise _invalid(f"Failed to get input map for signature: {signature_name or 'DEFAULT'}")
         dtypes = {alias: _numpy_dtype(info.dtype) for alias, info in inputs.items()}
         request = predict_pb2.PredictRequest(model_spec=spec)
-        row_format = _fill_inputs(document, dtypes, request)
-        response = predict(servable, request)
+        # Counted only where a signature takes images (the gRPC port's rule).
+        if not any(requests.holds_images(info) for info in inputs.values()):
+            max_batch = None
+        row_format = _fill_inputs(document, dtypes, request, max_batch)
+        # As TF Serving's RunOptions.timeout_in_ms: the run gets the whole timeout.
+        deadline = time.monotonic() + timeout_ms / 1000 if timeout_ms > 0 else None
+        response = predict(servable, request, deadline, max_batch)
     outputs = {alias: tf.make_ndarray(proto) for alias, proto in response.outputs.items()}
     return _outputs_json(outputs, row_format)
 
 
-def _parse(body: bytes) -> dict[str, Any]:
+def _parse(body: bytes | bytearray, body_error: str | None = None) -> dict[str, Any]:
+    """json_tensor.cc's ParseJson: UTF-8 JSON text whose top level is an object."""
     if not body:
-        raise _invalid("JSON Parse error: The document is empty")
+        why = f" ({body_error})" if body_error else ""
+        raise _invalid(f"JSON Parse error: The document is empty{why}")
     try:
-        document = json.loads(body)
+        # Strict UTF-8: json.loads(bytes) would let encoded surrogates through ("surrogatepass").
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise _invalid(
+            f"JSON Parse error: Invalid encoding in string. at offset: {error.start}"
+        ) from None
+    try:
+        document = json.loads(text)
     except (ValueError, RecursionError) as error:  # RecursionError: nesting past Python's
         raise _invalid(f"JSON Parse error: {error}") from None
+    del text
+    _check_surrogates(body)
     if not isinstance(document, dict):
         raise _invalid(f"JSON Value: {rest_format.shown(document)} Is not object")
     return document
 
 
+def _check_surrogates(body: bytes | bytearray) -> None:
+    """Refuses a \\uD800-\\uDFFF escape that is not half of a pair, as rapidjson does:
+    Python would parse it into a string that no UTF-8 (or protobuf) can hold."""
+    if b"\\u" not in body:
+        return
+    paired_at = -1  # where the low half of a pair starts
+    for match in _SURROGATE_ESCAPE.finditer(body):
+        start, end = match.span(1)
+        high = match.group(1)[3:4] in b"89abAB"
+        if not high and start == paired_at:
+            continue
+        if high and _LOW_SURROGATE_ESCAPE.match(body, end):
+            paired_at = end
+            continue
+        raise _invalid(
+            f"JSON Parse error: The surrogate pair in string is invalid. at offset: {start}"
+        )
+
+
 def _fill_inputs(
-    document: dict[str, Any], dtypes: dict[str, np.dtype], request: predict_pb2.PredictRequest
+    document: dict[str, Any],
+    dtypes: dict[str, np.dtype],
+    request: predict_pb2.PredictRequest,
+    max_batch: int | None = None,
 ) -> bool:
     """The request's inputs from `instances` (row format: True) or `inputs` (columnar)."""
     has_instances, has_inputs = "instances" in document, "inputs" in document
@@ -205,9 +295,9 @@ def _fill_inputs(
             "only one of 'inputs' or 'instances' keys to exist "
         )
     if has_instances:
-        arrays = _instances(document, dtypes)
+        arrays = _instances(document, dtypes, max_batch)
     elif has_inputs:
-        arrays = _columns(document["inputs"], dtypes)
+        arrays = _columns(document["inputs"], dtypes, max_batch)
     else:
         raise _invalid("Missing 'inputs' or 'instances' key")
     for alias, array in arrays.items():
@@ -215,8 +305,28 @@ def _fill_inputs(
     return has_instances
 
 
-def _instances(document: dict[str, Any], dtypes: dict[str, np.dtype]) -> dict[str, np.ndarray]:
-    """json_tensor.cc's FillTensorMapFromInstancesList."""
+def _check_batch(alias: str, value: Any, max_batch: int | None) -> None:
+    """Refuses a JSON tensor longer than `max_batch` along its first dimension, before it
+    is decoded (the gRPC port's limit and message)."""
+    if max_batch is not None and isinstance(value, list) and len(value) > max_batch:
+        shape_only = tensor_pb2.TensorProto()
+        shape_only.tensor_shape.dim.add(size=len(value))
+        requests.check_batch(alias, shape_only, max_batch)
+
+
+def _is_named(value: Any) -> bool:
+    """An instance that names its inputs: an object other than {"b64": ...}."""
+    return isinstance(value, dict) and not rest_format.is_base64_object(value)
+
+
+def _instances(
+    document: dict[str, Any], dtypes: dict[str, np.dtype], max_batch: int | None = None
+) -> dict[str, np.ndarray]:
+    """json_tensor.cc's FillTensorMapFromInstancesList.
+
+    Each input's values over all instances are decoded as one tensor, in one pass; only
+    when that fails are the instances walked one by one, to name the one at fault.
+    """
     instances = document["instances"]
     if not isinstance(instances, list):
         raise _invalid(
@@ -224,19 +334,51 @@ def _instances(document: dict[str, Any], dtypes: dict[str, np.dtype]) -> dict[st
         )
     if not instances:
         raise _invalid(f"JSON Value: {rest_format.shown(document)} No values in 'instances' array")
-
-    def is_named(value: Any) -> bool:
-        return isinstance(value, dict) and not rest_format.is_base64_object(value)
-
-    named = is_named(instances[0])
+    named = _is_named(instances[0])
     if not named and len(dtypes) > 1:
         raise _invalid(
             "instances is a plain list, but expecting list of objects as multiple input "
             "tensors required as per tensorinfo_map"
         )
-    items: dict[str, list[np.ndarray]] = {alias: [] for alias in dtypes}
+    _check_batch(min(dtypes), instances, max_batch)
+    columns = _instance_columns(instances, named, dtypes)
+    if columns is not None:
+        try:
+            return {
+                alias: rest_format.decode_tensor(values, dtypes[alias])
+                for alias, values in columns.items()
+            }
+        except rest_format.JsonTensorError as error:
+            problem = str(error)
+    else:
+        problem = "the instances do not all name the same inputs"
+    _find_bad_instance(instances, named, dtypes)
+    raise _invalid(f"Failed to process 'instances' list. Error: INVALID_ARGUMENT: {problem}")
+
+
+def _instance_columns(
+    instances: list[Any], named: bool, dtypes: dict[str, np.dtype]
+) -> dict[str, list[Any]] | None:
+    """Each input's values over all instances; None if an instance does not name exactly
+    the signature's inputs (the walk then says which)."""
+    if not named:
+        return {next(iter(dtypes)): instances}
+    columns: dict[str, list[Any]] = {alias: [] for alias in dtypes}
+    for instance in instances:
+        if not _is_named(instance) or instance.keys() != columns.keys():
+            return None
+        for alias, value in instance.items():
+            columns[alias].append(value)
+    return columns
+
+
+def _find_bad_instance(instances: list[Any], named: bool, dtypes: dict[str, np.dtype]) -> None:
+    """Raises json_tensor.cc's error for the first instance at fault, walking them one by
+    one in its order; each instance is decoded and dropped, so the walk holds no more
+    memory than one instance."""
+    first: dict[str, np.ndarray] = {}
     for index, instance in enumerate(instances):
-        if named != is_named(instance):
+        if named != _is_named(instance):
             kind = "object but got list" if named else "value/list but got object"
             raise _invalid(f"Expecting {kind} at item {index} of input list")
         values = instance if named else {next(iter(dtypes)): instance}
@@ -254,26 +396,26 @@ def _instances(document: dict[str, Any], dtypes: dict[str, np.dtype]) -> dict[st
                     f"Failed to process element: {where} of 'instances' list. Error: "
                     f"INVALID_ARGUMENT: {error}"
                 ) from None
-            if items[alias] and array.shape != items[alias][0].shape:
-                first = items[alias][0]
-                if array.size != first.size:
-                    message = f"Expecting tensor size: {first.size} but got: {array.size}"
+            reference = first.setdefault(alias, array)
+            if array.shape != reference.shape:
+                if array.size != reference.size:
+                    message = f"Expecting tensor size: {reference.size} but got: {array.size}"
                 else:
-                    message = f"Expecting shape {_shape(first)} but got: {_shape(array)}"
+                    message = f"Expecting shape {_shape(reference)} but got: {_shape(array)}"
                 raise _invalid(
                     f"Failed to process element: {index} of 'instances' list. Error: "
                     f"INVALID_ARGUMENT: {message}"
                 )
-            items[alias].append(array)
         if named and set(instance) != set(dtypes):
             raise _invalid(
                 f"Failed to process element: {index} of 'instances' list. JSON object: "
                 f"{rest_format.shown(instance)} keys must be equal to: {','.join(sorted(dtypes))}"
             )
-    return {alias: np.stack(arrays) for alias, arrays in items.items()}
 
 
-def _columns(value: Any, dtypes: dict[str, np.dtype]) -> dict[str, np.ndarray]:
+def _columns(
+    value: Any, dtypes: dict[str, np.dtype], max_batch: int | None = None
+) -> dict[str, np.ndarray]:
     """json_tensor.cc's FillTensorMapFromInputsMap."""
     try:
         if not isinstance(value, dict) or rest_format.is_base64_object(value):
@@ -283,11 +425,13 @@ def _columns(value: Any, dtypes: dict[str, np.dtype]) -> dict[str, np.ndarray]:
                     "tensors required as per tensorinfo_map"
                 )
             alias = next(iter(dtypes))
+            _check_batch(alias, value, max_batch)
             return {alias: rest_format.decode_tensor(value, dtypes[alias])}
         arrays = {}
         for alias, dtype in sorted(dtypes.items()):
             if alias not in value:
                 raise _invalid(f"Missing named input: {alias} in 'inputs' object.")
+            _check_batch(alias, value[alias], max_batch)
             arrays[alias] = rest_format.decode_tensor(value[alias], dtype)
         return arrays
     except rest_format.JsonTensorError as error:
