@@ -26,8 +26,8 @@ import numpy as np
 # The TensorFlow Serving releases exports are made for, each carrying the TensorFlow of its
 # own version: the deployment files run the newest (serving/kubernetes/deployment.yaml,
 # serving/launch.sh); CI runs every kind of export under the oldest's TensorFlow. setup.cfg's
-# tensorflow range spans the two, so an export is never written by a TensorFlow newer than
-# the server's; `unet-keras export` warns if one is. Tests read all of them.
+# tensorflow range starts at the oldest; `unet-keras export` warns when a TensorFlow newer
+# than the deployment image's writes an export. Tests read all of them.
 TF_SERVING_VERSION = "2.20.0"
 OLDEST_TF_SERVING_VERSION = "2.18.0"
 

@@ -455,12 +455,16 @@ def _warn_if_newer_than_the_server(version: Path) -> None:
     if minor(tf.__version__) <= minor(contract.TF_SERVING_VERSION):
         return
     serving = contract.TF_SERVING_VERSION
+    minor = ".".join(serving.split(".")[:2])
     log.warning(
         "%s was written by TensorFlow %s, newer than the %s of the deployment image "
-        "(tensorflow/serving:%s), which may not load what newer releases write. Export with "
-        "that TensorFlow (pip install 'tensorflow==%s.*'), or move the deployment to a "
-        "matching image (unet_keras/contract.py TF_SERVING_VERSION, serving/).",
-        version, tf.__version__, serving, serving, ".".join(serving.split(".")[:2]),
+        "(tensorflow/serving:%s), which may not load ops or attributes added since (CI runs "
+        "this project's exports under TensorFlow %s). To be sure, export with the image's "
+        "TensorFlow: pip install 'tensorflow==%s.*', and set "
+        "PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION=python (tensorflow-serving-api %s's messages "
+        "need it under today's protobuf); or serve from a newer image when there is one.",
+        version, tf.__version__, serving, serving, contract.OLDEST_TF_SERVING_VERSION,
+        minor, minor,
     )  # fmt: skip
 
 
