@@ -77,8 +77,8 @@ def model_row(run_dir: Path) -> str:
     """A table row: the run's pixel error unshifted and at its best shift, on both sets."""
     import json
 
-    from unet_keras.config import AugmentConfig
     from unet_keras.saving import read_record
+    from unet_keras.training.training_settings import AugmentConfig
 
     record = read_record(run_dir)
     # From the run's settings: records written before they named their symmetries say "all".

@@ -72,10 +72,10 @@ def export_random_unet(folder: Path, filters: int = 16, **export_options: object
     """
     import keras
 
-    from unet_keras.config import MaskConfig, ModelConfig, ModelRecord, NormalizationConfig
+    from unet_keras.exports.savedmodel import export_model
     from unet_keras.model import build_unet
+    from unet_keras.record import MaskConfig, ModelConfig, ModelRecord, NormalizationConfig
     from unet_keras.saving import save_model
-    from unet_keras.serving.export import export_model
 
     keras.utils.set_random_seed(0)
     config = ModelConfig(filters=filters)

@@ -44,8 +44,8 @@ def measure(filters: int, calls: int, folder: Path) -> dict:
     import tensorflow as tf
     from common import export_random_unet, interleaved_timings
 
+    from unet_keras.exports.savedmodel import variables_bytes
     from unet_keras.geometry import context_margin
-    from unet_keras.serving.export import variables_bytes
 
     model, version = export_random_unet(folder, filters)
     weights = variables_bytes(model)

@@ -29,9 +29,9 @@ def segmenter(**options):
     """A Segmenter for the default configuration with random weights."""
     import keras
 
-    from unet_keras.config import MaskConfig, ModelConfig, ModelRecord, NormalizationConfig
     from unet_keras.inference.segmenter import Segmenter
     from unet_keras.model import build_unet
+    from unet_keras.record import MaskConfig, ModelConfig, ModelRecord, NormalizationConfig
 
     keras.utils.set_random_seed(0)
     config = ModelConfig(filters=16)

@@ -228,7 +228,6 @@ def score_rows(
     """The table's rows: the trivial answer, then the model with and without TTA at 0.5, at
     the threshold chosen on validation (also with watershed objects), at the best
     threshold on the held-out sections and at the best by the challenge's pixel error."""
-    from unet_keras.config import InstanceConfig
     from unet_keras.evaluation.report import evaluate_path
     from unet_keras.evaluation.scores import (
         isbi_pixel_errors,
@@ -236,6 +235,7 @@ def score_rows(
         pixel_counts,
         segmentation_scores,
     )
+    from unet_keras.inference.inference_settings import InstanceConfig
     from unet_keras.inference.segmenter import Segmenter
     from unet_keras.saving import read_record
 

@@ -24,8 +24,9 @@ import tensorflow as tf
 from common import publish
 
 import unet_keras as uk
-from unet_keras.config import ModelConfig, TrainConfig
+from unet_keras.record import ModelConfig
 from unet_keras.training.fit import compiled_model
+from unet_keras.training.training_settings import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 ISBI = ROOT.parent / "shared" / "data" / "isbi2012" / "train"

@@ -23,7 +23,7 @@ import subprocess
 import sys
 import time
 
-from unet_keras.config import TrainConfig
+from unet_keras.training.training_settings import TrainConfig
 
 DEFAULTS = TrainConfig()
 # name -> (filters, padding, input tile, batch)
@@ -67,8 +67,9 @@ def _keras_steps(name: str, precision: str, steps: int) -> list[float]:
     load_tensorflow(DEFAULTS.onednn, filters)  # the kernels a training run would choose
     import keras
 
-    from unet_keras.config import ModelConfig, TrainConfig
+    from unet_keras.record import ModelConfig
     from unet_keras.training.fit import compiled_model
+    from unet_keras.training.training_settings import TrainConfig
 
     keras.mixed_precision.set_global_policy(
         "mixed_bfloat16" if precision == "bfloat16" else "float32"

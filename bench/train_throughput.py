@@ -56,9 +56,10 @@ def _worker(name: str, precision: str, steps: int) -> None:
     import keras
     import numpy as np
 
-    from unet_keras.config import ModelConfig, TrainConfig
     from unet_keras.geometry import output_size
+    from unet_keras.record import ModelConfig
     from unet_keras.training.fit import compiled_model
+    from unet_keras.training.training_settings import TrainConfig
 
     filters, tile, batch = MODELS[name]
     policy, jit = PRECISIONS[precision]

@@ -30,8 +30,8 @@ def random_unet(folder: Path) -> Path:
     """The default network (16 filters, depth 4, valid) with seeded weights, saved."""
     import keras
 
-    from unet_keras.config import MaskConfig, ModelConfig, ModelRecord, NormalizationConfig
     from unet_keras.model import build_unet
+    from unet_keras.record import MaskConfig, ModelConfig, ModelRecord, NormalizationConfig
     from unet_keras.saving import save_model
 
     keras.utils.set_random_seed(0)
@@ -50,7 +50,7 @@ def synthetic_volume(path: Path, sections: int, size: int) -> None:
     """A uint8 volume of smooth random blobs, written section by section (bounded memory)."""
     import numpy as np
 
-    from unet_keras.io.volumes import create_volume
+    from unet_keras.io.ome_zarr import create_volume
 
     volume = create_volume(path, (sections, size, size), (1, min(CHUNK, size), min(CHUNK, size)))
     rng = np.random.default_rng(0)
@@ -124,7 +124,7 @@ def scaling_run(model: Path, volume: Path, warm: Path, workers: int) -> float:
 
         with Client(address, timeout=60) as client:
             client.wait_for_workers(workers, timeout=120)
-        from unet_keras.config import InferenceConfig
+        from unet_keras.inference.inference_settings import InferenceConfig
         from unet_keras.inference.segmenter import Segmenter
         from unet_keras.inference.volumes import open_job, predict_volume
 

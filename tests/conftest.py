@@ -71,7 +71,7 @@ def tiny_model_file(tmp_path: Path):
 @pytest.fixture
 def membrane_white_model(tiny_model_file) -> Path:
     """The tiny U-Net whose masks are drawn membrane-white, (255, 0): its `.keras` file."""
-    from unet_keras.config import MaskConfig
+    from unet_keras.record import MaskConfig
 
     return tiny_model_file(mask=MaskConfig((255, 0)), seed=5)
 
@@ -100,7 +100,7 @@ def tiny_server(tiny_export: Path, tmp_path_factory: pytest.TempPathFactory):
 @pytest.fixture(scope="session")
 def synthetic_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Six 96x96 synthetic image/mask pairs in images/ and masks/ (ISBI convention)."""
-    from unet_keras.config import SyntheticConfig
+    from unet_keras.io.data_settings import SyntheticConfig
     from unet_keras.workflows import synthetic
 
     return synthetic(SyntheticConfig(str(tmp_path_factory.mktemp("data")), count=6, size=96))

@@ -1,7 +1,7 @@
 """Models and a server process for the model-server tests, also for a real TF Serving.
 
 `python -m tests.serving_fixtures DIR`, from the repository root, writes the models that
-the conformance tests (tests/serving/test_grpc_services.py, test_rest_api.py) expect,
+the conformance tests (tests/server/test_grpc_services.py, test_rest_api.py) expect,
 `DIR/models.config` for `tensorflow_model_server --model_config_file` (with the label
 `stable` on half_plus_two's version, so the server needs
 `--allow_version_labels_for_unavailable_models`) and `DIR/monitoring.config` for
@@ -31,11 +31,11 @@ from tensorflow_serving.apis import get_model_status_pb2, model_service_pb2_grpc
 
 from tests.tf_serving_runtime import SavedModelSession, TFStatusError
 from unet_keras import contract
-from unet_keras.config import MaskConfig, ModelConfig, ModelRecord, NormalizationConfig
+from unet_keras.exports.savedmodel import export_model
 from unet_keras.model import build_unet
+from unet_keras.record import MaskConfig, ModelConfig, ModelRecord, NormalizationConfig
 from unet_keras.saving import save_model
-from unet_keras.serving.export import export_model
-from unet_keras.serving.models import ModelEntry, ModelRegistry
+from unet_keras.server.models import ModelEntry, ModelRegistry
 
 HALF_PLUS_TWO = "half_plus_two"
 HALF_PLUS_TWO_VERSION = 123

@@ -13,14 +13,10 @@ import pytest
 from PIL import Image
 
 from unet_keras import cli
-from unet_keras.config import (
-    MAX_MESSAGE_BYTES,
-    ModelConfig,
-    ServeConfig,
-    Settings,
-    TrainConfig,
-    choices,
-)
+from unet_keras.record import ModelConfig
+from unet_keras.server.server_settings import MAX_MESSAGE_BYTES, ServeConfig
+from unet_keras.settings import Settings, choices
+from unet_keras.training.training_settings import TrainConfig
 
 # A tiny model on small images: depth 2 valid padding takes 60 px tiles to 20 px outputs.
 TINY = ["--depth", "2", "--filters", "4", "--padding", "valid", "--tile", "60"]

@@ -7,20 +7,18 @@ from pathlib import Path
 
 import pytest
 
-from unet_keras.config import (
-    AugmentConfig,
+from unet_keras.inference.inference_settings import InferenceConfig, PredictConfig
+from unet_keras.record import (
     Calibration,
-    InferenceConfig,
     MaskConfig,
     ModelConfig,
     ModelRecord,
     NormalizationConfig,
-    PredictConfig,
-    ServeConfig,
-    Settings,
     TileSizes,
-    TrainConfig,
 )
+from unet_keras.server.server_settings import ServeConfig
+from unet_keras.settings import Settings
+from unet_keras.training.training_settings import AugmentConfig, TrainConfig
 
 ALL = [
     MaskConfig(),

@@ -16,6 +16,7 @@ import tensorflow as tf
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from unet_keras.exports.graph_tiles import GraphAxis
 from unet_keras.geometry import (
     DEFAULT_OUTPUT_TILE,
     check_input_size,
@@ -25,15 +26,12 @@ from unet_keras.geometry import (
     mirror_index,
     output_size,
     plan_blocks,
-    plan_image_windows,
     plan_tiles,
-    plan_windows,
     receptive_reach,
-    stitch,
     tiles_within,
     valid_input_size,
 )
-from unet_keras.serving.export import GraphAxis
+from unet_keras.windows import plan_image_windows, plan_windows, stitch
 
 
 def simulate_valid(n: int, depth: int) -> int | None:
@@ -241,8 +239,8 @@ def test_receptive_reach_is_how_far_a_real_unets_output_responds(depth):
 
 def test_windows_with_the_reach_reproduce_the_whole_image_and_less_does_not():
     """What the client and volume blocks rely on, with a real network and Segmenter."""
-    from unet_keras.config import MaskConfig, ModelConfig, ModelRecord, NormalizationConfig
     from unet_keras.inference.segmenter import Segmenter
+    from unet_keras.record import MaskConfig, ModelConfig, ModelRecord, NormalizationConfig
 
     depth = 2
     model = tiny_valid_unet(depth)

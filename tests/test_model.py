@@ -6,11 +6,11 @@ import keras
 import numpy as np
 import pytest
 
-from unet_keras.config import ModelConfig
 from unet_keras.geometry import (
     output_size,
 )
 from unet_keras.model import build_unet
+from unet_keras.record import ModelConfig
 
 
 def run(model: keras.Model, images: np.ndarray) -> np.ndarray:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import unet_keras
 from unet_keras.cli import settings_table
-from unet_keras.config import TrainConfig
+from unet_keras.training.training_settings import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from unet_keras import contract
-from unet_keras.config import Calibration
+from unet_keras.record import Calibration
 from unet_keras.saving import load_model, load_network, read_record, save_model, update_record
 
 

@@ -1,6 +1,7 @@
 """The `unet-keras` command: one subcommand per job, its flags made from the job's settings.
 
-Each subcommand is a settings class of `unet_keras.config` and a job of
+Each subcommand is a settings class of its stage (`training.training_settings`, ...) and
+a job of
 `unet_keras.workflows`: the flags, their help, choices and defaults come from the class's
 fields, the job does all the work, and this module only parses and prints.
 """
@@ -19,20 +20,13 @@ from pathlib import Path
 from typing import Any
 
 from unet_keras import workflows
-from unet_keras.config import (
-    UNSUPPORTED_SERVER_FLAGS,
-    EvaluateConfig,
-    ExportConfig,
-    InspectConfig,
-    PredictConfig,
-    ServeConfig,
-    Settings,
-    SyntheticConfig,
-    TrainConfig,
-    choices,
-    field_types,
-    unwrap_optional,
-)
+from unet_keras.evaluation.evaluation_settings import EvaluateConfig
+from unet_keras.exports.export_settings import ExportConfig
+from unet_keras.inference.inference_settings import PredictConfig
+from unet_keras.io.data_settings import SyntheticConfig
+from unet_keras.server.server_settings import UNSUPPORTED_SERVER_FLAGS, ServeConfig
+from unet_keras.settings import Settings, choices, field_types, unwrap_optional
+from unet_keras.training.training_settings import InspectConfig, TrainConfig
 
 
 @dataclasses.dataclass(frozen=True)

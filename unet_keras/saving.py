@@ -21,9 +21,9 @@ import keras
 
 import unet_keras.model  # noqa: F401  (registers the layers a model file needs)
 from unet_keras import contract
-from unet_keras.config import ModelRecord
 from unet_keras.io.atomic import atomic_path
 from unet_keras.pretrained_models import SHIPPED, resolve
+from unet_keras.record import ModelRecord
 
 
 def save_model(model: keras.Model, path: str | os.PathLike, record: ModelRecord) -> None:

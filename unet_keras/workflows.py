@@ -8,21 +8,16 @@ validation images, which needs inference and evaluation.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from pathlib import Path
 from typing import Any
 
-from unet_keras.config import (
-    EvaluateConfig,
-    ExportConfig,
-    InferenceConfig,
-    InspectConfig,
-    PredictConfig,
-    ServeConfig,
-    SyntheticConfig,
-    TrainConfig,
-)
+from unet_keras.evaluation.evaluation_settings import EvaluateConfig
+from unet_keras.exports.export_settings import ExportConfig
+from unet_keras.inference.inference_settings import InferenceConfig, PredictConfig
+from unet_keras.io.data_settings import SyntheticConfig
+from unet_keras.server.server_settings import ServeConfig
+from unet_keras.training.training_settings import InspectConfig, TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +55,7 @@ def segmenter(model: str, inference: InferenceConfig) -> Any:
     """The `Segmenter` for a run directory, `.keras` file or export, run as `inference` says."""
     from unet_keras.inference.segmenter import Segmenter
 
-    return Segmenter.from_path(model, **dataclasses.asdict(inference))
+    return Segmenter.from_path(model, **inference.segmenter_options())
 
 
 def predict(config: PredictConfig, progress: bool = True) -> Any:
@@ -71,7 +66,7 @@ def predict(config: PredictConfig, progress: bool = True) -> Any:
     Dask cluster (`unet_keras.inference.volumes`); rerun, it completes an unfinished store.
     """
     from unet_keras.inference.predict import predict_path
-    from unet_keras.io.volumes import is_zarr
+    from unet_keras.io.ome_zarr import is_zarr
 
     if is_zarr(config.input):
         return predict_volume(config, progress)
@@ -144,20 +139,24 @@ def evaluate(config: EvaluateConfig, progress: bool = True) -> dict[str, Any]:
 def export(config: ExportConfig) -> Path:
     """Exports a model as the next (or the given) SavedModel version, or as a BioImage.IO
     package; returns its folder or file."""
-    options = {"tile": config.tile, "overlap": config.overlap, "threshold": config.threshold}
+    tile, overlap, threshold = config.tiling.tile, config.tiling.overlap, config.threshold
     if config.format == "bioimageio":
-        from unet_keras.serving.bioimageio import export_bioimageio
+        from unet_keras.exports.bioimageio import export_bioimageio
 
-        return export_bioimageio(config.model, config.output, **options)
-    from unet_keras.serving.export import export_model
+        return export_bioimageio(
+            config.model, config.output, tile=tile, overlap=overlap, threshold=threshold
+        )
+    from unet_keras.exports.savedmodel import export_model
 
     return export_model(
         config.model,
         config.base_path,
         config.version,
-        warmup=config.warmup,
+        tile=tile,
+        overlap=overlap,
+        threshold=threshold,
         max_pixels=config.max_pixels,
-        **options,
+        warmup=config.warmup,
     )
 
 
@@ -166,9 +165,9 @@ def serve(config: ServeConfig) -> int:
     the exit status (0 after a clean stop, 1 when it cannot start).
 
     A process's job: requests still computing `grace_seconds` after the signal end the
-    process at once (see `unet_keras.serving.server.serve`).
+    process at once (see `unet_keras.server.serve.serve`).
     """
-    from unet_keras.serving.server import serve as run_server
+    from unet_keras.server.serve import serve as run_server
 
     return run_server(config, exit_when_stuck=True)
 

@@ -24,7 +24,7 @@ import numpy as np
 
 from unet_keras.client import messages
 from unet_keras.client.tensors import make_ndarray, make_tensor_proto
-from unet_keras.config import MaskConfig, ModelConfig, ModelRecord, NormalizationConfig
+from unet_keras.record import MaskConfig, ModelConfig, ModelRecord, NormalizationConfig
 
 SIGNATURE_DEFS = {
     "serving_default": {

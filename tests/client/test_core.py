@@ -229,8 +229,8 @@ def test_segment_many_keeps_order_and_bounds_concurrency(client: Any, fake: Fake
 def same_padding_server(tmp_path_factory: pytest.TempPathFactory) -> Any:
     """`unet-keras serve` of a same-padding tiny U-Net; (ServerProcess, version folder)."""
     from tests.serving_fixtures import UNET, ServerProcess, save_unet
-    from unet_keras.config import ModelConfig
-    from unet_keras.serving.export import export_model
+    from unet_keras.exports.savedmodel import export_model
+    from unet_keras.record import ModelConfig
 
     folder = tmp_path_factory.mktemp("same")
     config = ModelConfig(filters=4, depth=2, padding="same", dropout=0.0)
@@ -292,7 +292,7 @@ def test_unet_client_writes_what_the_export_computes(
 ) -> None:
     from PIL import Image
 
-    from unet_keras.client import cli as client_cli
+    from unet_keras.client import command as client_cli
 
     image = np.random.default_rng(7).integers(0, 256, (150, 170), dtype=np.uint8)
     Image.fromarray(image).save(tmp_path / "a.png")
@@ -310,8 +310,8 @@ def test_unet_client_labels_objects_as_predict_does(
     import tifffile
     from PIL import Image
 
-    from unet_keras.client import cli as client_cli
-    from unet_keras.config import InstanceConfig
+    from unet_keras.client import command as client_cli
+    from unet_keras.inference.inference_settings import InstanceConfig
     from unet_keras.inference.instances import label_objects
     from unet_keras.io.masks import mask_to_labels
     from unet_keras.saving import read_record

@@ -16,7 +16,7 @@ from PIL import Image
 from tests.client.conftest import FAST_RETRY
 from tests.client.fake_serving import FakeServing
 from unet_keras.client import SegmentationClient, ServingError, make_tensor_proto, messages
-from unet_keras.client import cli as client_cli
+from unet_keras.client import command as client_cli
 
 DT = messages.enum_values("tensorflow.DataType")
 

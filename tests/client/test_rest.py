@@ -22,7 +22,7 @@ from unet_keras.client import (
     SegmentationClient,
     ServingError,
 )
-from unet_keras.client.cli import main as client_main
+from unet_keras.client.command import main as client_main
 
 NO_RETRY = RetryPolicy(attempts=1)
 
@@ -31,9 +31,9 @@ NO_RETRY = RetryPolicy(attempts=1)
 def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
     """The tiny U-Net export served in this process: (gRPC address, REST address)."""
     from tests.serving_fixtures import UNET, export_unet, registry_for
-    from unet_keras.serving.grpc_services import build_server
-    from unet_keras.serving.http_server import RestServer
-    from unet_keras.serving.models import ModelEntry
+    from unet_keras.server.grpc_services import build_server
+    from unet_keras.server.http_server import RestServer
+    from unet_keras.server.models import ModelEntry
 
     folder = tmp_path_factory.mktemp("rest_client")
     export_unet(folder)

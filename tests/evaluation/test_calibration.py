@@ -7,12 +7,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from unet_keras.config import MaskConfig
 from unet_keras.evaluation.calibration import calibrate_threshold
+from unet_keras.exports.savedmodel import ServingModule
 from unet_keras.inference.segmenter import Segmenter
 from unet_keras.io.sample import Sample
+from unet_keras.record import MaskConfig
 from unet_keras.saving import load_model, save_model
-from unet_keras.serving.export import ServingModule
 
 
 def _saved_with_spread_probabilities(

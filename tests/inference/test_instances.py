@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from unet_keras.config import InstanceConfig
+from unet_keras.inference.inference_settings import InstanceConfig
 from unet_keras.inference.instances import instance_labels, label_objects, link_sections
 
 

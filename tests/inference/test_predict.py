@@ -124,8 +124,9 @@ def test_predict_instances_on_isbi_test_sections_writes_labels_evaluate_scores(
     from skimage.measure import label
     from skimage.metrics import adapted_rand_error
 
-    from unet_keras.config import InstanceConfig, MaskConfig
     from unet_keras.evaluation.report import evaluate_path
+    from unet_keras.inference.inference_settings import InstanceConfig
+    from unet_keras.record import MaskConfig
 
     model = tiny_model_file(mask=MaskConfig((0, 255)), seed=3)
     sections = sorted((isbi / "test" / "images").glob("*.png"))[:3]

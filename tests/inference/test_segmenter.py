@@ -7,10 +7,10 @@ import dataclasses
 import numpy as np
 import pytest
 
-from unet_keras.config import ModelConfig
 from unet_keras.geometry import context_margin, input_size_for_output, plan_blocks, plan_tiles
 from unet_keras.inference.segmenter import DIHEDRAL, Segmenter, dihedral
 from unet_keras.io.sample import DataError
+from unet_keras.record import ModelConfig
 
 
 @pytest.fixture

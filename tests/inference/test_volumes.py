@@ -16,14 +16,14 @@ import zarr
 
 from unet_keras import workflows
 from unet_keras.cli import main
-from unet_keras.config import PredictConfig
+from unet_keras.inference.inference_settings import InferenceConfig, PredictConfig
 from unet_keras.inference.segmenter import Segmenter
 from unet_keras.inference.volumes import environment_restored
-from unet_keras.io.volumes import create_volume
+from unet_keras.io.ome_zarr import create_volume
 
 # Tiles of 76 pixels (36 out) on 32-pixel chunks and 40-pixel blocks: tiles straddle
 # blocks, and blocks straddle chunks, so every seam is crossed.
-INFERENCE = {"tile": 76, "batch_size": 2}
+INFERENCE = {"tiling": {"tile": 76}, "batch_size": 2}
 
 
 def make_volume(path: Path, shape: tuple[int, ...], zarr_format: int = 3, ome: bool = False):
@@ -38,7 +38,8 @@ def whole_sections(
     model: Path, pixels: np.ndarray, inference: dict = INFERENCE
 ) -> tuple[np.ndarray, np.ndarray]:
     """Masks and probabilities (classes first) of each section predicted whole."""
-    segmenter = Segmenter.from_path(model, **inference)
+    options = InferenceConfig.from_dict(inference).segmenter_options()
+    segmenter = Segmenter.from_path(model, **options)
     sections = pixels.reshape(-1, *pixels.shape[-2:])
     maps = np.stack([segmenter.probabilities(s[..., None]) for s in sections])
     masks = np.stack([segmenter.mask(segmenter.labels(p)) for p in maps])
@@ -85,7 +86,7 @@ def test_blocks_equal_whole_sections(
 
 @pytest.mark.parametrize("link", [False, True])
 def test_objects_of_a_volume_equal_those_of_its_whole_sections(tmp_path, tiny_model_file, link):
-    from unet_keras.config import InstanceConfig
+    from unet_keras.inference.inference_settings import InstanceConfig
     from unet_keras.inference.instances import label_objects, link_sections
     from unet_keras.io.masks import mask_to_labels
 

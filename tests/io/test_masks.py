@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from unet_keras.config import MaskConfig
 from unet_keras.io.masks import IGNORED, infer_mask_config, labels_to_mask, mask_to_labels
 from unet_keras.io.sample import DataError
+from unet_keras.record import MaskConfig
 
 
 def test_mask_to_labels_follows_class_value_order():

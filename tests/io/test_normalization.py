@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from unet_keras.config import NormalizationConfig
 from unet_keras.io.normalization import fit_normalization, normalize
 from unet_keras.io.sample import DataError
+from unet_keras.record import NormalizationConfig
 
 RNG = np.random.default_rng(0)
 

@@ -1,4 +1,4 @@
-"""unet_keras.io.volumes: Zarr and OME-Zarr volumes described, outputs created or resumed."""
+"""unet_keras.io.ome_zarr: Zarr and OME-Zarr volumes described, outputs created or resumed."""
 
 from __future__ import annotations
 
@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 import zarr
 
-from unet_keras.io.sample import DataError
-from unet_keras.io.volumes import (
+from unet_keras.io.ome_zarr import (
     OutputImage,
     create_output,
     create_volume,
@@ -17,6 +16,7 @@ from unet_keras.io.volumes import (
     open_volume,
     split_store,
 )
+from unet_keras.io.sample import DataError
 
 
 @pytest.mark.parametrize("zarr_format", [2, 3])

@@ -29,7 +29,7 @@ def test_tensorflow_loads_with_the_choice_and_the_environment_is_left_as_it_was(
     # (test_fit's first run checks auto and --onednn off end to end.) Training prepares
     # its data first: that must not load TensorFlow, or the choice would come too late.
     probe = (
-        "import os, sys; from unet_keras.config import TrainConfig; "
+        "import os, sys; from unet_keras.training.training_settings import TrainConfig; "
         "from unet_keras.training.prepare import prepare_data; "
         f"prepare_data(TrainConfig(data={str(synthetic_data)!r})); "
         "print('tensorflow' in sys.modules, end=' '); "

@@ -4,12 +4,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from unet_keras.config import AugmentConfig, MaskConfig
 from unet_keras.io.normalization import fit_normalization
 from unet_keras.io.readers import load_dataset
 from unet_keras.io.sample import Sample
+from unet_keras.record import MaskConfig
 from unet_keras.training import pipeline
 from unet_keras.training.prepare import Example, prepare_examples
+from unet_keras.training.training_settings import AugmentConfig
 
 NO_AUGMENTATION = AugmentConfig(elastic=False, flips=False, rotations=False)
 MASKS = MaskConfig((0, 255))

@@ -4,11 +4,12 @@ the mask convention and model shape a run settles."""
 import numpy as np
 import pytest
 
-from unet_keras.config import AugmentConfig, MaskConfig, NormalizationConfig, TrainConfig
 from unet_keras.io.normalization import fit_normalization
 from unet_keras.io.sample import Sample
 from unet_keras.io.synthetic import synthetic_em_images
+from unet_keras.record import MaskConfig, NormalizationConfig
 from unet_keras.training.prepare import prepare_data, prepare_examples, split_by_image
+from unet_keras.training.training_settings import AugmentConfig, TrainConfig
 
 MASKS = MaskConfig((0, 255))
 
@@ -51,10 +52,10 @@ def test_split_is_by_whole_image_and_seeded():
 def test_unlabelled_pixels_stay_unlabelled_through_the_pipeline():
     """Sparse masks: unlabelled pixels are IGNORED with weight 0 in the examples, and in
     every deformed, flipped training tile the losses see them with weight 0."""
-    from unet_keras.config import AugmentConfig
     from unet_keras.io.masks import IGNORED
     from unet_keras.training.losses import split_targets
     from unet_keras.training.pipeline import training_dataset
+    from unet_keras.training.training_settings import AugmentConfig
 
     samples = synthetic_em_images(2, (96, 96))
     for sample in samples:

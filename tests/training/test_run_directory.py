@@ -5,7 +5,7 @@ import json
 import pytest
 
 from unet_keras import cli
-from unet_keras.config import TrainConfig
+from unet_keras.training.training_settings import TrainConfig
 
 # A tiny model on small images: depth 2 valid padding takes 60 px tiles to 20 px outputs.
 TINY = ["--depth", "2", "--filters", "4", "--padding", "valid", "--tile", "60"]

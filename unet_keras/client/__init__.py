@@ -70,44 +70,48 @@ From the shell: `unet-client segment INPUT -o OUTPUT --server HOST:PORT` writes
 
 from __future__ import annotations
 
-from unet_keras.client.aio import AsyncSegmentationClient
-from unet_keras.client.config import ChannelConfig, RetryPolicy
-from unet_keras.client.errors import (
-    CancelledError,
-    DeadlineExceededError,
-    FailedPreconditionError,
-    InternalError,
-    InvalidArgumentError,
-    NotFoundError,
-    PermissionDeniedError,
-    ResourceExhaustedError,
-    ServingError,
-    UnauthenticatedError,
-    UnavailableError,
-    UnimplementedError,
-)
-from unet_keras.client.protocol import Segmentation
-from unet_keras.client.sync import SegmentationClient
-from unet_keras.client.tensors import make_ndarray, make_tensor_proto
+import importlib
+from typing import Any
 
-__all__ = [
-    "AsyncSegmentationClient",
-    "CancelledError",
-    "ChannelConfig",
-    "DeadlineExceededError",
-    "FailedPreconditionError",
-    "InternalError",
-    "InvalidArgumentError",
-    "NotFoundError",
-    "PermissionDeniedError",
-    "ResourceExhaustedError",
-    "RetryPolicy",
-    "Segmentation",
-    "SegmentationClient",
-    "ServingError",
-    "UnauthenticatedError",
-    "UnavailableError",
-    "UnimplementedError",
-    "make_ndarray",
-    "make_tensor_proto",
-]
+# Public name -> module that defines it; resolved on first use (PEP 562), so that the
+# client's own modules, which import each other through this package, import no cycle.
+_EXPORTS = {
+    "AsyncSegmentationClient": "unet_keras.client.aio",
+    "ChannelConfig": "unet_keras.client.config",
+    "RetryPolicy": "unet_keras.client.config",
+    **{
+        name: "unet_keras.client.errors"
+        for name in (
+            "CancelledError",
+            "DeadlineExceededError",
+            "FailedPreconditionError",
+            "InternalError",
+            "InvalidArgumentError",
+            "NotFoundError",
+            "PermissionDeniedError",
+            "ResourceExhaustedError",
+            "ServingError",
+            "UnauthenticatedError",
+            "UnavailableError",
+            "UnimplementedError",
+        )
+    },
+    "Segmentation": "unet_keras.client.protocol",
+    "SegmentationClient": "unet_keras.client.sync",
+    "make_ndarray": "unet_keras.client.tensors",
+    "make_tensor_proto": "unet_keras.client.tensors",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    """Imports a public name's module on first access."""
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'unet_keras.client' has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)
+
+
+def __dir__() -> list[str]:
+    """Lists the public names next to the module's own."""
+    return sorted(set(globals()) | set(__all__))

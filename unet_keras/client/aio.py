@@ -12,7 +12,7 @@ import numpy as np
 from unet_keras.client.core import Call, ClientCore, Operation
 from unet_keras.client.errors import ServingError, from_rpc_error
 from unet_keras.client.protocol import Segmentation, Version
-from unet_keras.config import ModelRecord
+from unet_keras.record import ModelRecord
 
 T = TypeVar("T")
 

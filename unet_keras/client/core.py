@@ -29,7 +29,7 @@ from unet_keras.client.errors import (
 )
 from unet_keras.client.protocol import Layout, Segmentation, Version
 from unet_keras.client.rest import RestTransport
-from unet_keras.config import ModelRecord
+from unet_keras.record import ModelRecord
 
 METHODS = (messages.PREDICT, messages.GET_MODEL_METADATA, messages.GET_MODEL_STATUS)
 T = TypeVar("T")

@@ -19,8 +19,9 @@ from unet_keras import contract
 from unet_keras.client import messages
 from unet_keras.client.config import ChannelConfig
 from unet_keras.client.tensors import dtype_name, make_ndarray, make_tensor_proto
-from unet_keras.config import ModelRecord
-from unet_keras.geometry import Window, plan_image_windows, receptive_reach, stitch, whole_image
+from unet_keras.geometry import receptive_reach
+from unet_keras.record import ModelRecord
+from unet_keras.windows import Window, plan_image_windows, stitch, whole_image
 
 log = logging.getLogger(__name__)
 

@@ -31,7 +31,6 @@ import logging
 import os
 from collections.abc import Sequence
 
-from unet_keras.config import Calibration
 from unet_keras.evaluation.scores import (
     SWEEP_THRESHOLDS,
     best_threshold,
@@ -41,6 +40,7 @@ from unet_keras.evaluation.scores import (
 from unet_keras.inference.segmenter import Segmenter
 from unet_keras.io.masks import IGNORED, mask_to_labels
 from unet_keras.io.sample import Sample
+from unet_keras.record import Calibration
 from unet_keras.saving import update_record
 
 log = logging.getLogger(__name__)

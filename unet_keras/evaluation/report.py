@@ -12,7 +12,6 @@ from typing import Any
 
 import numpy as np
 
-from unet_keras.config import InstanceConfig
 from unet_keras.evaluation.figures import evaluation_figure, instance_figure
 from unet_keras.evaluation.scores import (
     SWEEP_THRESHOLDS,
@@ -23,6 +22,7 @@ from unet_keras.evaluation.scores import (
     segmentation_scores,
     threshold_sweep,
 )
+from unet_keras.inference.inference_settings import InstanceConfig
 from unet_keras.inference.instances import instance_labels, label_objects
 from unet_keras.inference.segmenter import Segmenter
 from unet_keras.io.atomic import atomic_path

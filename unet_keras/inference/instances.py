@@ -24,7 +24,7 @@ from typing import Literal
 
 import numpy as np
 
-from unet_keras.config import InstanceConfig
+from unet_keras.inference.inference_settings import InstanceConfig
 
 InstanceMethod = Literal["cc", "watershed"]
 INSTANCE_METHODS: tuple[str, ...] = ("cc", "watershed")

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from unet_keras.config import InstanceConfig
+from unet_keras.inference.inference_settings import InstanceConfig
 from unet_keras.inference.instances import label_objects, link_sections
 from unet_keras.inference.overlays import boundary_overlay
 from unet_keras.inference.segmenter import Segmenter

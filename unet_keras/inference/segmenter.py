@@ -22,18 +22,18 @@ import numpy as np
 import tensorflow as tf
 from tqdm.auto import tqdm
 
-from unet_keras.config import SYMMETRIES, ModelRecord
 from unet_keras.geometry import (
-    DEFAULT_OVERLAP,
-    DEFAULT_SAME_TILE,
     AxisTiles,
     plan_tiles,
+    same_overlap,
     tile_input_index,
     tiles_within,
 )
+from unet_keras.inference.inference_settings import check_threshold
 from unet_keras.io.masks import labels_to_mask
 from unet_keras.io.normalization import normalize
 from unet_keras.io.sample import DataError
+from unet_keras.record import SYMMETRIES, ModelRecord
 from unet_keras.saving import load_network
 
 # The 8 symmetries of the square: (quarter turns, flip left-right).
@@ -90,10 +90,9 @@ class Segmenter:
         self.mask_config = record.mask
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        check_threshold(threshold)
         if threshold is None:
             threshold = record.threshold_value
-        if not 0.0 < threshold < 1.0:
-            raise ValueError(f"threshold must be in (0, 1), got {threshold}")
         self.tile, self.batch_size, self.tta, self.threshold = tile, batch_size, tta, threshold
         self.symmetries = symmetry_group(record.symmetries) if tta else DIHEDRAL[:1]
         if tta and len(self.symmetries) == 1:
@@ -101,9 +100,7 @@ class Segmenter:
                 "--tta: the model was trained without flips or rotations, so test-time "
                 "augmentation has nothing to average; leave out --tta"
             )
-        if overlap is None:
-            overlap = int((tile or DEFAULT_SAME_TILE) * DEFAULT_OVERLAP)
-        self.overlap = overlap
+        self.overlap = same_overlap(tile, overlap)
         if tile is not None:
             self._plan_axis(tile)  # rejects unworkable tiles now
         # One graph for every tile shape: tracing again per shape costs more than it gains.

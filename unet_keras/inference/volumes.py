@@ -29,14 +29,13 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from unet_keras.config import InferenceConfig, InstanceConfig
 from unet_keras.geometry import plan_blocks
+from unet_keras.inference.inference_settings import InferenceConfig, InstanceConfig
 from unet_keras.inference.instances import join_links, label_objects, section_links
 from unet_keras.inference.predict import PredictionReport
 from unet_keras.inference.segmenter import Segmenter
 from unet_keras.io.masks import mask_to_labels
-from unet_keras.io.sample import DataError
-from unet_keras.io.volumes import (
+from unet_keras.io.ome_zarr import (
     LEVEL,
     PROGRESS,
     OutputImage,
@@ -44,6 +43,7 @@ from unet_keras.io.volumes import (
     create_output,
     open_volume,
 )
+from unet_keras.io.sample import DataError
 
 log = logging.getLogger(__name__)
 
@@ -309,7 +309,8 @@ def run_block(job: VolumeJob, block: tuple[int, ...]) -> tuple[int, ...]:
 @functools.lru_cache(maxsize=1)
 def _worker_segmenter(model: str, inference: str) -> Segmenter:
     """The model of this worker process, loaded once from the path every worker reads."""
-    return Segmenter.from_path(model, **json.loads(inference))
+    settings = InferenceConfig.from_dict(json.loads(inference))
+    return Segmenter.from_path(model, **settings.segmenter_options())
 
 
 def predict_block(

@@ -7,8 +7,8 @@ from collections.abc import Iterable
 import numpy as np
 import numpy.typing as npt
 
-from unet_keras.config import MaskConfig
 from unet_keras.io.sample import DataError
+from unet_keras.record import MaskConfig
 
 FOREGROUND_CHOICES = ("auto", "bright", "dark")
 

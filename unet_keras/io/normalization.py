@@ -6,8 +6,8 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from unet_keras.config import NormalizationConfig
 from unet_keras.io.sample import DataError
+from unet_keras.record import NormalizationConfig
 
 
 def fit_normalization(

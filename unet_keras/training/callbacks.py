@@ -13,8 +13,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from unet_keras.config import ModelRecord
 from unet_keras.io.atomic import atomic_path
+from unet_keras.record import ModelRecord
 from unet_keras.saving import save_model
 from unet_keras.training import distribute
 from unet_keras.training.run_directory import RunDirectory

@@ -14,8 +14,8 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from unet_keras.config import ModelConfig, TrainConfig
 from unet_keras.model import build_unet
+from unet_keras.record import ModelConfig
 from unet_keras.saving import load_model, save_model
 from unet_keras.training import distribute, pipeline
 from unet_keras.training.callbacks import (
@@ -30,6 +30,7 @@ from unet_keras.training.losses import CombinedLoss, DiceLoss, WeightedCrossEntr
 from unet_keras.training.metrics import Dice, IoU, PixelError
 from unet_keras.training.prepare import PreparedData, prepare_data
 from unet_keras.training.run_directory import RunDirectory
+from unet_keras.training.training_settings import TrainConfig
 from unet_keras.training.transfer import FreezeEncoder, initialize
 
 log = logging.getLogger(__name__)

@@ -17,10 +17,10 @@ from collections.abc import Sequence
 import numpy as np
 import tensorflow as tf
 
-from unet_keras.config import AugmentConfig
 from unet_keras.geometry import mirror_index
 from unet_keras.training import augment
 from unet_keras.training.prepare import Example
+from unet_keras.training.training_settings import AugmentConfig
 
 # The functions traced into the pipelines branch on Python settings only (tensor branches
 # are explicit `tf.cond`s), so AutoGraph's rewrite of their source would add nothing but

@@ -13,20 +13,14 @@ from typing import Protocol, TypeVar
 
 import numpy as np
 
-from unet_keras.config import (
-    MaskConfig,
-    ModelConfig,
-    ModelRecord,
-    NormalizationConfig,
-    TileSizes,
-    TrainConfig,
-)
 from unet_keras.geometry import check_input_size, output_size
 from unet_keras.io.masks import infer_mask_config, mask_to_labels
 from unet_keras.io.normalization import fit_normalization, normalize
 from unet_keras.io.readers import load_dataset
 from unet_keras.io.sample import Sample
 from unet_keras.io.synthetic import synthetic_em_images
+from unet_keras.record import MaskConfig, ModelConfig, ModelRecord, NormalizationConfig, TileSizes
+from unet_keras.training.training_settings import TrainConfig
 from unet_keras.training.weights import border_weight_map
 
 log = logging.getLogger(__name__)

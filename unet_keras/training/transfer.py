@@ -13,8 +13,8 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from unet_keras.config import ModelConfig, ModelRecord
 from unet_keras.pretrained_models import resolve
+from unet_keras.record import ModelConfig, ModelRecord
 from unet_keras.saving import load_model, read_record
 
 

@@ -1,2 +1,0 @@
-"""The serving stage: SavedModel export for TensorFlow Serving, and a local server with
-TensorFlow Serving's API."""

@@ -1,0 +1,200 @@
+"""The settings of `unet-keras train` (and `train_keras.py`), its augmentation, and of
+`unet-keras inspect`, which loads a data set as training would. TF-free."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+from unet_keras.record import SYMMETRIES, ModelConfig
+from unet_keras.settings import Settings, at_least, setting
+
+
+@dataclasses.dataclass(frozen=True)
+class AugmentConfig(Settings):
+    """Training augmentation: the paper's elastic deformation plus optional extras."""
+
+    elastic: bool = setting(
+        True, help="elastic deformation (random displacements on a coarse grid, as in the paper)"
+    )
+    elastic_grid: tuple[int, int] = setting(
+        (3, 3), help="control points of the displacement grid (rows columns)"
+    )
+    elastic_sigma: float = setting(
+        10.0, help="standard deviation of the grid displacements in pixels"
+    )
+    elastic_backend: Literal["tensorflow", "elasticdeform"] = setting(
+        "tensorflow", help="tensorflow (in-graph, parallel) or elasticdeform (reference)"
+    )
+    interpolation: Literal["linear", "cubic"] = setting(
+        "linear", help="image interpolation under deformation"
+    )
+    flips: bool = setting(True, help="random left-right flips")
+    # Off by default: a quarter turn also turns the annotation's own sub-pixel offset from
+    # the image (ISBI 2012's masks sit 0.6 px above the membranes), which the model then
+    # cannot learn; on ISBI, training without them cut held-out pixel error from 0.0858 to
+    # 0.0834 (4 and 3 runs of 900 s, docs/benchmarks.md). Left-right flips keep the
+    # vertical offset.
+    rotations: bool = setting(False, help="random 90-degree rotations")
+    gamma: float = setting(0.0, help="random gamma: exp(uniform(-g, g)); 0 disables it")
+    contrast: float = setting(0.0, help="random contrast factor in [1 - c, 1 + c]; 0 disables it")
+
+    def check(self) -> None:
+        if min(self.elastic_grid) < 2:
+            raise ValueError(
+                f"elastic_grid must be two sizes of at least 2, got {self.elastic_grid!r}"
+            )
+        at_least(self, 0, "elastic_sigma", "gamma", "contrast")
+
+    @property
+    def symmetries(self) -> str:
+        """The flips and quarter turns training draws from, as `ModelRecord.symmetries`."""
+        return next(k for k, v in SYMMETRIES.items() if v == (self.flips, self.rotations))
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig(Settings):
+    """Everything a training run needs; `train_keras.py` flags and config files set it."""
+
+    data: str | None = setting(
+        None,
+        help="data folder (images/ + masks/), ISBI TIFF stack, or images folder with --masks; "
+        "none: the embedded synthetic EM data set",
+    )
+    masks: str | None = setting(
+        None, help="masks folder or label stack when not beside the images"
+    )
+    class_values: tuple[int, ...] | None = setting(
+        None,
+        help="mask pixel value of each class, e.g. 0 255 (ISBI: membrane 0, cells 255) or "
+        "255 0 (membrane drawn white); none: inferred from the masks",
+    )
+    mask_threshold: float | None = setting(
+        None,
+        help="binary masks only: values at or above it are the larger class value (for lossy "
+        "masks)",
+    )
+    ignore_value: int | None = setting(
+        None,
+        help="mask pixel value of unlabelled pixels (sparse annotations): no loss, metric or "
+        "calibration counts them",
+    )
+    foreground: Literal["auto", "bright", "dark"] = setting(
+        "auto",
+        help="with inferred binary masks: which value marks the cells (auto: the majority "
+        "value, right for EM membrane masks)",
+    )
+    normalization: Literal["standardize", "unit_range"] = setting(
+        "standardize",
+        help="intensity normalisation learnt from the training images: standardize "
+        "(mean/std) or unit_range (divide by the dtype maximum)",
+    )
+    validation: int = setting(4, help="whole images held out for validation")
+    calibrate_by: Literal["auto", "adapted_rand_error", "pixel_error", "iou_0"] = setting(
+        "auto",
+        help="what the threshold chosen on the validation images after training optimises: "
+        "auto (pixel error; membrane IoU iou_0 with sparse masks), or adapted_rand_error "
+        "(objects; noisy on a few validation images); rerun a finished run to choose again",
+    )
+    # 16 filters, same padding, 256 px tiles: what a 2-core CPU learns most from in a budget
+    # (docs/benchmarks.md, the recipe study); --padding valid is the paper's network.
+    model: ModelConfig = setting(
+        ModelConfig(filters=16, padding="same"), help="the network's shape"
+    )
+    tile: int = setting(
+        256,
+        help="input tile side in pixels (valid padding: the output is 184 px smaller at depth 4)",
+    )
+    augment: AugmentConfig = setting(AugmentConfig(), help="the augmentations")
+    w0: float = setting(
+        3.0, help="border weight map: weight of the gaps between cells (paper: 10)"
+    )
+    sigma: float = setting(5.0, help="border weight map: width of the gaps in pixels")
+    loss: Literal["cross_entropy", "dice", "cross_entropy+dice"] = setting(
+        "cross_entropy", help="cross_entropy is weighted by the border map"
+    )
+    optimizer: Literal["adam", "sgd"] = setting(
+        "adam", help="adam, or sgd (the paper's, with --momentum)"
+    )
+    init_from: str | None = setting(
+        None,
+        help="start from trained weights: a .keras file, run directory, exported SavedModel "
+        "version or shipped model (isbi2012-membranes); its network must have this run's shape",
+    )
+    freeze_encoder: int = setting(
+        0,
+        help="with --init-from: epochs at the start during which the contracting path stays fixed",
+    )
+    learning_rate: float = setting(1e-3, help="peak learning rate")
+    momentum: float = setting(0.99, help="SGD momentum (paper: 0.99)")
+    schedule: Literal["constant", "cosine"] = setting(
+        "cosine",
+        help="learning rate schedule over the run (the time budget or the epochs, whichever "
+        "ends first): cosine (warm-up, then decay to 0 at the end) or constant",
+    )
+    warmup: float = setting(
+        0.03, help="cosine schedule: fraction of the run over which the rate rises from 0"
+    )
+    batch_size: int = setting(2, help="tiles per step (global, over all replicas)")
+    epochs: int | None = setting(
+        None, help="epochs to train (default: as many as --max-time allows, else 40)"
+    )
+    steps_per_epoch: int = setting(50, help="training steps per epoch")
+    seed: int = setting(0, help="random seed: data split, weights, tiles")
+    max_time: float | None = setting(
+        None,
+        help="training time budget in seconds, over all sessions of a resumed run: the "
+        "schedule spans it and the run stops at its end, keeping the best model",
+    )
+    run_dir: str = setting(
+        "runs/unet", help="directory for the model, logs and summary; rerun to resume"
+    )
+    strategy: Literal["default", "mirrored", "multiworker"] = setting(
+        "default", help="default, mirrored (GPUs of one machine) or multiworker (TF_CONFIG)"
+    )
+    precision: Literal["auto", "float32", "mixed_bfloat16", "mixed_float16"] = setting(
+        "auto",
+        help="auto: mixed_bfloat16 on CPUs with native bf16 (AVX512_BF16 or AMX) where "
+        "TensorFlow runs oneDNN, else float32; mixed_float16 suits GPUs",
+    )
+    gradient_exchange: Literal["auto", "float32", "bfloat16"] = setting(
+        "auto",
+        help="dtype the replicas sum their gradients in (mirrored, multiworker); auto: "
+        "bfloat16 under mixed_bfloat16, whose gradients carry bf16 precision already (half "
+        "the bytes on the network), else float32",
+    )
+    onednn: Literal["auto", "on", "off"] = setting(
+        "auto",
+        help="oneDNN CPU kernels (TF_ENABLE_ONEDNN_OPTS, read as TensorFlow loads); auto: "
+        "on for models of at most 32 filters on x86 (1.5x faster at 16 filters on AVX2, "
+        "where TensorFlow leaves them off), else TensorFlow's choice (on with AVX-512 bf16)",
+    )
+    jit_compile: bool = setting(False, help="compile the training step with XLA")
+
+    def check(self) -> None:
+        at_least(self, 1, "batch_size", "epochs", "steps_per_epoch", "tile")
+        at_least(self, 0, "validation", "freeze_encoder")
+        if self.freeze_encoder and not self.init_from:
+            raise ValueError("freeze_encoder keeps trained weights fixed: give --init-from too")
+        if not 0.0 <= self.warmup < 1.0:
+            raise ValueError(f"warmup must be a fraction in [0, 1), got {self.warmup}")
+        if self.learning_rate <= 0:
+            raise ValueError(f"learning_rate must be positive, got {self.learning_rate}")
+        if self.max_time is not None and self.max_time <= 0:
+            raise ValueError(f"max_time must be positive seconds, got {self.max_time}")
+
+
+@dataclasses.dataclass(frozen=True)
+class InspectConfig(Settings):
+    """`unet-keras inspect`: load a data set as training would and report what it holds."""
+
+    data: str = setting(
+        help="data folder (images/ + masks/), image folder or TIFF stack", positional=True
+    )
+    masks: str | None = setting(None, help="mask folder or label stack, if not beside data")
+    foreground: Literal["auto", "bright", "dark"] = setting(
+        "auto", help="which mask value marks the objects (auto: the majority value, as in EM)"
+    )
+    ignore_value: int | None = setting(
+        None, help="mask pixel value of unlabelled pixels (sparse annotations)"
+    )
