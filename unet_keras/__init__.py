@@ -5,8 +5,7 @@ Importing the package is cheap: TensorFlow loads only when a name that needs it 
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from unet_keras.lazy import lazy_names
 
 __version__ = "0.1.0"
 
@@ -78,14 +77,4 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    """Imports a public name's module on first access."""
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'unet_keras' has no attribute {name!r}")
-    return getattr(importlib.import_module(_EXPORTS[name]), name)
-
-
-def __dir__() -> list[str]:
-    """Lists the public names next to the module's own."""
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_names(__name__, _EXPORTS)

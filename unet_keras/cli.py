@@ -215,29 +215,6 @@ class BooleanFlag(argparse.Action):
         setattr(namespace, self.dest, True if value is None else truth[value.lower()])
 
 
-class UnsupportedFlag(argparse.Action):
-    """A tensorflow_model_server flag that `unet-keras serve` does not take: refused by name."""
-
-    def __init__(self, option_strings: list[str], dest: str, what: str, **kwargs: Any) -> None:
-        super().__init__(
-            option_strings, dest, nargs="?", default=argparse.SUPPRESS, help=argparse.SUPPRESS
-        )
-        self.what = what
-
-    def __call__(
-        self,
-        parser: argparse.ArgumentParser,
-        namespace: argparse.Namespace,
-        value: Any,
-        option_string: str | None = None,
-    ) -> None:
-        """Stops the parse with a one-line error naming the flag."""
-        parser.error(
-            f"{option_string} is a tensorflow_model_server flag that unet-keras serve does not "
-            f"support ({self.what})"
-        )
-
-
 class Parser(argparse.ArgumentParser):
     """argparse, with errors on one line: the program, the error, where help is."""
 
@@ -342,10 +319,24 @@ def build_parser() -> argparse.ArgumentParser:
                 "--config", help="JSON or YAML file of settings (flag names, underscored)"
             )
         add_settings_flags(subparser, command.settings)
-        if name == "serve":
-            for flag, what in UNSUPPORTED_SERVER_FLAGS.items():
-                subparser.add_argument(f"--{flag}", action=UnsupportedFlag, what=what)
     return parser
+
+
+def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The parsed command line; a tensorflow_model_server flag that serve does not take is
+    refused by name, any other unknown argument as argparse refuses it."""
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    for word in unknown:
+        name = word.split("=", 1)[0].removeprefix("--")
+        if args.command == "serve" and name in UNSUPPORTED_SERVER_FLAGS:
+            parser.error(
+                f"--{name} is a tensorflow_model_server flag that unet-keras serve does not "
+                f"support ({UNSUPPORTED_SERVER_FLAGS[name]})"
+            )
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    return args
 
 
 def settings_table(cls: type[Settings]) -> str:
@@ -368,7 +359,7 @@ def settings_table(cls: type[Settings]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs `unet-keras`; bad input prints one clear line and returns exit status 2."""
-    args = build_parser().parse_args(argv)
+    args = parse(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     command = COMMANDS[args.command]
     try:

@@ -70,48 +70,25 @@ From the shell: `unet-client segment INPUT -o OUTPUT --server HOST:PORT` writes
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from unet_keras.lazy import lazy_names
 
 # Public name -> module that defines it; resolved on first use (PEP 562), so that the
 # client's own modules, which import each other through this package, import no cycle.
-_EXPORTS = {
-    "AsyncSegmentationClient": "unet_keras.client.aio",
-    "ChannelConfig": "unet_keras.client.config",
-    "RetryPolicy": "unet_keras.client.config",
-    **{
-        name: "unet_keras.client.errors"
-        for name in (
-            "CancelledError",
-            "DeadlineExceededError",
-            "FailedPreconditionError",
-            "InternalError",
-            "InvalidArgumentError",
-            "NotFoundError",
-            "PermissionDeniedError",
-            "ResourceExhaustedError",
-            "ServingError",
-            "UnauthenticatedError",
-            "UnavailableError",
-            "UnimplementedError",
-        )
-    },
-    "Segmentation": "unet_keras.client.protocol",
-    "SegmentationClient": "unet_keras.client.sync",
-    "make_ndarray": "unet_keras.client.tensors",
-    "make_tensor_proto": "unet_keras.client.tensors",
-}
+_MODULES = {
+    "unet_keras.client.sync": ("SegmentationClient",),
+    "unet_keras.client.aio": ("AsyncSegmentationClient",),
+    "unet_keras.client.config": ("ChannelConfig", "RetryPolicy"),
+    "unet_keras.client.protocol": ("Segmentation",),
+    "unet_keras.client.tensors": ("make_ndarray", "make_tensor_proto"),
+    "unet_keras.client.errors": (
+        "ServingError", "CancelledError", "DeadlineExceededError", "FailedPreconditionError",
+        "InternalError", "InvalidArgumentError", "NotFoundError", "PermissionDeniedError",
+        "ResourceExhaustedError", "UnauthenticatedError", "UnavailableError",
+        "UnimplementedError",
+    ),
+}  # fmt: skip
+_EXPORTS = {name: module for module, names in _MODULES.items() for name in names}
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    """Imports a public name's module on first access."""
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'unet_keras.client' has no attribute {name!r}")
-    return getattr(importlib.import_module(_EXPORTS[name]), name)
-
-
-def __dir__() -> list[str]:
-    """Lists the public names next to the module's own."""
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_names(__name__, _EXPORTS)

@@ -15,122 +15,53 @@ MAX_MESSAGE_BYTES = 2**31 - 1
 class ServeConfig(Settings):
     """`unet-keras serve`: a local server with TensorFlow Serving's gRPC and REST APIs. It takes
     tensorflow_model_server's flags as spelled there (--model_base_path=B), with the same
-    meanings; each flag also takes hyphens (--model-base-path B)."""
+    meanings; each flag also takes hyphens (--model-base-path B). docs/serving.md says
+    what each does, and what differs from TensorFlow Serving."""
 
-    model_base_path: str | None = setting(
-        None, help="folder of numbered SavedModel versions (BASE/1/, ...) of one model"
-    )
+    # Models and their versions.
+    model_base_path: str | None = setting(None, help="one model's numbered versions: BASE/1/...")
     model_name: str = setting("unet", help="the name requests give in their model spec")
-    model_config_file: str | None = setting(
-        None,
-        help="a text ModelServerConfig (several models, version policies, version labels), "
-        "instead of --model_base_path and --model_name",
-    )
-    model_config_file_poll_wait_seconds: float = setting(
-        0.0, help="seconds between re-reads of --model_config_file (0: read it once)"
-    )
+    model_config_file: str | None = setting(None, help="a text ModelServerConfig: several models")
+    model_config_file_poll_wait_seconds: float = setting(0.0, help="re-read it (0: once)")
     file_system_poll_wait_seconds: float = setting(
-        1.0,
-        help="seconds between looks at the base paths for new versions (0: look once)",
-        aliases=("--poll-seconds",),
+        1.0, help="look for new versions (0: once)", aliases=("--poll-seconds",)
     )
     allow_version_labels_for_unavailable_models: bool = setting(
-        False,
-        help="let new version labels name versions not yet AVAILABLE (needed for labels in "
-        "the config a server starts with)",
+        False, help="new labels may name versions not yet AVAILABLE"
     )
-    max_num_load_retries: int = setting(
-        5, help="times a version that failed to load is tried again (LOADING meanwhile)"
-    )
-    load_retry_interval_micros: int = setting(
-        60_000_000, help="microseconds between tries of a version that failed to load"
-    )
-    enable_model_warmup: bool = setting(
-        True, help="replay a version's assets.extra/tf_serving_warmup_requests as it loads"
-    )
+    max_num_load_retries: int = setting(5, help="tries after a failed load (LOADING meanwhile)")
+    load_retry_interval_micros: int = setting(60_000_000, help="between those tries")
+    enable_model_warmup: bool = setting(True, help="replay a version's warmup requests")
+    # The gRPC port.
     port: int = setting(8500, help="gRPC port (0: any free port)")
-    grpc_max_threads: int = setting(
-        16, help="gRPC requests served at once", aliases=("--threads",)
-    )
-    grpc_channel_arguments: str = setting(
-        "",
-        help="gRPC server arguments, KEY=VALUE,KEY=VALUE (e.g. grpc.max_connection_age_ms=300000)",
-    )
-    enable_grpc_healthcheck_service: bool = setting(
-        True,
-        help="the standard grpc.health.v1 service: SERVING once every model (service '') or "
-        "the model named has an AVAILABLE version, NOT_SERVING while draining",
-    )
+    grpc_max_threads: int = setting(16, help="gRPC calls run at once", aliases=("--threads",))
+    grpc_channel_arguments: str = setting("", help="gRPC server arguments: KEY=VALUE,...")
+    enable_grpc_healthcheck_service: bool = setting(True, help="grpc.health.v1, per model too")
+    # The REST port.
     rest_api_port: int = setting(8501, help="REST API port (0: no REST API)")
-    rest_api_num_threads: int | None = setting(
-        None, help="REST requests served at once (default: --grpc_max_threads)"
-    )
-    rest_api_timeout_in_ms: int = setting(
-        30_000,
-        help="a REST predict's graph run is cancelled after this, answered 504 (0: no limit)",
-    )
-    rest_api_enable_cors_support: bool = setting(
-        False, help="CORS headers on REST answers (Access-Control-Allow-Origin: *)"
-    )
-    monitoring_config_file: str | None = setting(
-        None,
-        help="a text MonitoringConfig; with prometheus_config enabled, Prometheus metrics are "
-        "served on the REST port",
-    )
-    ssl_config_file: str | None = setting(
-        None,
-        help="a text SSLConfig (server_key, server_cert PEM; custom_ca, client_verify): serve "
-        "over TLS, on both ports",
-    )
-    tensorflow_session_parallelism: int = setting(
-        0, help="threads of each graph's inter- and intra-op pools (0: TensorFlow's choice)"
-    )
-    tensorflow_intra_op_parallelism: int = setting(
-        0, help="threads of each graph's intra-op pool (0: TensorFlow's choice)"
-    )
-    tensorflow_inter_op_parallelism: int = setting(
-        0, help="threads of each graph's inter-op pool (0: TensorFlow's choice)"
-    )
-    enable_batching: bool = setting(
-        False,
-        help="server-side batching; not offered: requests carry whole images of any size, "
-        "which the export tiles itself (serving/batching.config)",
-    )
-    batching_parameters_file: str | None = setting(
-        None, help="a text BatchingParameters for --enable_batching (not offered)"
-    )
+    rest_api_num_threads: int | None = setting(None, help="REST calls run at once (gRPC's)")
+    rest_api_timeout_in_ms: int = setting(30_000, help="REST predict runs cut: 504 (0: none)")
+    rest_api_enable_cors_support: bool = setting(False, help="TF Serving's CORS headers")
+    rest_body_timeout_seconds: float = setting(30.0, help="REST bodies arrive within (else 408)")
+    rest_idle_timeout_seconds: float = setting(15.0, help="idle REST connections close after")
+    monitoring_config_file: str | None = setting(None, help="a text MonitoringConfig: Prometheus")
+    # Both ports.
     host: str = setting("127.0.0.1", help="address to listen on; 0.0.0.0 for every interface")
+    ssl_config_file: str | None = setting(None, help="a text SSLConfig: TLS on both ports")
     tls_cert: str | None = setting(None, help="PEM certificate chain: serve over TLS")
     tls_key: str | None = setting(None, help="PEM private key of --tls-cert")
-    tls_client_ca: str | None = setting(
-        None, help="PEM CA certificates: require clients to present a certificate they signed"
-    )
-    max_message_bytes: int = setting(
-        MAX_MESSAGE_BYTES, help="largest request or response message (a REST body too)"
-    )
-    max_concurrent_requests: int = setting(
-        32,
-        help="requests in progress or queued, per API; more get RESOURCE_EXHAUSTED (REST: 429) "
-        "at once, as each holds its message in memory",
-    )
-    max_request_batch: int = setting(
-        64,
-        help="largest first dimension (images, tiles) of a request's inputs; more are refused "
-        "before any work, as tiny images cost more to run than to send",
-    )
-    rest_body_timeout_seconds: float = setting(
-        30.0,
-        help="a REST request's headers and body must arrive within this, else 408 and the "
-        "connection closes (slow clients cannot hold the request slots)",
-    )
-    rest_idle_timeout_seconds: float = setting(
-        15.0, help="an idle REST connection is closed after this (keep-alive)"
-    )
-    grace_seconds: float = setting(
-        30.0,
-        help="on SIGTERM or SIGINT, how long requests in flight may take to finish; then "
-        "their runs are cancelled and the process ends",
-    )
+    tls_client_ca: str | None = setting(None, help="PEM CA certificates clients' must be from")
+    max_message_bytes: int = setting(MAX_MESSAGE_BYTES, help="largest message (REST body too)")
+    max_concurrent_requests: int = setting(32, help="calls in progress per port; more: 429")
+    max_request_batch: int = setting(64, help="images a request may carry; more: refused")
+    grace_seconds: float = setting(30.0, help="after SIGTERM, for calls in flight; then cut")
+    # The graphs' sessions.
+    tensorflow_session_parallelism: int = setting(0, help="both pools' threads (0: TF's)")
+    tensorflow_intra_op_parallelism: int = setting(0, help="intra-op threads (0: TF's)")
+    tensorflow_inter_op_parallelism: int = setting(0, help="inter-op threads (0: TF's)")
+    # Not offered: requests carry whole images of any size, which the export tiles itself.
+    enable_batching: bool = setting(False, help="server-side batching: not offered")
+    batching_parameters_file: str | None = setting(None, help="for --enable_batching")
 
     def check(self) -> None:
         at_least(self, 0, "port", "rest_api_port", "grace_seconds", "max_num_load_retries")
