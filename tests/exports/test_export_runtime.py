@@ -37,9 +37,13 @@ KINDS = {
 }
 TILE = {"valid": (92, 52), "same": (64, 64)}
 EXPORT_KINDS = [*KINDS, "trained in mixed_bfloat16"]
-# The Python of an environment with the oldest supported server's TensorFlow
-# (contract.OLDEST_TF_SERVING_VERSION); .ci/run makes one.
-OLDEST_SERVING_PYTHON = os.environ.get("UNET_KERAS_OLDEST_SERVING_PYTHON")
+# The Pythons of environments with the TensorFlow of the oldest supported server and of the
+# deployment image's (contract.OLDEST_TF_SERVING_VERSION, TF_SERVING_VERSION); .ci/run
+# makes both.
+SERVING_PYTHONS = {
+    contract.OLDEST_TF_SERVING_VERSION: os.environ.get("UNET_KERAS_OLDEST_SERVING_PYTHON"),
+    contract.TF_SERVING_VERSION: os.environ.get("UNET_KERAS_DEPLOYED_SERVING_PYTHON"),
+}
 
 
 def export_kind(folder: Path, kind: str) -> tuple[Path, Path, dict]:
@@ -110,17 +114,14 @@ def test_an_export_records_its_tensorflow_and_warns_when_newer_than_the_server(
     assert "pip install 'tensorflow==2.17.*'" in caplog.text
 
 
-@pytest.mark.skipif(
-    OLDEST_SERVING_PYTHON is None,
-    reason="UNET_KERAS_OLDEST_SERVING_PYTHON names no environment with the oldest supported "
-    "server's TensorFlow (.ci/run makes one)",
-)
-def test_every_export_kind_runs_under_the_oldest_servers_tensorflow(tmp_path: Path) -> None:
-    """Exported with this TensorFlow, run through the C API of the oldest supported TF
-    Serving's: every signature of every kind gives what it gives here."""
+@pytest.fixture(scope="module")
+def every_kind_run_here(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    """Every kind exported, a job per signature, and what each gives here: (folder with
+    jobs.json, expected outputs by job name)."""
+    folder = tmp_path_factory.mktemp("kinds")
     jobs, expected = [], {}
     for number, kind in enumerate(EXPORT_KINDS):
-        _, version, _ = export_kind(tmp_path / str(number), kind)
+        _, version, _ = export_kind(folder / str(number), kind)
         images = np.random.default_rng(number).integers(0, 256, (2, 45, 70, 1), np.uint8)
         pngs = np.array([tf.io.encode_png(image).numpy() for image in images], object)
         for signature, inputs in (
@@ -129,18 +130,43 @@ def test_every_export_kind_runs_under_the_oldest_servers_tensorflow(tmp_path: Pa
             (contract.METADATA, {}),
         ):
             name = f"{number}-{signature}"
-            np.savez(tmp_path / f"{name}-in.npz", **inputs)
+            np.savez(folder / f"{name}-in.npz", **inputs)
             jobs.append({
                 "version_dir": str(version), "signature": signature,
-                "inputs": str(tmp_path / f"{name}-in.npz"),
-                "outputs": str(tmp_path / f"{name}-out.npz"),
+                "inputs": str(folder / f"{name}-in.npz"), "outputs": f"{name}-out.npz",
             })  # fmt: skip
             with SavedModelSession(version) as session:
                 expected[name] = session.run(signature, inputs)
+    (folder / "jobs.json").write_text(json.dumps(jobs))
+    return folder, expected
+
+
+@pytest.mark.parametrize("server", sorted(SERVING_PYTHONS))
+def test_every_export_kind_runs_under_a_supported_servers_tensorflow(
+    every_kind_run_here: tuple[Path, dict], server: str, tmp_path: Path
+) -> None:
+    """Exported with this TensorFlow, run through the C API of the TensorFlow a supported
+    TF Serving release carries: every signature of every kind gives what it gives here."""
+    python = SERVING_PYTHONS[server]
+    if python is None:
+        pytest.skip(
+            f"no environment with TF Serving {server}'s TensorFlow is named "
+            "(UNET_KERAS_OLDEST_SERVING_PYTHON, UNET_KERAS_DEPLOYED_SERVING_PYTHON; .ci/run "
+            "makes both)"
+        )
+    folder, expected = every_kind_run_here
+    installed = subprocess.run(
+        [python, "-c", "import importlib.metadata as m; print(m.version('tensorflow-cpu'))"],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    assert installed == server, f"{python} has TensorFlow {installed}, not {server}"
+    jobs = json.loads((folder / "jobs.json").read_text())
+    for job in jobs:  # this run's outputs in its own folder
+        job["outputs"] = str(tmp_path / job["outputs"])
     (tmp_path / "jobs.json").write_text(json.dumps(jobs))
     runtime = Path(__file__).resolve().parents[1] / "tf_serving_runtime.py"
     ran = subprocess.run(
-        [OLDEST_SERVING_PYTHON, str(runtime), "--jobs", str(tmp_path / "jobs.json")],
+        [python, str(runtime), "--jobs", str(tmp_path / "jobs.json")],
         capture_output=True, text=True, timeout=600,
         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
     )  # fmt: skip

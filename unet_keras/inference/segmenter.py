@@ -109,13 +109,15 @@ class Segmenter:
 
     @classmethod
     def from_path(cls, path: str | os.PathLike, **options: object) -> Segmenter:
-        """Loads a `.keras` file, a run directory's best model or an exported version."""
+        """Loads a `.keras` file, a run directory's best model or an exported version;
+        `options` are the keyword arguments of `Segmenter` (tile, batch_size, overlap, tta,
+        threshold)."""
         network, record = load_network(path)
         return cls(network, record, **options)
 
     @classmethod
     def from_model(cls, model: keras.Model, record: ModelRecord, **options: object) -> Segmenter:
-        """Wraps a Keras model (in inference mode) and its record."""
+        """Wraps a Keras model (in inference mode) and its record; `options` as `from_path`."""
         return cls(lambda tiles: model(tiles, training=False), record, **options)
 
     @property
