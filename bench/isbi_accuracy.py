@@ -157,8 +157,10 @@ def main() -> None:
         flags += f"; {args.workers} single-core workers joined over loopback"
     if args.labelled < 1:
         flags += f"; {args.labelled:.0%} of each training mask labelled, in {STRIP}-row strips"
+    # A run rescored may have trained for a number of epochs, without a time budget.
+    length = f"{args.max_time:.0f} s" if args.max_time else f"{summary['epochs']} epochs"
     publish(
-        f"ISBI 2012 accuracy after {args.max_time:.0f} s of training ({flags})",
+        f"ISBI 2012 accuracy after {length} of training ({flags})",
         (
             "Scored again (`--rescore`), by the machine named, from a run trained earlier. "
             if args.rescore
