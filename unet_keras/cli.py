@@ -62,8 +62,12 @@ def _show_prediction(config: PredictConfig, report: Any) -> int:
 
 
 def _show_evaluation(config: EvaluateConfig, report: dict[str, Any]) -> int:
-    keys = ("threshold", "tta", "mean", "best_threshold", "isbi_pixel_error")
-    print(json.dumps({key: report[key] for key in keys if key in report}, indent=2))
+    keys = ("threshold", "tta", "mean", "best_threshold", "isbi_pixel_error", "challenge")
+    shown = {key: report[key] for key in keys if key in report}
+    if "challenge" in shown:
+        # The challenge's scores at each threshold are for evaluation.json, not the terminal.
+        shown["challenge"] = {k: v for k, v in shown["challenge"].items() if k != "sweep"}
+    print(json.dumps(shown, indent=2))
     if config.output:
         print(f"per-image scores and figures: {config.output}")
     return 0
@@ -107,7 +111,8 @@ COMMANDS = {
         EvaluateConfig,
         workflows.evaluate,
         _show_evaluation,
-        "score a model on labelled images: pixel error, IoU, Dice, adapted Rand, VI",
+        "score a model on labelled images: pixel error, IoU, Dice, adapted Rand, VI, and the "
+        "ISBI 2012 challenge's V^Rand, V^Info and pixel error",
     ),
     "export": Command(
         ExportConfig,

@@ -258,6 +258,25 @@ def test_isbi_pixel_error_is_one_minus_the_f_score_of_cell_pixels_pooled_over_im
         pixel_counts(probabilities[:, :3], truth, [0.5])
 
 
+def test_strict_pixel_counts_find_what_fiji_finds():
+    """Fiji's PixelError finds p > t, comparing float pixels with double thresholds: a
+    probability equal to the threshold is not found, and p = 1.0 is above 0.9999999999999999
+    (its last threshold), which float32 would round to 1.0."""
+    truth = np.array([[1, 1, 1, 0]])
+    probabilities = np.array([[0.5, 1.0, 0.0, 0.5]], np.float32)
+    thresholds = [0.5, 0.9999999999999999, 0.0]
+    assert pixel_counts(probabilities, truth, thresholds).tolist() == [
+        [2, 1, 1],
+        [1, 0, 2],
+        [3, 1, 0],
+    ]
+    assert pixel_counts(probabilities, truth, thresholds, strict=True).tolist() == [
+        [1, 0, 2],
+        [1, 0, 2],
+        [2, 1, 1],
+    ]
+
+
 def test_best_threshold_breaks_ties_towards_one_half_and_rejects_bad_input():
     sweep = [
         {"threshold": 0.2, "pixel_error": 0.1},

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from unet_keras.evaluation.challenge import ChallengeScores
 from unet_keras.evaluation.figures import evaluation_figure, instance_figure
 from unet_keras.evaluation.scores import (
     SWEEP_THRESHOLDS,
@@ -48,12 +49,19 @@ def evaluate_path(
 
     Returns `{"images": [{"name", "scores"}...], "mean": {...}}`, and with `sweep` (binary
     models) also the mean scores at each threshold and the best threshold by adapted Rand
-    error, the ISBI 2012 ranking score, and the challenge's pixel error (1 - the maximal
-    F-score of cell pixels, pooled over the images; see `isbi_pixel_errors`) with its
-    threshold. The objects scored are those `objects` labels
-    (connected components by default), as `predict` writes them. `ignore_value` marks
-    unlabelled truth pixels (default: the model's own mask convention). Figures per image:
-    `<stem>_evaluation.png` (classes and errors) and `<stem>_objects.png` (objects).
+    error (of the objects: the challenge's own V^Rand is in `challenge`), and the
+    challenge's pixel error (1 - the maximal F-score of cell pixels, pooled over the
+    images; see `isbi_pixel_errors`) with its threshold. The objects scored are those
+    `objects` labels (connected components by default), as `predict` writes them.
+    `ignore_value` marks unlabelled truth pixels (default: the model's own mask
+    convention). Figures per image: `<stem>_evaluation.png` (classes and errors) and
+    `<stem>_objects.png` (objects).
+
+    One-channel models also get `challenge`: the scores the ISBI 2012 challenge ranked by,
+    V^Rand and V^Info after border thinning (means over the images) and its pixel error,
+    each at its best threshold of 0.0, 0.1, ..., 1.0 and all at the model's own threshold
+    (`at_threshold`), as `challenge.ChallengeScores.summary` reports them. They score the
+    thresholded probabilities as the challenge does, not the `objects`.
     """
     if sweep and segmenter.classes != 1:
         raise ValueError("a threshold sweep needs a one-channel (sigmoid) model")
@@ -64,6 +72,7 @@ def evaluate_path(
     samples = load_dataset(data, masks, require_masks=True)
     images, sweeps = [], []
     counts = np.zeros((len(SWEEP_THRESHOLDS), 3), np.int64)
+    challenge = ChallengeScores(segmenter.threshold) if segmenter.classes == 1 else None
     for sample in samples:
         truth = mask_to_labels(sample.mask, mask_config, sample.name)
         probabilities = segmenter.probabilities(sample.image, sample.name, progress)
@@ -76,6 +85,8 @@ def evaluate_path(
         if sweep:
             sweeps.append(threshold_sweep(probabilities[..., 0], truth, SWEEP_THRESHOLDS))
             counts += pixel_counts(probabilities[..., 0], truth, SWEEP_THRESHOLDS)
+        if challenge is not None:
+            challenge.add(probabilities[..., 0], truth)
         if output is not None:
             stem = Path(output) / _safe_stem(sample.name)
             figure = evaluation_figure(sample.image, truth, predicted)
@@ -103,6 +114,8 @@ def evaluate_path(
             "value": lowest["isbi_pixel_error"],
             "threshold": lowest["threshold"],
         }
+    if challenge is not None:
+        report["challenge"] = challenge.summary()
     if output is not None:
         with atomic_path(Path(output) / "evaluation.json") as temporary:
             temporary.write_text(json.dumps(report, indent=2))

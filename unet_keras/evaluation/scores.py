@@ -91,7 +91,7 @@ def threshold_sweep(
     pixels with p >= t become class 1 and the rest class 0. Each entry holds the
     `segmentation_scores` (num_classes=2) plus `threshold`.
     """
-    probabilities, truth = _checked_probabilities(probabilities, truth)
+    probabilities, truth = checked_probabilities(probabilities, truth)
     truth_objects = instance_labels(truth)  # the same for every threshold
     sweep = []
     for threshold in thresholds:
@@ -103,20 +103,29 @@ def threshold_sweep(
 
 
 def pixel_counts(
-    probabilities: np.ndarray, truth: np.ndarray, thresholds: Sequence[float]
+    probabilities: np.ndarray,
+    truth: np.ndarray,
+    thresholds: Sequence[float],
+    *,
+    strict: bool = False,
 ) -> np.ndarray:
     """Object pixels found, falsely found and missed at each threshold, for `isbi_pixel_errors`.
 
     Returns int64 counts (len(thresholds), 3): true positives, false positives and false
-    negatives of class 1 (objects; p >= t predicts class 1) over the labelled truth pixels.
-    Sum them over the images of a stack before `isbi_pixel_errors`, as the challenge does.
+    negatives of class 1 (objects; p >= t predicts class 1, or p > t with `strict`, the
+    challenge's rule) over the labelled truth pixels. Sum them over the images of a stack
+    before `isbi_pixel_errors`, as the challenge does.
     """
-    probabilities, truth = _checked_probabilities(probabilities, truth)
+    probabilities, truth = checked_probabilities(probabilities, truth)
     labelled = truth != IGNORED
     scored, is_object = probabilities[labelled], truth[labelled] == 1
+    if strict:
+        # Fiji compares each float pixel with a double threshold: in float64, so that
+        # 0.9999999999999999 (its last threshold) does not round to 1.0 in float32.
+        scored = scored.astype(np.float64)
     counts = np.empty((len(thresholds), 3), np.int64)
     for row, threshold in enumerate(thresholds):
-        found = scored >= threshold
+        found = scored > threshold if strict else scored >= threshold
         hits = int(np.count_nonzero(found & is_object))
         counts[row] = hits, int(np.count_nonzero(found)) - hits, int(is_object.sum()) - hits
     return counts
@@ -128,8 +137,9 @@ def isbi_pixel_errors(counts: np.ndarray) -> np.ndarray:
     `counts` are `pixel_counts` rows, summed over a stack's images. The challenge ranked by
     the lowest of these over its thresholds, "1 - the maximal F-score of pixel similarity"
     (Fiji's trainableSegmentation `PixelError.getPixelErrorMaximalFScore`, the positive
-    class being the truth's non-zero pixels: cells; Fiji finds p > t where we find p >= t,
-    which differs only for probabilities equal to a threshold). It is not `pixel_error`,
+    class being the truth's non-zero pixels: cells; Fiji finds p > t, `pixel_counts` with
+    `strict`, where by default we find p >= t, which differs only for probabilities equal to
+    a threshold; `challenge.ChallengeScores` counts as Fiji does). It is not `pixel_error`,
     the fraction of pixels misclassified: on ISBI (22 % membrane) a model with 0.085 of its
     pixels wrong scores about 0.053 here.
     """
@@ -209,10 +219,10 @@ def _checked_pair(
     return checked[0], checked[1]
 
 
-def _checked_probabilities(
+def checked_probabilities(
     probabilities: np.ndarray, truth: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Validates a binary probability map and its truth; returns them as arrays."""
+    """Validates a binary probability map and its class-index truth; returns them as arrays."""
     probabilities = np.asarray(probabilities)
     if not (
         np.issubdtype(probabilities.dtype, np.floating)
