@@ -332,15 +332,21 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     refused by name, any other unknown argument as argparse refuses it."""
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
+    command = f"{parser.prog} {args.command}"
     for word in unknown:
         name = word.split("=", 1)[0].removeprefix("--")
         if args.command == "serve" and name in UNSUPPORTED_SERVER_FLAGS:
-            parser.error(
-                f"--{name} is a tensorflow_model_server flag that unet-keras serve does not "
-                f"support ({UNSUPPORTED_SERVER_FLAGS[name]})"
+            parser.exit(
+                2,
+                f"{command}: error: --{name} is a tensorflow_model_server flag that "
+                f"unet-keras serve does not support ({UNSUPPORTED_SERVER_FLAGS[name]}) "
+                f"(see {command} --help)\n",
             )
     if unknown:
-        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+        parser.exit(
+            2, f"{command}: error: unrecognized arguments: {' '.join(unknown)} "
+            f"(see {command} --help)\n",
+        )  # fmt: skip
     return args
 
 
