@@ -95,7 +95,7 @@ def section_matches(model: Path, volume: Path, output: Path) -> bool:
     segmenter = Segmenter.from_path(model)
     section = zarr.open_array(volume, mode="r")[0][..., None]
     mask = segmenter.mask(segmenter.labels(segmenter.probabilities(section)))
-    return bool(np.array_equal(zarr.open_array(output / "mask/0", mode="r")[0], mask))
+    return bool(np.array_equal(zarr.open_array(output / "labels/mask/0", mode="r")[0], mask))
 
 
 def scaling_run(model: Path, volume: Path, warm: Path, workers: int) -> float:

@@ -19,7 +19,7 @@ from unet_keras.cli import main
 from unet_keras.inference.inference_settings import InferenceConfig, PredictConfig
 from unet_keras.inference.segmenter import Segmenter
 from unet_keras.inference.volumes import environment_restored
-from unet_keras.io.ome_zarr import create_volume
+from unet_keras.io.ome_zarr import create_volume, is_finished
 
 # Tiles of 76 pixels (36 out) on 32-pixel chunks and 40-pixel blocks: tiles straddle
 # blocks, and blocks straddle chunks, so every seam is crossed.
@@ -69,14 +69,14 @@ def test_blocks_equal_whole_sections(
     report = workflows.predict(job, progress=False)
     masks, maps = whole_sections(model, pixels, inference)
     out = zarr.open_group(tmp_path / "out.zarr", mode="r")
-    assert np.array_equal(out["mask/0"][...], masks)
+    assert np.array_equal(out["labels/mask/0"][...], masks)
     if batch_size == 1:  # the default: bit for bit
         assert np.array_equal(out["probabilities/0"][...], maps)
     else:
         # With TensorFlow's own CPU kernels (oneDNN off: AVX2 CPUs) a tile's probabilities
         # round 1 ulp differently with other tiles in its call (seen: 141 of 27,000).
         np.testing.assert_allclose(out["probabilities/0"][...], maps, rtol=0, atol=1e-6)
-    assert out["mask/0"].chunks == (1, 32, 32)[-len(shape) :]
+    assert out["labels/mask/0"].chunks == (1, 32, 32)[-len(shape) :]
     assert out.metadata.zarr_format == zarr_format
     blocks = (shape[0] if len(shape) == 3 else 1) * 2 * 2  # 64-pixel blocks of 32 chunks
     assert (report.predicted, report.skipped, report.failed) == (blocks, 0, [])
@@ -100,9 +100,56 @@ def test_objects_of_a_volume_equal_those_of_its_whole_sections(tmp_path, tiny_mo
     expected = np.stack([label_objects(mask_to_labels(m, record.mask), objects) for m in masks])
     if link:
         expected = link_sections(expected, objects.min_overlap)
-    labels = zarr.open_group(tmp_path / "out.zarr", mode="r")["labels/0"]
+    labels = zarr.open_group(tmp_path / "out.zarr", mode="r")["labels/objects/0"]
     assert expected.max() > 3  # objects to label, and for a link test, to link
-    assert np.array_equal(labels[...], expected) and labels.attrs["complete"]
+    assert np.array_equal(labels[...], expected)
+    assert is_finished(tmp_path / "out.zarr", "labels/objects")
+
+
+@pytest.mark.parametrize("zarr_format", [2, 3])
+def test_ome_zarr_reads_the_output_as_an_image_with_labels_and_pyramids(
+    tmp_path, tiny_model_file, zarr_format
+):
+    """ome-zarr-py's reader (napari's OME-Zarr plugin) opens the store as the input's image
+    with the mask and objects as labels, each with 3 levels; ome-zarr-models validates
+    every group against the NGFF version the Zarr format takes (0.4 in v2, 0.5 in v3)."""
+    import ome_zarr_models
+    from ome_zarr.io import parse_url
+    from ome_zarr.reader import Label, Multiscales, Reader
+
+    model = tiny_model_file()
+    pixels = make_volume(tmp_path / "in.zarr", (2, 100, 90), zarr_format)
+    out = tmp_path / "out.zarr"
+    options = {"probabilities": "zarr", "objects": {"instances": "cc"}}
+    workflows.predict(config(model, tmp_path / "in.zarr", out, **options), progress=False)
+    nodes = list(Reader(parse_url(str(out)))())
+    image = nodes[0]
+    assert image.specs[0].__class__ is Multiscales and len(image.data) == 3
+    assert np.array_equal(np.asarray(image.data[0]), pixels)
+    labels = {
+        node.metadata["name"]: node
+        for node in nodes
+        if any(isinstance(spec, Label) for spec in node.specs)
+    }
+    assert sorted(labels) == ["mask", "objects"]
+    mask = labels["mask"]
+    assert [level.shape for level in mask.data] == [(2, 100, 90), (2, 50, 45), (2, 25, 23)]
+    assert set(mask.metadata["color"]) == {0, 255}
+    full = np.asarray(mask.data[0])
+    assert np.array_equal(full, whole_sections(model, pixels)[0])
+    assert np.array_equal(np.asarray(mask.data[2]), full[:, ::4, ::4])
+    version = "0.5" if zarr_format == 3 else "0.4"
+    root = zarr.open_group(out, mode="r")
+    for name in ("", "probabilities", "labels", "labels/mask", "labels/objects"):
+        model_of = ome_zarr_models.open_ome_zarr(root[name] if name else root, version=version)
+        assert type(model_of).__name__ == {"labels": "Labels"}.get(
+            name, "ImageLabel" if name.startswith("labels/") else "Image"
+        ), name
+    probabilities = zarr.open_group(out / "probabilities", mode="r")
+    fine, coarse = probabilities["0"][...], probabilities["1"][...]
+    np.testing.assert_allclose(
+        coarse[..., :1, :1], fine[..., :2, :2].mean(axis=(-2, -1), keepdims=True), rtol=1e-6
+    )
 
 
 def test_a_killed_run_rerun_writes_only_the_missing_blocks(tmp_path, tiny_model_file):
@@ -119,17 +166,17 @@ def test_a_killed_run_rerun_writes_only_the_missing_blocks(tmp_path, tiny_model_
         deadline = time.monotonic() + 120
         while done < total // 10 and time.monotonic() < deadline:
             time.sleep(0.02)
-            if (out / "progress").exists():
-                done = int(zarr.open_array(out / "progress", mode="r")[...].sum())
+            if (out / ".unet_keras/progress").exists():
+                done = int(zarr.open_array(out / ".unet_keras/progress", mode="r")[...].sum())
         os.kill(process.pid, signal.SIGKILL)
     finally:
         process.wait()
-    marked = int(zarr.open_array(out / "progress", mode="r")[...].sum())
+    marked = int(zarr.open_array(out / ".unet_keras/progress", mode="r")[...].sum())
     assert 0 < marked < total, "the run was not stopped midway"
     report = workflows.predict(config(model, tmp_path / "in.zarr", out, block=32), progress=False)
     assert (report.skipped, report.predicted) == (marked, total - marked)
     assert np.array_equal(
-        zarr.open_array(out / "mask/0", mode="r")[...], whole_sections(model, pixels)[0]
+        zarr.open_array(out / "labels/mask/0", mode="r")[...], whole_sections(model, pixels)[0]
     )
 
 
@@ -158,7 +205,7 @@ def test_a_dask_cluster_of_two_worker_processes_gives_the_same_volume(tmp_path, 
     assert report.failed == [] and report.predicted == 4 * 2 * 2
     # Two worker processes, each of which loaded the model once at most.
     assert len(loaded) == 2 and set(loaded.values()) <= {0, 1} and sum(loaded.values()) >= 1
-    masks = zarr.open_array(tmp_path / "out.zarr/mask/0", mode="r")[...]
+    masks = zarr.open_array(tmp_path / "out.zarr/labels/mask/0", mode="r")[...]
     assert np.array_equal(masks, whole_sections(model, pixels)[0])
 
 
@@ -175,7 +222,7 @@ def test_local_worker_processes_give_the_same_volume_and_leave_the_environment(
     report = workflows.predict(settings, progress=False)
     assert dict(os.environ) == environment
     assert report.failed == [] and report.predicted == 2 * 2 * 2
-    masks = zarr.open_array(tmp_path / "out.zarr/mask/0", mode="r")[...]
+    masks = zarr.open_array(tmp_path / "out.zarr/labels/mask/0", mode="r")[...]
     assert np.array_equal(masks, whole_sections(model, pixels)[0])
 
 

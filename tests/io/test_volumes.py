@@ -12,7 +12,9 @@ from unet_keras.io.ome_zarr import (
     OutputImage,
     create_output,
     create_volume,
+    is_finished,
     is_zarr,
+    mark_finished,
     open_volume,
     split_store,
 )
@@ -75,15 +77,36 @@ def test_bad_volumes_are_named_with_what_was_expected(tmp_path):
 def test_outputs_are_created_whole_resumed_only_for_the_same_settings(tmp_path):
     create_volume(tmp_path / "in.zarr", (2, 40, 50), (1, 16, 16))
     source = open_volume(tmp_path / "in.zarr")
-    images = [OutputImage("mask", "uint8"), OutputImage("probabilities", "float32", 2)]
+    images = [
+        OutputImage("", "uint8"),
+        OutputImage("labels/mask", "uint8", label=True, classes=(0, 255)),
+        OutputImage("probabilities", "float32", 2),
+    ]
     settings = {"model": "m.keras", "threshold": 0.5}
     out = tmp_path / "out.zarr"
     assert create_output(out, source, images, (2, 3, 4), settings) is False
     stored = zarr.open_group(out, mode="r")
-    assert stored["probabilities/0"].shape == (2, 2, 40, 50)
-    assert stored["mask/0"].chunks == (1, 16, 16) and stored["progress"].shape == (2, 3, 4)
-    axes = stored["probabilities"].attrs["ome"]["multiscales"][0]["axes"]
-    assert [a["name"] for a in axes] == ["c", "z", "y", "x"]
+    # Rows and columns halved until they fit a chunk: 40x50, 20x25, 10x13.
+    assert [stored[f"labels/mask/{k}"].shape for k in "012"] == [
+        (2, 40, 50),
+        (2, 20, 25),
+        (2, 10, 13),
+    ]
+    assert stored["probabilities/2"].shape == (2, 2, 10, 13) and "3" not in stored["probabilities"]
+    assert stored["labels/mask/0"].chunks == (1, 16, 16) and stored["0"].dtype == np.uint8
+    assert stored[".unet_keras/progress"].shape == (2, 3, 4)
+    ome = stored["probabilities"].attrs["ome"]
+    assert [a["name"] for a in ome["multiscales"][0]["axes"]] == ["c", "z", "y", "x"]
+    scales = [
+        d["coordinateTransformations"][0]["scale"] for d in ome["multiscales"][0]["datasets"]
+    ]
+    assert scales == [[1, 1, 1, 1], [1, 1, 2, 2], [1, 1, 4, 4]]
+    assert stored["labels"].attrs["ome"] == {"version": "0.5", "labels": ["mask"]}
+    label = stored["labels/mask"].attrs["ome"]["image-label"]
+    assert label["source"] == {"image": "../../"}
+    assert [c["label-value"] for c in label["colors"]] == [0, 255]
+    # The run's records are not in the OME-Zarr groups' attributes.
+    assert set(stored.attrs.asdict()) == {"ome"}
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
     assert create_output(out, source, images, (2, 3, 4), settings) is True
     with pytest.raises(DataError, match="other threshold"):
@@ -96,5 +119,47 @@ def test_outputs_are_created_whole_resumed_only_for_the_same_settings(tmp_path):
         create_output(tmp_path / "in.zarr/out.zarr", source, images, (2, 3, 4), settings)
     with pytest.raises(DataError, match=r"store named \*\.zarr"):
         create_output(tmp_path / "out", source, images, (2, 3, 4), settings)
-    assert json.loads(json.dumps(stored.attrs["unet_keras"])) == settings
-    assert np.all(stored["progress"][...] == 0)
+    records = stored[".unet_keras"].attrs
+    assert json.loads(json.dumps(records["settings"])) == settings
+    assert np.all(stored[".unet_keras/progress"][...] == 0)
+    assert not is_finished(out, "labels/objects")
+    mark_finished(out, "labels/objects")
+    assert is_finished(out, "labels/objects")
+
+
+def test_a_store_of_the_layout_before_the_records_group_is_refused_by_name(tmp_path):
+    create_volume(tmp_path / "in.zarr", (40, 50), (16, 16))
+    source = open_volume(tmp_path / "in.zarr")
+    before = zarr.open_group(tmp_path / "old.zarr", mode="w")
+    before.attrs["unet_keras"] = {"model": "m.keras"}
+    before.create_array("progress", shape=(1, 3, 4), dtype="uint8")
+    with pytest.raises(DataError, match=r"old\.zarr: a prediction by an earlier unet-keras"):
+        create_output(tmp_path / "old.zarr", source, [], (1, 3, 4), {"model": "m.keras"})
+
+
+@pytest.mark.parametrize("zarr_format", [2, 3])
+def test_outputs_stay_readable_as_inputs(tmp_path, zarr_format):
+    create_volume(tmp_path / "in.zarr", (2, 40, 50), (1, 16, 16), "uint8", zarr_format)
+    source = open_volume(tmp_path / "in.zarr")
+    images = [OutputImage("", "uint8"), OutputImage("labels/mask", "uint8", label=True)]
+    create_output(tmp_path / "out.zarr", source, images, (1, 1, 1), {})
+    for name, level in (("", "0"), ("/labels/mask", "labels/mask/0")):
+        volume = open_volume(f"{tmp_path}/out.zarr{name}")
+        assert (volume.path, volume.shape, volume.zarr_format) == (level, (2, 40, 50), zarr_format)
+
+
+def test_pyramid_levels_are_means_or_nearest_pixels_written_block_by_block(tmp_path, monkeypatch):
+    from unet_keras.io import pyramid
+
+    pixels = np.random.default_rng(0).integers(0, 256, (2, 45, 39), dtype=np.uint8)
+    fine = create_volume(tmp_path / "a.zarr/fine", pixels.shape, (1, 8, 8))
+    fine[...] = pixels
+    padded = np.pad(pixels.astype(np.float64), [(0, 0), (0, 1), (0, 1)], mode="edge")
+    means = np.rint(padded.reshape(2, 23, 2, 20, 2).mean(axis=(2, 4))).astype(np.uint8)
+    monkeypatch.setattr(pyramid, "BLOCK", 8)  # many blocks, odd last ones
+    for nearest, expected in ((False, means), (True, pixels[:, ::2, ::2])):
+        coarse = create_volume(tmp_path / f"a.zarr/{nearest}", (2, 23, 20), (1, 8, 8))
+        pyramid.halve(fine, coarse, nearest)
+        assert np.array_equal(coarse[...], expected)
+    probabilities = np.array([[0.0, 1.0], [0.5, 0.25]], np.float32)
+    assert pyramid.downsample(probabilities, False, np.float32).tolist() == [[0.4375]]

@@ -6,8 +6,8 @@ chunks and mirrored only at the volume's true border (`Segmenter.region_probabil
 so the result equals predicting each section whole, bit for bit at one tile a call
 (with more, TensorFlow's own CPU kernels may round a few probabilities 1 ulp apart), and
 memory is bounded by the block and tile sizes, never the volume. A block's results are
-written, then the block is marked done in the store's `progress` array: a run that is
-killed and started again skips the blocks marked done and writes the others.
+written, then the block is marked done in the store's records (`.unet_keras/progress`):
+a run that is killed and started again skips the blocks marked done and writes the others.
 
 On a cluster (`scheduler` an address, or `workers` local processes) each task is a block;
 the tasks carry the model's path and the stores' paths, never arrays or a Keras object,
@@ -41,8 +41,11 @@ from unet_keras.io.ome_zarr import (
     OutputImage,
     VolumeInput,
     create_output,
+    is_finished,
+    mark_finished,
     open_volume,
 )
+from unet_keras.io.pyramid import build_pyramids
 from unet_keras.io.sample import DataError
 
 log = logging.getLogger(__name__)
@@ -50,7 +53,9 @@ log = logging.getLogger(__name__)
 # Rows and columns of a block by default: the default tiles' output step, so that each
 # block of 512-pixel chunks is one tile's output (rounded up to whole chunks).
 DEFAULT_BLOCK = 512
-MASK, PROBABILITIES, LABELS = "mask", "probabilities", "labels"
+# The output store's images: the input's pixels at the root, the label images under
+# labels/ (the OME-Zarr way), the probabilities an image of their own.
+IMAGE, MASK, OBJECTS, PROBABILITIES = "", "labels/mask", "labels/objects", "probabilities"
 
 
 @dataclasses.dataclass
@@ -118,22 +123,27 @@ def predict_volume(
     With neither `scheduler` nor `workers` above 1, the blocks run in this process with
     `segmenter`; otherwise on the Dask cluster at `scheduler`, or on `workers` local worker
     processes, each of which loads the model from `job.model`. `objects` with `instances`
-    set also labels the objects, here, once every block is done (`label_volume`).
+    set also labels the objects, here, once every block is done (`label_volume`). Then
+    each image's coarser levels are built (`build_pyramids`).
     """
     _check_job(segmenter, job)
     objects = objects if objects is not None and objects.instances else None
-    images = [OutputImage(MASK, str(segmenter.mask(np.zeros((1, 1), np.int32)).dtype))]
+    mask_dtype = str(segmenter.mask(np.zeros((1, 1), np.int32)).dtype)
+    images = [
+        OutputImage(IMAGE, job.source.dtype),
+        OutputImage(MASK, mask_dtype, label=True, classes=segmenter.record.mask.class_values),
+    ]
     if job.probabilities:
         images.append(OutputImage(PROBABILITIES, "float32", segmenter.classes))
     if objects is not None:
-        images.append(OutputImage(LABELS, "uint32"))
+        images.append(OutputImage(OBJECTS, "uint32", label=True))
     settings = _settings(segmenter, job)
     if objects is not None:
         settings["objects"] = objects.to_dict()
     resumed = create_output(job.output, job.source, images, job.blocks, settings)
     todo = _blocks_to_do(job) if resumed else list(np.ndindex(job.blocks))
     report = VolumeReport(skipped=int(np.prod(job.blocks)) - len(todo))
-    report.written = [Path(job.output, image.name) for image in images]
+    report.written = [Path(job.output, image.name) for image in images[1:]]
     if report.skipped:
         log.info("%s: %d blocks already done, %d to go", job.output, report.skipped, len(todo))
     bar = tqdm(total=len(todo), disable=not progress, unit="block", desc=job.source.name)
@@ -142,8 +152,10 @@ def predict_volume(
             _run_here(segmenter, job, todo, report, bar)
         else:
             _run_on_cluster(job, todo, report, bar, scheduler, workers)
-    if objects is not None and not report.failed:
-        label_volume(segmenter, job, objects, progress)
+    if not report.failed:
+        if objects is not None:
+            label_volume(segmenter, job, objects, progress)
+        build_pyramids(job.output, images)
     return report
 
 
@@ -152,13 +164,13 @@ def label_volume(
 ) -> None:
     """Labels each section's objects from its mask, one section in memory at a time (ids
     1..n per section); with `link_sections`, a second pass joins them into 3D objects
-    numbered across the volume. Marked complete at the end: a rerun redoes it otherwise."""
+    numbered across the volume. Marked finished at the end: a rerun redoes it otherwise."""
     import zarr
 
-    group = zarr.open_group(job.output, mode="r+")
-    masks, labels = group[f"{MASK}/{LEVEL}"], group[f"{LABELS}/{LEVEL}"]
-    if labels.attrs.get("complete"):
+    if is_finished(job.output, OBJECTS):
         return
+    group = zarr.open_group(job.output, mode="r+")
+    masks, labels = group[f"{MASK}/{LEVEL}"], group[f"{OBJECTS}/{LEVEL}"]
     stacked = job.source.has_sections
     count = job.source.shape[0] if stacked else 1
     link = objects.link_sections and stacked
@@ -180,7 +192,7 @@ def label_volume(
         table = join_links(offset, links)
         for z in range(count):
             labels[z] = table[labels[z]]
-    labels.attrs["complete"] = True
+    mark_finished(job.output, OBJECTS)
 
 
 def _check_job(segmenter: Segmenter, job: VolumeJob) -> None:
@@ -316,13 +328,13 @@ def _worker_segmenter(model: str, inference: str) -> Segmenter:
 def predict_block(
     segmenter: Segmenter, job: VolumeJob, block: tuple[int, ...], source: Any = None
 ) -> None:
-    """Predicts one block, writes its results, then marks it done."""
+    """Predicts one block, writes its results and its input pixels, then marks it done."""
     import zarr
 
     source = job.source.open() if source is None else source
     sections, rows, cols = job.sections[block[0]], job.rows[block[1]], job.cols[block[2]]
     shape = job.source.shape[1:]
-    maps = []
+    maps, pixels = [], []
     for section in range(*sections):
 
         def read(top: int, bottom: int, left: int, right: int, section: int = section):
@@ -333,14 +345,16 @@ def predict_block(
                 read, shape, rows, cols, f"{job.source.name}[{section}]"
             )
         )
-    probabilities = np.stack(maps)  # (sections, h, w, classes)
+        pixels.append(read(*rows, *cols)[..., 0])
+    probabilities, pixels = np.stack(maps), np.stack(pixels)  # (sections, h, w[, classes])
     masks = np.stack([segmenter.mask(segmenter.labels(p)) for p in probabilities])
     where = (slice(*rows), slice(*cols))
     if job.source.has_sections:
         where = (slice(*sections), *where)
     else:
-        masks, probabilities = masks[0], probabilities[0]
+        masks, probabilities, pixels = masks[0], probabilities[0], pixels[0]
     output = zarr.open_group(job.output, mode="r+")
+    output[LEVEL][where] = pixels
     output[f"{MASK}/{LEVEL}"][where] = masks
     if job.probabilities:
         output[f"{PROBABILITIES}/{LEVEL}"][(slice(None), *where)] = np.moveaxis(

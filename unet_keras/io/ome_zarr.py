@@ -1,12 +1,16 @@
-"""Chunked volumes: Zarr (v2, v3) and OME-Zarr arrays in, chunked predictions out.
+"""Chunked volumes: Zarr (v2, v3) and OME-Zarr arrays in, viewer-ready OME-Zarr out.
 
 An input is `STORE.zarr` (an array, or an OME-Zarr image: its full-resolution level) or
 `STORE.zarr/PATH` (an array or image inside it). Its last two axes are y and x; a third
-is z, a stack of sections; other axes (OME-Zarr's t, c) must have one element. The output
-store holds an OME-Zarr image per result (`mask/0`, `probabilities/0`) with the input's
-sections, rows, columns, chunks and scale, in the input's Zarr format (v2: NGFF 0.4, v3:
-NGFF 0.5), and a `progress` array with one element per block, set once the block's
-results are written: a block is done or it is written again.
+is z, a stack of sections; other axes (OME-Zarr's t, c) must have one element.
+
+The output store is an OME-Zarr image (NGFF 0.5 in a Zarr v3 store, 0.4 in v2, as the
+input's format): the input's pixels at its root, label images under `labels/` (`mask`,
+and `objects` when labelled) with their classes' colours and the root as their source,
+and an image `probabilities` (classes first) when asked for. Each has a pyramid of levels
+(`level_shapes`) with the input's sections, chunks and pixel sizes. The run's records
+(its settings, a `progress` array with one element per block, set once the block's
+results are written, and the steps finished) are in the hidden group `.unet_keras`.
 
 zarr is imported inside the functions that need it (the `volumes` extra).
 """
@@ -25,9 +29,25 @@ import numpy as np
 from unet_keras.io.sample import DataError
 
 ZARR_MARKERS = ("zarr.json", ".zarray", ".zgroup")
-PROGRESS = "progress"
+# The run's own records (settings, blocks done, steps finished), apart from the OME-Zarr
+# groups: a hidden group, which OME-Zarr readers and viewers pass over.
+RECORDS = ".unet_keras"
+PROGRESS = f"{RECORDS}/progress"
+# Where stores of unet-keras before the records group kept their progress.
+PROGRESS_BEFORE = "progress"
+LABELS = "labels"
 # The full-resolution level of each output image, as OME-Zarr names levels.
 LEVEL = "0"
+MAX_LEVELS = 12
+# A viewer's colours of mask classes: class 0, the boundary, clear; then distinct colours.
+PALETTE = (
+    (0, 0, 0, 0),
+    (255, 210, 0, 255),
+    (0, 160, 255, 255),
+    (255, 60, 60, 255),
+    (80, 220, 80, 255),
+    (200, 80, 255, 255),
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -183,12 +203,26 @@ def _scale(level: dict[str, Any], count: int) -> list[float]:
 
 @dataclasses.dataclass(frozen=True)
 class OutputImage:
-    """One result written per block: its name in the output store, dtype and channels
-    (0: no channel axis)."""
+    """One result in the output store: its group (`""`: the root image), dtype, channels
+    (0: no channel axis), and whether it is a label image (ids or classes, under
+    `labels/`), with the mask value of each class to colour (`classes`)."""
 
     name: str
     dtype: str
     channels: int = 0
+    label: bool = False
+    classes: tuple[int, ...] = ()
+
+
+def level_shapes(source: VolumeInput) -> list[tuple[int, int, int]]:
+    """(sections, rows, columns) of each pyramid level: rows and columns halved (rounded
+    up) until both fit one chunk; sections are kept, as thick EM sections are."""
+    sections, height, width = source.shape
+    shapes = [(sections, height, width)]
+    while len(shapes) < MAX_LEVELS and (height > source.chunks[1] or width > source.chunks[2]):
+        height, width = -(-height // 2), -(-width // 2)
+        shapes.append((sections, height, width))
+    return shapes
 
 
 def create_output(
@@ -202,7 +236,7 @@ def create_output(
     prediction's (same `settings`). Returns True when it already existed (a resume).
 
     A new store is made under a hidden temporary name and renamed into place, so a store
-    at `path` always has all its arrays; existing data is never replaced.
+    at `path` always has all its arrays and levels; existing data is never replaced.
     """
     import zarr
 
@@ -221,15 +255,40 @@ def create_output(
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent))
     try:
-        group = zarr.open_group(str(staging), mode="w", zarr_format=source.zarr_format)
-        group.attrs["unet_keras"] = settings
+        root = zarr.open_group(str(staging), mode="w", zarr_format=source.zarr_format)
+        labels = [Path(image.name).name for image in images if image.label]
+        if labels:
+            group = root.create_group(LABELS)
+            group.attrs.update(_ome(source.zarr_format, {"labels": labels}))
+        shapes = level_shapes(source)
         for image in images:
-            _create_image(group, source, image)
-        group.create_array(PROGRESS, shape=blocks, chunks=(1, 1, 1), dtype="uint8", fill_value=0)
+            _fill_image(
+                root.require_group(image.name) if image.name else root, source, image, shapes
+            )
+        records = root.create_group(RECORDS)
+        records.attrs.update({"settings": settings, "finished": []})
+        records.create_array(
+            "progress", shape=blocks, chunks=(1, 1, 1), dtype="uint8", fill_value=0
+        )
         os.rename(staging, path)  # fails rather than merges if `path` appeared meanwhile
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return False
+
+
+def is_finished(path: str | os.PathLike, step: str) -> bool:
+    """Whether `step` (labelling, a pyramid level) is marked finished in the store's records."""
+    import zarr
+
+    return step in zarr.open_group(str(path), path=RECORDS, mode="r").attrs["finished"]
+
+
+def mark_finished(path: str | os.PathLike, step: str) -> None:
+    """Marks `step` finished in the store's records, once its results are all written."""
+    import zarr
+
+    records = zarr.open_group(str(path), path=RECORDS, mode="r+")
+    records.attrs["finished"] = [*records.attrs["finished"], step]
 
 
 def _check_resumable(path: Path, settings: dict[str, Any]) -> None:
@@ -237,9 +296,17 @@ def _check_resumable(path: Path, settings: dict[str, Any]) -> None:
     import zarr
 
     try:
-        found = zarr.open_group(str(path), mode="r").attrs.get("unet_keras")
+        root = zarr.open_group(str(path), mode="r")
+        found = root[RECORDS].attrs.get("settings") if RECORDS in root else None
+        earlier = "unet_keras" in root.attrs and PROGRESS_BEFORE in root
     except (FileNotFoundError, ValueError, TypeError, KeyError):
-        found = None
+        found, earlier = None, False
+    if earlier:
+        raise DataError(
+            f"--output {path}: a prediction by an earlier unet-keras, with its progress beside "
+            "the images (no pyramids, no labels group); it is never overwritten: finish it "
+            "with that version, or predict into a new store"
+        )
     if found is None:
         raise DataError(
             f"--output {path}: exists and is not a unet-keras prediction; it is never "
@@ -253,38 +320,86 @@ def _check_resumable(path: Path, settings: dict[str, Any]) -> None:
         )
 
 
-def _create_image(group: Any, source: VolumeInput, image: OutputImage) -> None:
-    """An OME-Zarr image `image.name` with one level shaped and chunked like `source`."""
-    _fill_image(group.create_group(image.name), source, image)
-
-
-def _fill_image(group: Any, source: VolumeInput, image: OutputImage) -> Any:
-    """Writes an OME-Zarr image's metadata and its empty level into `group`; returns it."""
-    sections, height, width = source.shape
-    sections_chunk, rows_chunk, cols_chunk = source.chunks
-    shape, chunks = [height, width], [rows_chunk, cols_chunk]
-    if source.has_sections:
-        shape, chunks = [sections, *shape], [sections_chunk, *chunks]
-    axes, scale = list(source.axes), list(source.scale)
-    if image.channels:
-        shape, chunks = [image.channels, *shape], [image.channels, *chunks]
-        axes, scale = [{"name": "c", "type": "channel"}, *axes], [1.0, *scale]
-    multiscale = {
-        "name": image.name,
-        "axes": axes,
-        "datasets": [
-            {"path": LEVEL, "coordinateTransformations": [{"type": "scale", "scale": scale}]}
-        ],
+def _ome(zarr_format: int, metadata: dict[str, Any]) -> dict[str, Any]:
+    """OME-Zarr attributes as the Zarr format has them: NGFF 0.5 under "ome" (v3), 0.4 at
+    the top with a version in each record that has one (v2)."""
+    if zarr_format == 3:
+        return {"ome": {"version": "0.5", **metadata}}
+    versioned = ("multiscales", "image-label")
+    return {
+        key: (
+            [{"version": "0.4", **value[0]}]
+            if key == "multiscales"
+            else {"version": "0.4", **value}
+            if key in versioned
+            else value
+        )
+        for key, value in metadata.items()
     }
+
+
+def _fill_image(
+    group: Any,
+    source: VolumeInput,
+    image: OutputImage,
+    shapes: list[tuple[int, int, int]] | None = None,
+) -> Any:
+    """Writes an OME-Zarr image's metadata and its empty levels (`shapes`, default: one,
+    the source's) into `group`; returns the full-resolution level."""
+    axes, scale = list(source.axes), list(source.scale)
+    chunks = [source.chunks[1], source.chunks[2]]
+    if source.has_sections:
+        chunks = [source.chunks[0], *chunks]
+    if image.channels:
+        axes, scale, chunks = (
+            [{"name": "c", "type": "channel"}, *axes],
+            [1.0, *scale],
+            [image.channels, *chunks],
+        )
+    datasets, arrays = [], []
+    for level, (sections, height, width) in enumerate(shapes or [source.shape]):
+        shape = [*([sections] if source.has_sections else []), height, width]
+        if image.channels:
+            shape = [image.channels, *shape]
+        factor = [*scale[:-2], scale[-2] * 2**level, scale[-1] * 2**level]
+        datasets.append(
+            {"path": str(level), "coordinateTransformations": [{"type": "scale", "scale": factor}]}
+        )
+        arrays.append(shape)
+    metadata: dict[str, Any] = {
+        "multiscales": [
+            {"name": Path(image.name or source.name).name, "axes": axes, "datasets": datasets}
+        ]
+    }
+    if image.label:
+        metadata["image-label"] = _image_label(image)
+    group.attrs.update(_ome(source.zarr_format, metadata))
     if source.zarr_format == 3:
-        group.attrs["ome"] = {"version": "0.5", "multiscales": [multiscale]}
         extra = {"dimension_names": [axis["name"] for axis in axes]}
     else:
-        group.attrs["multiscales"] = [{"version": "0.4", **multiscale}]
         extra = {"chunk_key_encoding": {"name": "v2", "separator": "/"}}
-    return group.create_array(
-        LEVEL, shape=shape, chunks=chunks, dtype=image.dtype, fill_value=0, **extra
-    )
+    levels = [
+        group.create_array(
+            str(level), shape=shape, chunks=chunks, dtype=image.dtype, fill_value=0, **extra
+        )
+        for level, shape in enumerate(arrays)
+    ]
+    return levels[0]
+
+
+def _image_label(image: OutputImage) -> dict[str, Any]:
+    """NGFF image-label metadata: the image it labels (the store's root, two groups up)
+    and, for a mask, a colour and the class index of each mask value."""
+    label: dict[str, Any] = {"source": {"image": "../../"}}
+    if image.classes:
+        label["colors"] = [
+            {"label-value": value, "rgba": list(PALETTE[k % len(PALETTE)])}
+            for k, value in enumerate(image.classes)
+        ]
+        label["properties"] = [
+            {"label-value": value, "class": k} for k, value in enumerate(image.classes)
+        ]
+    return label
 
 
 def create_volume(
