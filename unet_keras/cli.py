@@ -74,8 +74,9 @@ def _show_evaluation(config: EvaluateConfig, report: dict[str, Any]) -> int:
 
 
 def _show_export(config: ExportConfig, version: Path) -> int:
-    if config.format == "bioimageio":
-        print(f"exported {config.model} as a BioImage.IO model package:")
+    if config.format != "savedmodel":
+        kind = {"bioimageio": "a BioImage.IO model package", "onnx": "an ONNX model"}
+        print(f"exported {config.model} as {kind[config.format]}:")
         print(version)
         return 0
     print(f"exported {config.model} for TensorFlow Serving; version directory:")

@@ -58,6 +58,9 @@ METADATA_FIELD = "signature_def"
 
 # The model record's file: an entry of every .keras file and an asset of every export.
 RECORD_FILE = "unet_keras.json"
+# An ONNX export's `metadata_props`: the record, and how to tile images for the network.
+ONNX_RECORD = "unet_keras.record"
+ONNX_TILING = "unet_keras.tiling"
 # Requests TF Serving replays before a version is AVAILABLE (saved_model_warmup_util.h).
 WARMUP_FILE = "assets.extra/tf_serving_warmup_requests"
 # The SavedModel tag set TF Serving loads.

@@ -137,9 +137,15 @@ def evaluate(config: EvaluateConfig, progress: bool = True) -> dict[str, Any]:
 
 
 def export(config: ExportConfig) -> Path:
-    """Exports a model as the next (or the given) SavedModel version, or as a BioImage.IO
-    package; returns its folder or file."""
+    """Exports a model as the next (or the given) SavedModel version, a BioImage.IO
+    package or an ONNX file; returns its folder or file."""
     tile, overlap, threshold = config.tiling.tile, config.tiling.overlap, config.threshold
+    if config.format == "onnx":
+        from unet_keras.exports.onnx_export import export_onnx
+
+        return export_onnx(
+            config.model, config.output, tile=tile, overlap=overlap, threshold=threshold
+        )
     if config.format == "bioimageio":
         from unet_keras.exports.bioimageio import export_bioimageio
 

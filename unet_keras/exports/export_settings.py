@@ -21,11 +21,14 @@ class ExportConfig(Settings):
     base_path: str | None = setting(
         None, help="savedmodel: model base path; versions go to BASE/<n>/"
     )
-    format: Literal["savedmodel", "bioimageio"] = setting(
+    format: Literal["savedmodel", "bioimageio", "onnx"] = setting(
         "savedmodel",
-        help="savedmodel (TensorFlow Serving) or bioimageio (a BioImage.IO model package)",
+        help="savedmodel (TensorFlow Serving), bioimageio (a BioImage.IO model package) or "
+        "onnx (the network on tiles, for ONNX Runtime; needs no TensorFlow)",
     )
-    output: str | None = setting(None, help="bioimageio: the package to write, PKG.zip")
+    output: str | None = setting(
+        None, help="bioimageio: the package to write, PKG.zip; onnx: the file, MODEL.onnx"
+    )
     version: int | None = setting(None, help="version number (default: one more than the latest)")
     tiling: Tiling = setting(Tiling(), help="the graph's tiles, as predict's")
     threshold: float | None = threshold_setting()
@@ -41,7 +44,11 @@ class ExportConfig(Settings):
 
     def check(self) -> None:
         at_least(self, 1, "version", "max_pixels")
-        needed = {"savedmodel": ("base_path", "--base-path"), "bioimageio": ("output", "--output")}
+        needed = {
+            "savedmodel": ("base_path", "--base-path"),
+            "bioimageio": ("output", "--output"),
+            "onnx": ("output", "--output"),
+        }
         name, flag = needed[self.format]
         if getattr(self, name) is None:
             raise ValueError(f"export --format {self.format} needs {flag}")

@@ -110,7 +110,10 @@ class InstanceConfig(Settings):
             raise ValueError("link_sections links objects: choose --instances cc or watershed")
 
 
-MODEL_HELP = "a training run directory, a .keras file or an exported SavedModel version"
+MODEL_HELP = (
+    "a training run directory, a .keras file, an exported SavedModel version, a shipped "
+    "model's name, or an ONNX export (MODEL.onnx, run by ONNX Runtime)"
+)
 
 
 @dataclasses.dataclass(frozen=True)

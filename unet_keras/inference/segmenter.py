@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
 
-import keras
 import numpy as np
-import tensorflow as tf
 from tqdm.auto import tqdm
 
 from unet_keras.geometry import (
@@ -34,7 +34,6 @@ from unet_keras.io.masks import labels_to_mask
 from unet_keras.io.normalization import normalize
 from unet_keras.io.sample import DataError
 from unet_keras.record import SYMMETRIES, ModelRecord
-from unet_keras.saving import load_network
 
 # The 8 symmetries of the square: (quarter turns, flip left-right).
 DIHEDRAL = tuple((turns, flip) for flip in (False, True) for turns in range(4))
@@ -60,8 +59,9 @@ def dihedral(image: np.ndarray, turns: int, flip: bool) -> np.ndarray:
 class Segmenter:
     """Segments images of any size with a U-Net and the preprocessing it was trained with.
 
-    `network` maps normalised float32 tiles [N, h, w, C] to probabilities (see
-    `from_model` and `from_path`); `record` is the `ModelRecord` stored with the model
+    `network` maps normalised float32 tiles [N, h, w, C] to probabilities, or with
+    `raw_tiles` the tiles in the record's raw dtype (an ONNX export normalises them in its
+    graph); see `from_model` and `from_path`. `record` is the `ModelRecord` stored with the model
     (normalisation, mask convention, model shape, chosen threshold). `tile` is the input tile side
     (default: 700 for valid padding at depth 4, 512 for same padding); `batch_size` tiles
     go through the model at once; `overlap` (same padding only) is the overlap of
@@ -83,6 +83,7 @@ class Segmenter:
         overlap: int | None = None,
         tta: bool = False,
         threshold: float | None = None,
+        raw_tiles: bool = False,
     ) -> None:
         self.record = record
         self.model_config = record.model
@@ -103,22 +104,27 @@ class Segmenter:
         self.overlap = same_overlap(tile, overlap)
         if tile is not None:
             self._plan_axis(tile)  # rejects unworkable tiles now
-        # One graph for every tile shape: tracing again per shape costs more than it gains.
-        signature = tf.TensorSpec([None, None, None, self.model_config.in_channels], tf.float32)
-        self._forward = tf.function(network, input_signature=[signature], autograph=False)
+        self._forward, self._raw_tiles = network, raw_tiles
 
     @classmethod
     def from_path(cls, path: str | os.PathLike, **options: object) -> Segmenter:
-        """Loads a `.keras` file, a run directory's best model or an exported version;
-        `options` are the keyword arguments of `Segmenter` (tile, batch_size, overlap, tta,
-        threshold)."""
+        """Loads a `.keras` file, a run directory's best model, an exported version or an
+        ONNX export (run by ONNX Runtime, without TensorFlow); `options` are the keyword
+        arguments of `Segmenter` (tile, batch_size, overlap, tta, threshold)."""
+        if Path(path).suffix == ".onnx":
+            from unet_keras.inference.onnx_network import load_onnx
+
+            network, record = load_onnx(path)
+            return cls(network, record, raw_tiles=True, **options)
+        from unet_keras.saving import load_network
+
         network, record = load_network(path)
-        return cls(network, record, **options)
+        return cls(_traced(network, record), record, **options)
 
     @classmethod
-    def from_model(cls, model: keras.Model, record: ModelRecord, **options: object) -> Segmenter:
+    def from_model(cls, model: Any, record: ModelRecord, **options: object) -> Segmenter:
         """Wraps a Keras model (in inference mode) and its record; `options` as `from_path`."""
-        return cls(lambda tiles: model(tiles, training=False), record, **options)
+        return cls(_traced(lambda tiles: model(tiles, training=False), record), record, **options)
 
     @property
     def classes(self) -> int:
@@ -224,7 +230,10 @@ class Segmenter:
             # kernels, oneDNN off, the other tiles of a call were seen to move a few
             # probabilities by 1 ulp too: bit for bit needs one tile a call there.)
             inputs += inputs[-1:] * (self.batch_size - len(inputs))
-            outputs = np.asarray(self._forward(normalize(np.stack(inputs), self.normalization)))
+            tiles = np.stack(inputs)
+            if not self._raw_tiles:
+                tiles = normalize(tiles, self.normalization)
+            outputs = np.asarray(self._forward(tiles))
             for (i, j), output in zip(batch, outputs, strict=False):
                 # The tile's own span, clipped to the part of the image `result` holds.
                 top = max(rows.spans[i][0], origin[0])
@@ -274,6 +283,15 @@ class Segmenter:
     ) -> np.ndarray:
         """The input of tile (i, j), mirrored where it reaches beyond the image."""
         return image[np.ix_(tile_input_index(rows, i), tile_input_index(cols, j))]
+
+
+def _traced(network: Callable, record: ModelRecord) -> Callable:
+    """`network` as one TensorFlow graph for every tile shape: tracing again per shape
+    costs more than it gains."""
+    import tensorflow as tf
+
+    signature = tf.TensorSpec([None, None, None, record.model.in_channels], tf.float32)
+    return tf.function(network, input_signature=[signature], autograph=False)
 
 
 def _chunks(items: list, size: int) -> Iterator[list]:
