@@ -148,9 +148,19 @@ def export(config: ExportConfig) -> Path:
         )
     if config.format == "bioimageio":
         from unet_keras.exports.bioimageio import export_bioimageio
+        from unet_keras.exports.bioimageio_card import PackageInfo
 
+        info = PackageInfo(
+            config.authors, config.maintainers, str(config.version or 1), config.git_repo
+        )
         return export_bioimageio(
-            config.model, config.output, tile=tile, overlap=overlap, threshold=threshold
+            config.model,
+            config.output,
+            tile=tile,
+            overlap=overlap,
+            threshold=threshold,
+            test_image=config.test_image,
+            info=info,
         )
     from unet_keras.exports.savedmodel import export_model
 

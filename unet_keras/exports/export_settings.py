@@ -29,7 +29,11 @@ class ExportConfig(Settings):
     output: str | None = setting(
         None, help="bioimageio: the package to write, PKG.zip; onnx: the file, MODEL.onnx"
     )
-    version: int | None = setting(None, help="version number (default: one more than the latest)")
+    version: int | None = setting(
+        None,
+        help="version number (savedmodel default: one more than the latest; bioimageio: the "
+        "package's version, default 1)",
+    )
     tiling: Tiling = setting(Tiling(), help="the graph's tiles, as predict's")
     threshold: float | None = threshold_setting()
     max_pixels: int = setting(
@@ -40,6 +44,21 @@ class ExportConfig(Settings):
         True,
         help="write warmup requests (assets.extra/tf_serving_warmup_requests), which the "
         "server replays before a version is AVAILABLE so that its first request is not slow",
+    )
+
+    authors: tuple[str, ...] = setting(
+        ("unet-keras developers",), help="bioimageio: the package's authors, by name"
+    )
+    maintainers: tuple[str, ...] = setting(
+        (), help="bioimageio: the package's maintainers, by GitHub user name (the zoo wants one)"
+    )
+    git_repo: str | None = setting(
+        None, help="bioimageio: the https:// URL of the model's git repository"
+    )
+    test_image: str | None = setting(
+        None,
+        help="bioimageio: an image (e.g. a real section) for the package's test and cover "
+        "(default: a synthetic EM section)",
     )
 
     def check(self) -> None:
