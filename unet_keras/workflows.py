@@ -114,6 +114,7 @@ def predict_volume(config: PredictConfig, progress: bool = True) -> Any:
         job,
         scheduler=config.scheduler,
         workers=config.workers,
+        retries=config.retries,
         objects=config.objects,
         progress=progress,
     )

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
+from distributed.diagnostics.plugin import WorkerPlugin
 
 from unet_keras import workflows
 from unet_keras.cli import main
@@ -224,6 +225,84 @@ def test_local_worker_processes_give_the_same_volume_and_leave_the_environment(
     assert report.failed == [] and report.predicted == 2 * 2 * 2
     masks = zarr.open_array(tmp_path / "out.zarr/labels/mask/0", mode="r")[...]
     assert np.array_equal(masks, whole_sections(model, pixels)[0])
+
+
+class _KillWorkerOnce(WorkerPlugin):
+    """A worker plugin: the first time a task whose key holds one of `patterns` starts
+    on a worker, that worker process dies (os._exit), as a lost machine would; a marker
+    file per pattern, made just before, keeps every other try alive."""
+
+    def __init__(self, folder: str, patterns: tuple[str, ...]):
+        self.folder, self.patterns = folder, patterns
+
+    def transition(self, key, start, finish, **kwargs):
+        if finish != "executing":
+            return
+        for pattern in self.patterns:
+            if pattern in str(key):
+                try:
+                    os.close(os.open(Path(self.folder, pattern), os.O_CREAT | os.O_EXCL))
+                except FileExistsError:
+                    continue
+                os._exit(1)
+
+
+def _fails_once(marker: str) -> str:
+    """A task that raises the first time it runs, then succeeds."""
+    if not os.path.exists(marker):
+        Path(marker).touch()
+        raise OSError("a flaky shared disk")
+    return "ok"
+
+
+def test_a_worker_lost_mid_volume_and_mid_labelling_changes_nothing(tmp_path, tiny_model_file):
+    """Two worker processes; one dies as block (2, 1, 1) starts, and one as the first
+    labelling task starts: the tasks run again on the worker left or the one the nanny
+    restarts, and the masks and linked objects equal a run without failure."""
+    import distributed
+
+    from unet_keras.inference.volumes import _map_on_cluster
+
+    model = tiny_model_file()
+    pixels = make_volume(tmp_path / "in.zarr", (4, 70, 70))
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    objects = {"instances": "cc", "link_sections": True}
+    plugin = _KillWorkerOnce(str(markers), ("-2-1-1-", "label_piece"))
+    with (
+        environment_restored(),
+        distributed.LocalCluster(
+            n_workers=2,
+            threads_per_worker=1,
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address=":0",
+        ) as cluster,
+        distributed.Client(cluster) as client,
+    ):
+        client.register_plugin(plugin)
+        settings = config(model, tmp_path / "in.zarr", tmp_path / "out.zarr", objects=objects)
+        settings = PredictConfig.from_dict(
+            {**settings.to_dict(), "scheduler": cluster.scheduler_address, "retries": 0}
+        )
+        report = workflows.predict(settings, progress=False)
+        flaky = str(tmp_path / "flaky")
+        with pytest.raises(OSError, match="flaky shared disk"):
+            _map_on_cluster(client, 0, _fails_once, [(flaky,)])
+        assert _map_on_cluster(client, 1, _fails_once, [(flaky + "2",)]) == ["ok"]
+    assert sorted(p.name for p in markers.iterdir()) == ["-2-1-1-", "label_piece"]
+    assert report.failed == [] and report.predicted == 4 * 2 * 2
+    out = zarr.open_group(tmp_path / "out.zarr", mode="r")
+    masks = whole_sections(model, pixels)[0]
+    assert np.array_equal(out["labels/mask/0"][...], masks)
+    from unet_keras.inference.inference_settings import InstanceConfig
+    from unet_keras.inference.instances import label_objects, link_sections
+    from unet_keras.io.masks import mask_to_labels
+
+    record, config_ = Segmenter.from_path(model).record, InstanceConfig(**objects)
+    sections = [label_objects(mask_to_labels(m, record.mask), config_) for m in masks]
+    expected = link_sections(np.stack(sections), config_.min_overlap)
+    assert expected.max() > 3 and np.array_equal(out["labels/objects/0"][...], expected)
 
 
 def _models_loaded() -> int:

@@ -146,6 +146,12 @@ class PredictConfig(Settings):
     workers: int = setting(
         1, help="volumes without --scheduler: local worker processes (1: this process)"
     )
+    retries: int = setting(
+        3,
+        help="volumes on a cluster: times a task that raised (a block, a labelling step) is "
+        "run again; a lost worker's tasks are run again on the others regardless",
+    )
 
     def check(self) -> None:
         at_least(self, 1, "block", "workers")
+        at_least(self, 0, "retries")

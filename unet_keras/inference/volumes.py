@@ -31,10 +31,9 @@ from tqdm.auto import tqdm
 
 from unet_keras.geometry import plan_blocks
 from unet_keras.inference.inference_settings import InferenceConfig, InstanceConfig
-from unet_keras.inference.instances import join_links, label_objects, section_links
 from unet_keras.inference.predict import PredictionReport
 from unet_keras.inference.segmenter import Segmenter
-from unet_keras.io.masks import mask_to_labels
+from unet_keras.inference.volume_objects import ObjectsJob, TaskMap, label_pieces
 from unet_keras.io.ome_zarr import (
     LEVEL,
     PROGRESS,
@@ -53,6 +52,8 @@ log = logging.getLogger(__name__)
 # Rows and columns of a block by default: the default tiles' output step, so that each
 # block of 512-pixel chunks is one tile's output (rounded up to whole chunks).
 DEFAULT_BLOCK = 512
+# Times a cluster task that raised is run again (a lost worker's tasks are rerun anyway).
+DEFAULT_RETRIES = 3
 # The output store's images: the input's pixels at the root, the label images under
 # labels/ (the OME-Zarr way), the probabilities an image of their own.
 IMAGE, MASK, OBJECTS, PROBABILITIES = "", "labels/mask", "labels/objects", "probabilities"
@@ -117,14 +118,17 @@ def predict_volume(
     workers: int = 1,
     objects: InstanceConfig | None = None,
     progress: bool = False,
+    retries: int = DEFAULT_RETRIES,
 ) -> VolumeReport:
     """Predicts every block of `job` not yet done into its output store.
 
     With neither `scheduler` nor `workers` above 1, the blocks run in this process with
     `segmenter`; otherwise on the Dask cluster at `scheduler`, or on `workers` local worker
-    processes, each of which loads the model from `job.model`. `objects` with `instances`
-    set also labels the objects, here, once every block is done (`label_volume`). Then
-    each image's coarser levels are built (`build_pyramids`).
+    processes, each of which loads the model from `job.model`; a task whose worker is
+    lost is run again elsewhere (distributed does so), one that raises up to `retries`
+    times more. `objects` with `instances` set also labels the objects once every block is
+    done, in tasks on the same cluster (`label_volume`). Then each image's coarser levels
+    are built here (`build_pyramids`).
     """
     _check_job(segmenter, job)
     objects = objects if objects is not None and objects.instances else None
@@ -147,51 +151,45 @@ def predict_volume(
     if report.skipped:
         log.info("%s: %d blocks already done, %d to go", job.output, report.skipped, len(todo))
     bar = tqdm(total=len(todo), disable=not progress, unit="block", desc=job.source.name)
-    with bar:
-        if scheduler is None and workers <= 1:
-            _run_here(segmenter, job, todo, report, bar)
-        else:
-            _run_on_cluster(job, todo, report, bar, scheduler, workers)
-    if not report.failed:
-        if objects is not None:
-            label_volume(segmenter, job, objects, progress)
-        build_pyramids(job.output, images)
+    with contextlib.ExitStack() as stack:  # the cluster serves the labelling too
+        run: TaskMap = _map_here
+        with bar:
+            if scheduler is None and workers <= 1:
+                _run_here(segmenter, job, todo, report, bar)
+            else:
+                client = stack.enter_context(_cluster(scheduler, workers))
+                run = functools.partial(_map_on_cluster, client, retries)
+                _run_on_cluster(client, job, todo, report, bar, retries)
+        if not report.failed:
+            if objects is not None:
+                label_volume(segmenter, job, objects, run)
+            build_pyramids(job.output, images)
     return report
 
 
 def label_volume(
-    segmenter: Segmenter, job: VolumeJob, objects: InstanceConfig, progress: bool = False
+    segmenter: Segmenter, job: VolumeJob, objects: InstanceConfig, run: TaskMap | None = None
 ) -> None:
-    """Labels each section's objects from its mask, one section in memory at a time (ids
-    1..n per section); with `link_sections`, a second pass joins them into 3D objects
-    numbered across the volume. Marked finished at the end: a rerun redoes it otherwise."""
-    import zarr
-
+    """Labels each section's objects from its mask (ids 1..n per section; with
+    `link_sections` 3D objects numbered across the volume), in tasks that `run` maps
+    (default: here): "cc" block by block, "watershed" section by section, merged into the
+    labels of each section labelled whole (`label_pieces`). Marked finished at the end: a
+    rerun redoes it otherwise."""
     if is_finished(job.output, OBJECTS):
         return
-    group = zarr.open_group(job.output, mode="r+")
-    masks, labels = group[f"{MASK}/{LEVEL}"], group[f"{OBJECTS}/{LEVEL}"]
-    stacked = job.source.has_sections
-    count = job.source.shape[0] if stacked else 1
-    link = objects.link_sections and stacked
-    offset, links, previous = 0, [], None
-    for z in tqdm(range(count), disable=not progress, unit="section", desc="objects"):
-        where = (z,) if stacked else ()
-        classes = mask_to_labels(masks[where], segmenter.record.mask, f"{job.output}[{z}]")
-        found = label_objects(classes, objects)
-        if link:
-            # Ids numbered across the volume, so that links name one object each.
-            if offset + int(found.max(initial=0)) >= 2**32:
-                raise DataError(f"{job.output}: more than 2**32 objects to link")
-            found = np.where(found > 0, found + offset, 0).astype(np.uint32)
-            if previous is not None:
-                links.append(section_links(previous, found, objects.min_overlap))
-            previous, offset = found, int(found.max(initial=offset))
-        labels[where] = found
-    if link:
-        table = join_links(offset, links)
-        for z in range(count):
-            labels[z] = table[labels[z]]
+    pieces = ObjectsJob(
+        output=job.output,
+        mask_path=f"{MASK}/{LEVEL}",
+        objects_path=f"{OBJECTS}/{LEVEL}",
+        mask=segmenter.record.mask,
+        objects=objects,
+        shape=job.source.shape,
+        stacked=job.source.has_sections,
+        sections=job.sections,
+        rows=job.rows,
+        cols=job.cols,
+    )
+    label_pieces(pieces, run or _map_here)
     mark_finished(job.output, OBJECTS)
 
 
@@ -250,15 +248,36 @@ def _run_here(
 
 
 def _run_on_cluster(
+    client: Any,
     job: VolumeJob,
     todo: list[tuple[int, ...]],
     report: VolumeReport,
     bar: tqdm,
-    scheduler: str | None,
-    workers: int,
+    retries: int,
 ) -> None:
     """One task per block on a Dask cluster; a failed block is reported, the rest go on."""
-    from distributed import Client, LocalCluster, as_completed
+    from distributed import as_completed
+
+    futures = {
+        client.submit(
+            run_block, job, block, key=f"unet-block-{_key(job, block)}", retries=retries
+        ): block
+        for block in todo
+    }
+    for future in as_completed(futures):
+        try:
+            future.result()
+            report.predicted += 1
+        except Exception as error:  # the worker's error, named by its block
+            report.failed.append((f"block {futures[future]}", f"{error}"))
+            log.error("%s: block %s: %s", job.output, futures[future], error)
+        bar.update()
+
+
+@contextlib.contextmanager
+def _cluster(scheduler: str | None, workers: int) -> Iterator[Any]:
+    """A client of the Dask cluster at `scheduler`, or of `workers` local processes."""
+    from distributed import Client, LocalCluster
 
     with contextlib.ExitStack() as stack:  # the cluster closes after its client
         if scheduler is None:
@@ -276,18 +295,21 @@ def _run_on_cluster(
         else:
             client = stack.enter_context(Client(scheduler))
         log.info("Dask dashboard: %s", client.dashboard_link)
-        futures = {
-            client.submit(run_block, job, block, key=f"unet-block-{_key(job, block)}"): block
-            for block in todo
-        }
-        for future in as_completed(futures):
-            try:
-                future.result()
-                report.predicted += 1
-            except Exception as error:  # the worker's error, named by its block
-                report.failed.append((f"block {futures[future]}", f"{error}"))
-                log.error("%s: block %s: %s", job.output, futures[future], error)
-            bar.update()
+        yield client
+
+
+def _map_here(function: Any, arguments: list[tuple[Any, ...]]) -> list[Any]:
+    """Runs `function` on each argument tuple in this process."""
+    return [function(*args) for args in arguments]
+
+
+def _map_on_cluster(
+    client: Any, retries: int, function: Any, arguments: list[tuple[Any, ...]]
+) -> list[Any]:
+    """Runs `function` on each argument tuple as a task on the cluster; the results in
+    order, or the first task's error once its retries are spent."""
+    futures = [client.submit(function, *args, retries=retries, pure=False) for args in arguments]
+    return client.gather(futures)
 
 
 @contextlib.contextmanager
