@@ -88,6 +88,12 @@ def _bottom_for_output(n: Any, depth: int, xp: ModuleType = np) -> Any:
     return xp.maximum(ceil_div(n + _CONV_TRIM * (scale - 1), scale), _smallest_bottom(depth))
 
 
+def valid_outputs(depth: int = 4) -> tuple[int, int]:
+    """(smallest, step): a valid-padding U-Net's output sides are smallest + k * step."""
+    check_depth(depth)
+    return int(_output_from_bottom(_smallest_bottom(depth), depth)), 2**depth
+
+
 def context_margin(depth: int = 4) -> int:
     """Pixels a valid-padding U-Net loses on each side: 92 for depth 4, as in the paper."""
     check_depth(depth)

@@ -17,15 +17,15 @@ import tifffile
 from PIL import Image
 
 from tests.exports.test_export_runtime import KINDS, TILE
-from tests.serving_fixtures import TINY_NORMALIZATION
+from tests.serving_fixtures import ISBI_MASKS, TINY_NORMALIZATION
 from unet_keras import contract
-from unet_keras.exports.onnx_export import ONNX_OPSET, export_onnx
+from unet_keras.exports.onnx_export import ONNX_OPSET, export_onnx, onnx_model
 from unet_keras.geometry import output_size
 from unet_keras.inference.onnx_network import load_onnx
 from unet_keras.inference.segmenter import Segmenter
 from unet_keras.io.normalization import normalize
 from unet_keras.model import build_unet
-from unet_keras.record import ModelRecord, TileSizes
+from unet_keras.record import ModelConfig, ModelRecord, TileSizes
 from unet_keras.saving import load_model, save_model
 
 # ONNX Runtime's and TensorFlow's kernels sum convolutions in other orders: measured up to
@@ -186,3 +186,24 @@ def test_export_and_predict_run_where_tensorflow_is_not_installed(tmp_path: Path
     np.testing.assert_allclose(got, expected, atol=TOLERANCE, rtol=0)
     mask = np.asarray(Image.open(tmp_path / "masks" / "section.png"))
     assert (mask == segmenter.mask(segmenter.labels(expected))).mean() > 0.999
+
+
+@pytest.mark.parametrize(
+    ("depth", "rows", "cols", "tile"), [(2, 117, 133, 76), (3, 208, 229, 124)]
+)
+def test_a_whole_image_graph_gives_predicts_probabilities(isbi, depth, rows, cols, tile) -> None:
+    """`onnx_model(whole_image=True)` (the BioImage.IO package's ONNX weights): one pass over
+    an image of any size, mirrored inside the graph, equals predict's valid tiles."""
+    import onnxruntime
+
+    keras.utils.set_random_seed(depth)
+    config = ModelConfig(filters=4, depth=depth, padding="valid", dropout=0.0)
+    model = build_unet(**config.to_dict())
+    record = ModelRecord(ISBI_MASKS, TINY_NORMALIZATION, config, TileSizes(*TILE["valid"]))
+    proto = onnx_model(model, record, whole_image=True)
+    session = onnxruntime.InferenceSession(proto.SerializeToString())
+    image = isbi_section(isbi, rows, cols)
+    got = session.run(None, {contract.IMAGE: image[np.newaxis]})[0][0]
+    expected = Segmenter.from_model(model, record, tile=tile).probabilities(image)
+    assert got.shape == expected.shape == (rows, cols, 1)
+    np.testing.assert_allclose(got, expected, atol=TOLERANCE, rtol=0)

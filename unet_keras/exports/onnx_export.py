@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from unet_keras import contract
-from unet_keras.geometry import context_margin, plan_tiles, same_overlap
+from unet_keras.geometry import context_margin, plan_tiles, same_overlap, valid_outputs
 from unet_keras.io.atomic import atomic_path
 from unet_keras.record import ModelRecord
 
@@ -65,21 +65,42 @@ def export_onnx(
     from unet_keras.saving import load_model
 
     network, record = load_model(model)
-    graph = _Graph(record)
-    graph.convert(network)
-    proto = onnx.helper.make_model(
-        graph.make(f"unet_{Path(str(model)).stem}"),
-        opset_imports=[onnx.helper.make_opsetid("", ONNX_OPSET)],
-        producer_name="unet-keras",
-        doc_string=f"U-Net ({record.model.padding} padding) exported from {model}",
-    )
-    proto.ir_version = 8  # what opset 17 needs, and what older runtimes still read
+    proto = onnx_model(network, record, name=f"unet_{Path(str(model)).stem}")
     onnx.helper.set_model_props(proto, metadata(record, tile, overlap, threshold))
-    onnx.checker.check_model(proto, full_check=True)
     output.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(output) as partial:
         onnx.save(proto, partial)
     return output
+
+
+def onnx_model(
+    network: Any,
+    record: ModelRecord,
+    *,
+    whole_image: bool = False,
+    names: tuple[str, str] = (contract.IMAGE, contract.PROBABILITIES),
+    name: str = "unet",
+) -> Any:
+    """The checked ONNX model of a Keras U-Net with its record's normalisation; `names` are
+    its input's and output's.
+
+    With `whole_image`, a valid-padding network's output has its input's size, as an
+    export graph's: the input is mirrored by the context margin inside the graph (and up
+    to a workable size), and the output cropped to the input's size.
+    """
+    import onnx
+
+    graph = _Graph(record, names, whole_image)
+    graph.convert(network)
+    proto = onnx.helper.make_model(
+        graph.make(name),
+        opset_imports=[onnx.helper.make_opsetid("", ONNX_OPSET)],
+        producer_name="unet-keras",
+        doc_string=f"U-Net ({record.model.padding} padding) made by unet-keras",
+    )
+    proto.ir_version = 8  # what opset 17 needs, and what older runtimes still read
+    onnx.checker.check_model(proto, full_check=True)
+    return proto
 
 
 def metadata(
@@ -138,11 +159,12 @@ def _choose_keras_backend() -> None:
 class _Graph:
     """ONNX nodes and weights written while walking a Keras U-Net's layers in order."""
 
-    def __init__(self, record: ModelRecord) -> None:
+    def __init__(self, record: ModelRecord, names: tuple[str, str], whole_image: bool) -> None:
         import onnx
 
         self.helper, self.onnx = onnx.helper, onnx
-        self.record = record
+        self.record, self.io_names = record, names
+        self.whole_image = whole_image and record.model.padding == "valid"
         self.nodes: list[Any] = []
         self.weights: list[Any] = []
         self.names: dict[int, str] = {}  # id(KerasTensor) -> its value's name, NCHW
@@ -150,7 +172,10 @@ class _Graph:
 
     def convert(self, model: Any) -> None:
         """Adds every layer of `model` (a functional U-Net) to the graph."""
-        self.names[id(model.inputs[0])] = self._normalized_input()
+        value = self._normalized_input()
+        if self.whole_image:
+            value, size = self._mirrored(value)
+        self.names[id(model.inputs[0])] = self.node("Transpose", [value], perm=[0, 3, 1, 2])
         for layer in model.layers[1:]:
             convert = _LAYERS.get(type(layer).__name__)
             if convert is None:
@@ -161,8 +186,12 @@ class _Graph:
             inputs = layer.input if isinstance(layer.input, list) else [layer.input]
             names = [self.names[id(tensor)] for tensor in inputs]
             self.names[id(layer.output)] = convert(self, layer, names)
-        last = self.names[id(model.outputs[0])]
-        self.node("Transpose", [last], perm=[0, 2, 3, 1], output=contract.PROBABILITIES)
+        output = self.node("Transpose", [self.names[id(model.outputs[0])]], perm=[0, 2, 3, 1])
+        if self.whole_image:
+            zeros = self.constant("crop_start", np.zeros(2, np.int64))
+            axes = self.constant("crop_axes", np.array([1, 2], np.int64))
+            output = self.node("Slice", [output, zeros, size, axes])
+        self.node("Identity", [output], output=self.io_names[1])
 
     def make(self, name: str) -> Any:
         """The graph with its NHWC input and output declared."""
@@ -170,12 +199,11 @@ class _Graph:
         config = self.record.model
         dtype = getattr(types, _ELEMENT_TYPES[self.record.normalization.input_dtype])
         image = helper.make_tensor_value_info(
-            contract.IMAGE, dtype, ["N", "height", "width", config.in_channels]
+            self.io_names[0], dtype, ["N", "height", "width", config.in_channels]
         )
+        sizes = ["height", "width"] if self.whole_image else ["output_height", "output_width"]
         probabilities = helper.make_tensor_value_info(
-            contract.PROBABILITIES,
-            types.FLOAT,
-            ["N", "output_height", "output_width", config.classes],
+            self.io_names[1], types.FLOAT, ["N", *sizes, config.classes]
         )
         return helper.make_graph(self.nodes, name, [image], [probabilities], self.weights)
 
@@ -192,19 +220,38 @@ class _Graph:
         return name
 
     def _normalized_input(self) -> str:
-        """Raw pixels -> float32 -> (x - offset) / scale -> NCHW, as `normalize` does."""
+        """Raw pixels -> float32 -> (x - offset) / scale, as `normalize` does."""
         normalization = self.record.normalization
         if normalization.input_dtype not in _ELEMENT_TYPES:
             raise ValueError(
                 f"the model was trained on {normalization.input_dtype} images; ONNX "
                 f"exports take {', '.join(_ELEMENT_TYPES)}"
             )
-        pixels = self.node("Cast", [contract.IMAGE], to=self.onnx.TensorProto.FLOAT)
+        pixels = self.node("Cast", [self.io_names[0]], to=self.onnx.TensorProto.FLOAT)
         offset = self.constant("offset", np.asarray(normalization.offset, np.float32))
         scale = self.constant("scale", np.asarray(normalization.scale, np.float32))
-        shifted = self.node("Sub", [pixels, offset])
-        normalized = self.node("Div", [shifted, scale])
-        return self.node("Transpose", [normalized], perm=[0, 3, 1, 2])
+        return self.node("Div", [self.node("Sub", [pixels, offset]), scale])
+
+    def _mirrored(self, image: str) -> tuple[str, str]:
+        """An NHWC image mirrored (np.pad's reflect, predict's `mirror_index`) by the context
+        margin, and past it at the bottom and right up to a workable size; and its (h, w)."""
+        depth = self.record.model.depth
+        margin, (smallest, step) = context_margin(depth), valid_outputs(depth)
+
+        def ints(name: str, *values: int) -> str:
+            return self.constant(name, np.array(values, np.int64))
+
+        size = self.node("Slice", [self.node("Shape", [image]), ints("h", 1), ints("w", 3)])
+        # The smallest output side of at least `size`: smallest + ceil(beyond / step) * step.
+        beyond = self.node("Max", [self.node("Sub", [size, ints("smallest", smallest)]), "zero"])
+        self.constant("zero", np.zeros(1, np.int64))
+        steps = self.node("Div", [self.node("Add", [beyond, ints("rounding", step - 1)]), "step"])
+        ints("step", step)
+        output = self.node("Add", [self.node("Mul", [steps, "step"]), "smallest"])
+        after = self.node("Add", [self.node("Sub", [output, size]), ints("margin", margin)])
+        before = ints("before", 0, margin, margin, 0, 0)
+        pads = self.node("Concat", [before, after, "zero"], axis=0)
+        return self.node("Pad", [image, pads], mode="reflect"), size
 
 
 def _named(graph: _Graph, layer: Any, weights: list[np.ndarray], parts: tuple[str, ...]) -> list:
