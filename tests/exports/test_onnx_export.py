@@ -207,3 +207,22 @@ def test_a_whole_image_graph_gives_predicts_probabilities(isbi, depth, rows, col
     expected = Segmenter.from_model(model, record, tile=tile).probabilities(image)
     assert got.shape == expected.shape == (rows, cols, 1)
     np.testing.assert_allclose(got, expected, atol=TOLERANCE, rtol=0)
+
+
+def test_a_volume_predicted_through_onnx_runtime(tmp_path: Path, tiny_model_file) -> None:
+    """Volumes take MODEL.onnx as every model path: the blocks' probabilities equal the Keras
+    model's sections predicted whole."""
+    import zarr
+
+    from tests.inference.test_volumes import INFERENCE, config, make_volume, whole_sections
+    from unet_keras import workflows
+
+    model = tiny_model_file()
+    onnx_file = export_onnx(model, tmp_path / "model.onnx")
+    pixels = make_volume(tmp_path / "in.zarr", (2, 70, 90))
+    job = config(onnx_file, tmp_path / "in.zarr", tmp_path / "out.zarr", probabilities="zarr")
+    report = workflows.predict(job, progress=False)
+    assert report.failed == [] and report.predicted == 2 * 2 * 2
+    _, maps = whole_sections(model, pixels, INFERENCE)
+    got = zarr.open_array(tmp_path / "out.zarr/probabilities/0", mode="r")[...]
+    np.testing.assert_allclose(got, maps, atol=TOLERANCE, rtol=0)
