@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -202,6 +203,21 @@ def test_serve_with_tensorflow_model_servers_flags_answers_a_health_check(tmp_pa
     finally:
         server.terminate()
         assert server.wait() == 0
+
+
+def test_a_repeated_sigterm_still_ends_the_server_cleanly(tmp_path: Path) -> None:
+    """A supervisor that repeats SIGTERM until the process is gone: every one of them, up
+    to the process's last steps, is the same request to stop, never a kill."""
+    export_half_plus_two(tmp_path / "half", 1)
+    server = ServerProcess(tmp_path / "half", "half", tmp_path / "log")
+    server.wait_available()
+    signals, deadline = 0, time.monotonic() + 60
+    while server.process.poll() is None and time.monotonic() < deadline:
+        server.process.send_signal(signal.SIGTERM)
+        signals += 1
+        time.sleep(0.005)
+    assert server.wait() == 0, server.log.read_text()
+    assert signals > 1
 
 
 def test_launch_sh_starts_unet_keras_serve_with_its_flags_unchanged(tmp_path: Path) -> None:

@@ -51,7 +51,11 @@ def serve(
 ) -> int:
     """Serves until SIGTERM or SIGINT (or `stop`): 0 after a clean stop, 1 if it cannot start.
 
-    From the main thread, SIGTERM and SIGINT set `stop`; their handlers are restored after.
+    From the main thread, SIGTERM and SIGINT set `stop`; their handlers are restored after,
+    unless the process ends with the server (`exit_when_stuck`): then they are ignored from
+    there on, as there is nothing left to stop, and a supervisor that repeats SIGTERM must
+    not turn a clean stop into a kill (Python's exit puts a handler back to the default,
+    which kills, but leaves an ignored signal ignored).
     Requests still running when `grace_seconds` have passed are cancelled (their sessions
     closed); with `exit_when_stuck`, a thread that still holds the process after that ends
     it at once (`os._exit`), so the grace period bounds a shutdown whatever is running.
@@ -69,7 +73,7 @@ def serve(
         return _serve(config, tls, options, stop, exit_when_stuck)
     finally:
         for number, handler in previous.items():
-            signal.signal(number, handler)
+            signal.signal(number, signal.SIG_IGN if exit_when_stuck else handler)
 
 
 def _serve(
