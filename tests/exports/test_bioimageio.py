@@ -165,8 +165,7 @@ def test_the_shipped_models_package(core_here, isbi):
     }
     assert "No licence identifier is known" in rdf["training_data"]["description"]
     assert "halo" not in rdf["outputs"][0]["axes"][1]  # same padding: no margin to crop
-    # predict blends a same-padding network's tiles, which ONNX weights do not (valid only).
-    assert set(rdf["weights"]) == {"tensorflow_saved_model_bundle"}
+    assert set(rdf["weights"]) == {"tensorflow_saved_model_bundle", "onnx"}
     card = zipfile.ZipFile(package).read("README.md").decode()
     assert "Threshold 0.35, chosen by pixel_error" in card and "| 0.0800 |" in card
     image = read_image(section)

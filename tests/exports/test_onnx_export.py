@@ -189,23 +189,36 @@ def test_export_and_predict_run_where_tensorflow_is_not_installed(tmp_path: Path
 
 
 @pytest.mark.parametrize(
-    ("depth", "rows", "cols", "tile"), [(2, 117, 133, 76), (3, 208, 229, 124)]
+    ("padding", "depth", "classes", "rows", "cols", "tile", "overlap"),
+    [
+        ("valid", 2, 1, 117, 133, 76, None),
+        ("valid", 3, 3, 208, 229, 124, None),
+        ("same", 2, 1, 40, 56, 48, 16),  # one tile each way, smaller than a whole tile
+        ("same", 2, 1, 117, 133, 48, 16),  # several, blended
+        ("same", 3, 3, 300, 212, 64, 24),
+    ],
 )
-def test_a_whole_image_graph_gives_predicts_probabilities(isbi, depth, rows, cols, tile) -> None:
-    """`onnx_model(whole_image=True)` (the BioImage.IO package's ONNX weights): one pass over
-    an image of any size, mirrored inside the graph, equals predict's valid tiles."""
+def test_a_whole_image_graph_gives_predicts_probabilities(
+    isbi, padding, depth, classes, rows, cols, tile, overlap
+) -> None:
+    """`onnx_model(whole_image=True)` (the BioImage.IO package's ONNX weights): images of
+    any size, two at a time, tiled inside the graph (valid: mirrored by the margin; same:
+    predict's overlapping tiles and Gaussian blend), give predict's probabilities."""
     import onnxruntime
 
     keras.utils.set_random_seed(depth)
-    config = ModelConfig(filters=4, depth=depth, padding="valid", dropout=0.0)
+    config = ModelConfig(filters=4, depth=depth, padding=padding, dropout=0.0, classes=classes)
+    mask = ISBI_MASKS if classes == 1 else KINDS["valid, 3 classes"][1]
     model = build_unet(**config.to_dict())
-    record = ModelRecord(ISBI_MASKS, TINY_NORMALIZATION, config, TileSizes(*TILE["valid"]))
-    proto = onnx_model(model, record, whole_image=True)
+    record = ModelRecord(mask, TINY_NORMALIZATION, config, TileSizes(*TILE[padding]))
+    proto = onnx_model(model, record, whole_image=True, tile=tile, overlap=overlap)
     session = onnxruntime.InferenceSession(proto.SerializeToString())
     image = isbi_section(isbi, rows, cols)
-    got = session.run(None, {contract.IMAGE: image[np.newaxis]})[0][0]
-    expected = Segmenter.from_model(model, record, tile=tile).probabilities(image)
-    assert got.shape == expected.shape == (rows, cols, 1)
+    images = np.stack([image, np.ascontiguousarray(image[::-1])])
+    got = session.run(None, {contract.IMAGE: images})[0]
+    segmenter = Segmenter.from_model(model, record, tile=tile, overlap=overlap)
+    expected = np.stack([segmenter.probabilities(one) for one in images])
+    assert got.shape == expected.shape == (2, rows, cols, classes)
     np.testing.assert_allclose(got, expected, atol=TOLERANCE, rtol=0)
 
 

@@ -5,9 +5,9 @@ The package holds the network as a TensorFlow SavedModel whose `serving_default`
 normalised float32 images [batch, y, x, channel] and returns the class probabilities at
 the same size: the export's own overlap-tile graph (`ServingModule`) with an identity
 normalisation, since the package states the stored normalisation as its input
-preprocessing. For a valid-padding network, the same network as ONNX beside it
-(`onnx_export.onnx_model`), for the tools without a TensorFlow runtime: whole images in,
-mirrored inside the graph, probabilities of the same size out. Its test output is
+preprocessing. Beside it the same network as ONNX (`onnx_export.onnx_model`), for the
+tools without a TensorFlow runtime: whole images in, tiled inside the graph as predict
+tiles them (`onnx_tiles`), probabilities of the same size out. Its test output is
 `unet-keras predict`'s (`Segmenter`, NumPy tiles through Keras), which bioimageio.core's
 test then reproduces from each of the weights.
 
@@ -86,19 +86,19 @@ class PackageParts:
     module: PackageModule
     folder: Path
     test_input: np.ndarray
+    tile: int | None = None
+    overlap: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)
 class WeightsFormat:
     """One entry of the package's weights: the spec's field name, the function that writes
     its files into `parts.folder` and returns its description, and how closely its output
-    must reproduce predict's test output (absolute, per pixel); `paddings`, the networks it
-    can hold."""
+    must reproduce predict's test output (absolute, per pixel)."""
 
     field: str
     write: Callable[[PackageParts], Any]
     tolerance: float
-    paddings: tuple[str, ...] = ("valid", "same")
 
 
 def _savedmodel_weights(parts: PackageParts) -> Any:
@@ -119,7 +119,14 @@ def _onnx_weights(parts: PackageParts) -> Any:
     import onnx
     from bioimageio.spec.model import v0_5
 
-    proto = onnx_model(parts.model, parts.record, whole_image=True, names=(INPUT, OUTPUT))
+    proto = onnx_model(
+        parts.model,
+        parts.record,
+        whole_image=True,
+        names=(INPUT, OUTPUT),
+        tile=parts.tile,
+        overlap=parts.overlap,
+    )
     onnx.save(proto, parts.folder / "weights.onnx")
     return v0_5.OnnxWeightsDescr(source=parts.folder / "weights.onnx", opset_version=ONNX_OPSET)
 
@@ -128,11 +135,8 @@ def _onnx_weights(parts: PackageParts) -> Any:
 WEIGHT_FORMATS: tuple[WeightsFormat, ...] = (
     # Measured: 3.6e-7 between the graph and predict on an ISBI section (docs/interop.md).
     WeightsFormat("tensorflow_saved_model_bundle", _savedmodel_weights, 1e-5),
-    # Measured: at most 9.2e-7 from predict on ISBI sections. Valid padding only: predict
-    # cuts a same-padding network's tiles past the image's border (mirrored) and blends
-    # them, which one pass of the network over the image does not reproduce (0.93 apart
-    # at the border of a 512x512 section with the shipped model).
-    WeightsFormat("onnx", _onnx_weights, 1e-5, paddings=("valid",)),
+    # Measured: at most 9.2e-7 from predict on ISBI sections, valid and same padding.
+    WeightsFormat("onnx", _onnx_weights, 1e-5),
 )
 
 
@@ -184,12 +188,8 @@ def export_bioimageio(
         folder = Path(folder)
         module = PackageModule(serving, record.model.in_channels)
         normalised = normalize(image[np.newaxis], record.normalization).astype(np.float32)
-        parts = PackageParts(model, graph_record, module, folder, normalised)
-        weights = {
-            entry.field: entry.write(parts)
-            for entry in WEIGHT_FORMATS
-            if record.model.padding in entry.paddings
-        }
+        parts = PackageParts(model, graph_record, module, folder, normalised, tile, overlap)
+        weights = {entry.field: entry.write(parts) for entry in WEIGHT_FORMATS}
         np.save(folder / "test_input.npy", image[np.newaxis])
         np.save(folder / "test_output.npy", probabilities[np.newaxis])
         card.cover_image(image, probabilities, folder / "cover.png")

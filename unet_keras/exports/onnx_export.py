@@ -23,7 +23,8 @@ from typing import Any
 import numpy as np
 
 from unet_keras import contract
-from unet_keras.geometry import context_margin, plan_tiles, same_overlap, valid_outputs
+from unet_keras.exports.onnx_tiles import OnnxInt, blended_same, mirrored_valid
+from unet_keras.geometry import DEFAULT_SAME_TILE, context_margin, plan_tiles, same_overlap
 from unet_keras.io.atomic import atomic_path
 from unet_keras.record import ModelRecord
 
@@ -80,17 +81,21 @@ def onnx_model(
     whole_image: bool = False,
     names: tuple[str, str] = (contract.IMAGE, contract.PROBABILITIES),
     name: str = "unet",
+    tile: int | None = None,
+    overlap: int | None = None,
 ) -> Any:
     """The checked ONNX model of a Keras U-Net with its record's normalisation; `names` are
     its input's and output's.
 
-    With `whole_image`, a valid-padding network's output has its input's size, as an
-    export graph's: the input is mirrored by the context margin inside the graph (and up
-    to a workable size), and the output cropped to the input's size.
+    With `whole_image`, images of any size in, probabilities of their size out, as
+    predict gives them (`onnx_tiles`): a valid-padding network's input mirrored by the
+    context margin, a same-padding network's tiles of `tile` pixels, overlapping by
+    `overlap`, cut and blended as predict does.
     """
     import onnx
 
-    graph = _Graph(record, names, whole_image)
+    tiling = (tile or DEFAULT_SAME_TILE, same_overlap(tile, overlap))
+    graph = _Graph(record, names, whole_image, tiling)
     graph.convert(network)
     proto = onnx.helper.make_model(
         graph.make(name),
@@ -159,23 +164,45 @@ def _choose_keras_backend() -> None:
 class _Graph:
     """ONNX nodes and weights written while walking a Keras U-Net's layers in order."""
 
-    def __init__(self, record: ModelRecord, names: tuple[str, str], whole_image: bool) -> None:
+    def __init__(
+        self,
+        record: ModelRecord,
+        names: tuple[str, str],
+        whole_image: bool,
+        tiling: tuple[int, int],
+    ) -> None:
         import onnx
 
         self.helper, self.onnx = onnx.helper, onnx
         self.record, self.io_names = record, names
-        self.whole_image = whole_image and record.model.padding == "valid"
+        self.whole_image, self.tiling = whole_image, tiling
         self.nodes: list[Any] = []
         self.weights: list[Any] = []
         self.names: dict[int, str] = {}  # id(KerasTensor) -> its value's name, NCHW
         self.count = 0
 
     def convert(self, model: Any) -> None:
-        """Adds every layer of `model` (a functional U-Net) to the graph."""
-        value = self._normalized_input()
-        if self.whole_image:
-            value, size = self._mirrored(value)
-        self.names[id(model.inputs[0])] = self.node("Transpose", [value], perm=[0, 3, 1, 2])
+        """Adds `model` (a functional U-Net), and with `whole_image` its tiling, to the graph."""
+        image = self._normalized_input()
+        config = self.record.model
+        if not self.whole_image:
+            output = self._network(model, image)
+        elif config.padding == "valid":
+            mirrored, height, width = mirrored_valid(self, image, config.depth)
+            stops = self.node("Concat", [self.scalars(height), self.scalars(width)], axis=0)
+            starts, axes = self.integer([0, 0]).name, self.integer([1, 2]).name
+            output = self.node("Slice", [self._network(model, mirrored), starts, stops, axes])
+        else:
+            tile, overlap = self.tiling
+            output = blended_same(
+                self, image, config.depth, tile, overlap, config.classes,
+                lambda tiles: self._network(model, tiles),
+            )  # fmt: skip
+        self.node("Identity", [output], output=self.io_names[1])
+
+    def _network(self, model: Any, image: str) -> str:
+        """The layers of `model` on an NHWC value (NCHW inside, as ONNX's operators are)."""
+        self.names = {id(model.inputs[0]): self.node("Transpose", [image], perm=[0, 3, 1, 2])}
         for layer in model.layers[1:]:
             convert = _LAYERS.get(type(layer).__name__)
             if convert is None:
@@ -186,12 +213,7 @@ class _Graph:
             inputs = layer.input if isinstance(layer.input, list) else [layer.input]
             names = [self.names[id(tensor)] for tensor in inputs]
             self.names[id(layer.output)] = convert(self, layer, names)
-        output = self.node("Transpose", [self.names[id(model.outputs[0])]], perm=[0, 2, 3, 1])
-        if self.whole_image:
-            zeros = self.constant("crop_start", np.zeros(2, np.int64))
-            axes = self.constant("crop_axes", np.array([1, 2], np.int64))
-            output = self.node("Slice", [output, zeros, size, axes])
-        self.node("Identity", [output], output=self.io_names[1])
+        return self.node("Transpose", [self.names[id(model.outputs[0])]], perm=[0, 2, 3, 1])
 
     def make(self, name: str) -> Any:
         """The graph with its NHWC input and output declared."""
@@ -219,6 +241,27 @@ class _Graph:
         self.weights.append(self.onnx.numpy_helper.from_array(value, name))
         return name
 
+    def integer(self, value: Any) -> OnnxInt:
+        """An int64 constant (a scalar or a list), or `value` if a graph value already."""
+        if isinstance(value, OnnxInt):
+            return value
+        self.count += 1
+        return OnnxInt(self, self.constant(f"int_{self.count}", np.array(value, np.int64)))
+
+    def axes(self, *axes: int) -> str:
+        """The axes of an Unsqueeze, as a constant."""
+        return self.integer(list(axes)).name
+
+    def real(self, value: float) -> str:
+        """A float64 scalar constant."""
+        self.count += 1
+        return self.constant(f"real_{self.count}", np.array(value, np.float64))
+
+    def scalars(self, *values: OnnxInt) -> str:
+        """Scalars as a one-dimensional tensor (part of a shape)."""
+        parts = [self.node("Unsqueeze", [value.name, self.axes(0)]) for value in values]
+        return parts[0] if len(parts) == 1 else self.node("Concat", parts, axis=0)
+
     def _normalized_input(self) -> str:
         """Raw pixels -> float32 -> (x - offset) / scale, as `normalize` does."""
         normalization = self.record.normalization
@@ -231,27 +274,6 @@ class _Graph:
         offset = self.constant("offset", np.asarray(normalization.offset, np.float32))
         scale = self.constant("scale", np.asarray(normalization.scale, np.float32))
         return self.node("Div", [self.node("Sub", [pixels, offset]), scale])
-
-    def _mirrored(self, image: str) -> tuple[str, str]:
-        """An NHWC image mirrored (np.pad's reflect, predict's `mirror_index`) by the context
-        margin, and past it at the bottom and right up to a workable size; and its (h, w)."""
-        depth = self.record.model.depth
-        margin, (smallest, step) = context_margin(depth), valid_outputs(depth)
-
-        def ints(name: str, *values: int) -> str:
-            return self.constant(name, np.array(values, np.int64))
-
-        size = self.node("Slice", [self.node("Shape", [image]), ints("h", 1), ints("w", 3)])
-        # The smallest output side of at least `size`: smallest + ceil(beyond / step) * step.
-        beyond = self.node("Max", [self.node("Sub", [size, ints("smallest", smallest)]), "zero"])
-        self.constant("zero", np.zeros(1, np.int64))
-        steps = self.node("Div", [self.node("Add", [beyond, ints("rounding", step - 1)]), "step"])
-        ints("step", step)
-        output = self.node("Add", [self.node("Mul", [steps, "step"]), "smallest"])
-        after = self.node("Add", [self.node("Sub", [output, size]), ints("margin", margin)])
-        before = ints("before", 0, margin, margin, 0, 0)
-        pads = self.node("Concat", [before, after, "zero"], axis=0)
-        return self.node("Pad", [image, pads], mode="reflect"), size
 
 
 def _named(graph: _Graph, layer: Any, weights: list[np.ndarray], parts: tuple[str, ...]) -> list:
