@@ -208,6 +208,9 @@ def test_a_dask_cluster_of_two_worker_processes_gives_the_same_volume(tmp_path, 
     assert len(loaded) == 2 and set(loaded.values()) <= {0, 1} and sum(loaded.values()) >= 1
     masks = zarr.open_array(tmp_path / "out.zarr/labels/mask/0", mode="r")[...]
     assert np.array_equal(masks, whole_sections(model, pixels)[0])
+    # The pyramid, its blocks written by the workers: nearest pixels of the level above.
+    halved = zarr.open_array(tmp_path / "out.zarr/labels/mask/1", mode="r")[...]
+    assert np.array_equal(halved, masks[:, ::2, ::2])
 
 
 def test_local_worker_processes_give_the_same_volume_and_leave_the_environment(

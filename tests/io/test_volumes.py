@@ -159,7 +159,10 @@ def test_pyramid_levels_are_means_or_nearest_pixels_written_block_by_block(tmp_p
     monkeypatch.setattr(pyramid, "BLOCK", 8)  # many blocks, odd last ones
     for nearest, expected in ((False, means), (True, pixels[:, ::2, ::2])):
         coarse = create_volume(tmp_path / f"a.zarr/{nearest}", (2, 23, 20), (1, 8, 8))
-        pyramid.halve(fine, coarse, nearest)
+        written = pyramid.blocks(coarse)
+        assert len(written) == 2 * 3 * 3  # a block a section, 8 x 8: every block a task
+        for block in written:
+            pyramid.halve_block(str(tmp_path / "a.zarr"), "", "fine", str(nearest), nearest, block)
         assert np.array_equal(coarse[...], expected)
     probabilities = np.array([[0.0, 1.0], [0.5, 0.25]], np.float32)
     assert pyramid.downsample(probabilities, False, np.float32).tolist() == [[0.4375]]

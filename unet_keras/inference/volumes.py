@@ -128,7 +128,7 @@ def predict_volume(
     lost is run again elsewhere (distributed does so), one that raises up to `retries`
     times more. `objects` with `instances` set also labels the objects once every block is
     done, in tasks on the same cluster (`label_volume`). Then each image's coarser levels
-    are built here (`build_pyramids`).
+    are built, their blocks tasks on the same cluster too (`build_pyramids`).
     """
     _check_job(segmenter, job)
     objects = objects if objects is not None and objects.instances else None
@@ -163,7 +163,7 @@ def predict_volume(
         if not report.failed:
             if objects is not None:
                 label_volume(segmenter, job, objects, run)
-            build_pyramids(job.output, images)
+            build_pyramids(job.output, images, run)
     return report
 
 
