@@ -164,6 +164,24 @@ class ModelRecord(Settings):
         help="the flips (left-right) and quarter turns training drew from: test-time "
         "augmentation averages these alone (records from before this field: all 8)",
     )
+    context_sections: int = setting(
+        0,
+        help="the sections above and below each section that the model sees beside it, as "
+        "extra input channels in the order -K..K (`unet_keras.io.context`); 0: none",
+    )
+
+    def check(self) -> None:
+        at_least(self, 0, "context_sections")
+        if self.model.in_channels % (2 * self.context_sections + 1):
+            raise ValueError(
+                f"in_channels {self.model.in_channels} is not 2 * context_sections + 1 = "
+                f"{2 * self.context_sections + 1} sections of the same channels"
+            )
+
+    @property
+    def section_channels(self) -> int:
+        """The channels of one section (`in_channels` counts every context section's)."""
+        return self.model.in_channels // (2 * self.context_sections + 1)
 
     @property
     def threshold_value(self) -> float:
