@@ -48,6 +48,28 @@ def test_a_network_of_another_shape_is_refused_naming_what_differs(tmp_path):
         initialize(fresh, wider, str(tmp_path / "missing.keras"))
 
 
+def test_a_network_seeing_other_sections_is_refused_naming_both(tmp_path):
+    """--context-sections: 3 channels of one section's colours and 3 sections of grey fit
+    the same weights, but mean other things."""
+    grey = save_unet(tmp_path / "grey.keras")
+    colour = save_unet(tmp_path / "colour.keras", config=dataclasses.replace(TINY, in_channels=3))
+    stacked = dataclasses.replace(TINY, in_channels=3)
+    fresh, _ = tiny_unet(config=stacked, seed=2)
+    before = [w.numpy().copy() for w in fresh.weights]
+    with pytest.raises(ValueError) as refusal:
+        initialize(fresh, stacked, str(grey), context_sections=1)
+    assert str(refusal.value) == (
+        f"--init-from {grey}: its network takes 1 input channel(s), 1 section(s) of 1 "
+        "(--context-sections 0) there, 3 input channel(s), 3 section(s) of 1 "
+        "(--context-sections 1) here; train with its --context-sections on data of its channels"
+    )
+    with pytest.raises(ValueError, match=r"3 section\(s\) of 1 \(--context-sections 1\) here"):
+        initialize(fresh, stacked, str(colour), context_sections=1)
+    assert all(np.array_equal(a, w.numpy()) for a, w in zip(before, fresh.weights, strict=True))
+    # The same meaning loads.
+    assert initialize(fresh, stacked, str(colour)).model == stacked
+
+
 def test_the_encoder_stays_fixed_for_the_first_epochs_only():
     model, _ = tiny_unet()
     model.compile(keras.optimizers.Adam(1e-2), loss="binary_crossentropy")

@@ -134,7 +134,7 @@ def fit(config: TrainConfig, data: PreparedData | None = None) -> dict[str, Any]
         distribute.sum_gradients_in(model.optimizer, exchange)
         log.info("gradients summed over the replicas in %s", exchange)
     if state["epoch"] == 0 and config.init_from:
-        initialize(model, record.model, config.init_from)
+        initialize(model, record.model, config.init_from, record.context_sections)
         log.info("weights from %s", config.init_from)
     # Only now: a run refused above leaves nothing that would refuse its corrected rerun.
     run_dir.write_json("config.json", settings)

@@ -14,10 +14,11 @@ from typing import Protocol, TypeVar
 import numpy as np
 
 from unet_keras.geometry import check_input_size, output_size
+from unet_keras.io.context import check_stack, stacked_normalization, with_context
 from unet_keras.io.masks import infer_mask_config, mask_to_labels
 from unet_keras.io.normalization import fit_normalization, normalize
 from unet_keras.io.readers import load_dataset
-from unet_keras.io.sample import Sample
+from unet_keras.io.sample import DataError, Sample
 from unet_keras.io.synthetic import synthetic_em_images
 from unet_keras.record import MaskConfig, ModelConfig, ModelRecord, NormalizationConfig, TileSizes
 from unet_keras.training.training_settings import TrainConfig
@@ -104,7 +105,9 @@ class PreparedData:
 
     training: list[Example]
     validation: list[Example]
-    validation_samples: list[Sample]  # as read: calibration predicts on them
+    # As read (with context: each image is its section with its neighbours as channels):
+    # calibration predicts on them.
+    validation_samples: list[Sample]
     record: ModelRecord
 
 
@@ -120,15 +123,29 @@ def tile_sizes(model: ModelConfig, tile: int) -> TileSizes:
 def load_samples(config: TrainConfig) -> list[Sample]:
     """The labelled samples a run trains on: `config.data`, or the embedded synthetic set."""
     if config.data is None:
+        if config.context_sections:
+            # Its images are drawn independently: no section has neighbours to learn from.
+            raise ValueError(
+                f"--context-sections {config.context_sections} needs a stack of sections, "
+                "but without --data training uses the synthetic data set, whose images are "
+                "unrelated; give --data a multi-page TIFF stack or a folder of sections"
+            )
         log.info("no --data given: training on 24 synthetic EM sections of 512x512")
         return synthetic_em_images(24, (512, 512), seed=config.seed)
     return load_dataset(config.data, config.masks, require_masks=True)
 
 
 def prepare_data(config: TrainConfig) -> PreparedData:
-    """Loads the data, settles the mask convention and normalisation, splits by image."""
+    """Loads the data, settles the mask convention and normalisation, splits by image.
+
+    With `--context-sections K` each image becomes its section with the K sections above
+    and below it as channels (`unet_keras.io.context`), and the record says so.
+    """
     tile = tile_sizes(config.model, config.tile)  # a bad tile fails before any loading
     samples = load_samples(config)
+    k = config.context_sections
+    if k:
+        _check_sections(samples, config)
     mask = _mask_config(config, [s.mask for s in samples])
     held_out = config.validation
     if held_out >= len(samples):
@@ -139,14 +156,46 @@ def prepare_data(config: TrainConfig) -> PreparedData:
     training, validation = split_by_image(samples, held_out, seed=config.seed)
     # Normalisation is learnt from the training images only: validation stays unseen.
     normalization = fit_normalization([s.image for s in training], config.normalization)
-    model = _model_config(config.model, mask, samples[0].image.shape[-1])
+    if k:
+        # Every section, validation sections too, gets its neighbours' images (never their
+        # masks), in stack order.
+        normalization = stacked_normalization(normalization, k)
+        stacked = {sample.name: sample for sample in _with_context_samples(samples, k)}
+        training = [stacked[sample.name] for sample in training]
+        validation = [stacked[sample.name] for sample in validation]
+    model = _model_config(config.model, mask, training[0].image.shape[-1])
     prepare = dict(mask_config=mask, normalization=normalization, w0=config.w0, sigma=config.sigma)
+    record = ModelRecord(
+        mask, normalization, model, tile, symmetries=config.augment.symmetries, context_sections=k
+    )
     return PreparedData(
         training=prepare_examples(training, **prepare),
         validation=prepare_examples(validation, **prepare),
         validation_samples=validation,
-        record=ModelRecord(mask, normalization, model, tile, symmetries=config.augment.symmetries),
+        record=record,
     )
+
+
+def _with_context_samples(samples: Sequence[Sample], k: int) -> list[Sample]:
+    """Each sample of a stack (in section order) with its K neighbours' images as channels."""
+    images = [sample.image for sample in samples]
+    return [
+        Sample(sample.name, with_context(images, index, k), sample.mask)
+        for index, sample in enumerate(samples)
+    ]
+
+
+def _check_sections(samples: Sequence[Sample], config: TrainConfig) -> None:
+    """Raises a DataError unless the samples are a stack of two or more same-size sections."""
+    source = f"--data {config.data} (--context-sections {config.context_sections})"
+    check_stack(len(samples), config.context_sections, source)
+    sizes = {sample.image.shape[:2] for sample in samples}
+    if len(sizes) > 1:
+        raise DataError(
+            f"--data {config.data}: --context-sections {config.context_sections} stacks "
+            f"neighbouring sections as channels, so they must share one size, but they are "
+            f"{', '.join(f'{h}x{w}' for h, w in sorted(sizes))}"
+        )
 
 
 def _mask_config(config: TrainConfig, masks: list[np.ndarray]) -> MaskConfig:

@@ -90,6 +90,12 @@ class TrainConfig(Settings):
         "(mean/std) or unit_range (divide by the dtype maximum)",
     )
     validation: int = setting(4, help="whole images held out for validation")
+    context_sections: int = setting(
+        0,
+        help="sections above and below each section that the network sees beside it, as "
+        "extra input channels (ordered -K..K, mirrored past the stack's ends); --data must "
+        "be a stack: a multi-page TIFF or a folder of sections in name order; 0: none",
+    )
     calibrate_by: Literal["auto", "adapted_rand_error", "pixel_error", "iou_0"] = setting(
         "auto",
         help="what the threshold chosen on the validation images after training optimises: "
@@ -173,7 +179,7 @@ class TrainConfig(Settings):
 
     def check(self) -> None:
         at_least(self, 1, "batch_size", "epochs", "steps_per_epoch", "tile")
-        at_least(self, 0, "validation", "freeze_encoder")
+        at_least(self, 0, "validation", "freeze_encoder", "context_sections")
         if self.freeze_encoder and not self.init_from:
             raise ValueError("freeze_encoder keeps trained weights fixed: give --init-from too")
         if not 0.0 <= self.warmup < 1.0:

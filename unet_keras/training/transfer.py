@@ -52,12 +52,24 @@ def _exported_weights(path: Path) -> tuple[dict[str, np.ndarray], ModelRecord]:
     return weights, record
 
 
-def initialize(model: keras.Model, config: ModelConfig, source: str) -> ModelRecord:
-    """Sets the weights of `model` (built from `config`) from `source`; returns its record.
+def initialize(
+    model: keras.Model, config: ModelConfig, source: str, context_sections: int = 0
+) -> ModelRecord:
+    """Sets the weights of `model` (built from `config`, seeing `context_sections` sections
+    on each side) from `source`; returns its record.
 
-    Raises ValueError, before any weight changes, when the two networks differ in shape.
+    Raises ValueError, before any weight changes, when the two networks differ in shape or
+    in what their input channels hold.
     """
     weights, record = source_weights(source)
+    there = _channels(record.model.in_channels, record.context_sections)
+    here = _channels(config.in_channels, context_sections)
+    # Checked apart from the shapes: 3 channels of colour and 3 sections fit but differ.
+    if there != here:
+        raise ValueError(
+            f"--init-from {source}: its network takes {there} there, {here} here; train "
+            "with its --context-sections on data of its channels"
+        )
     targets = {variable.path: variable for variable in model.weights}
     fits = weights.keys() == targets.keys() and all(
         tuple(weights[name].shape) == tuple(variable.shape) for name, variable in targets.items()
@@ -97,6 +109,15 @@ class FreezeEncoder(keras.callbacks.Callback):
             layer.trainable = not frozen
         # The compiled step captured the trainable weights: trace it again.
         self.model.make_train_function(force=True)
+
+
+def _channels(in_channels: int, context_sections: int) -> str:
+    """What a network's input channels hold, for messages."""
+    sections = 2 * context_sections + 1
+    return (
+        f"{in_channels} input channel(s), {sections} section(s) of {in_channels // sections} "
+        f"(--context-sections {context_sections})"
+    )
 
 
 def _in_encoder(name: str) -> bool:
