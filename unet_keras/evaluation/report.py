@@ -27,8 +27,10 @@ from unet_keras.inference.inference_settings import InstanceConfig
 from unet_keras.inference.instances import instance_labels, label_objects
 from unet_keras.inference.segmenter import Segmenter
 from unet_keras.io.atomic import atomic_path
+from unet_keras.io.context import check_stack, with_context
 from unet_keras.io.masks import IGNORED, mask_to_labels
 from unet_keras.io.readers import load_dataset
+from unet_keras.io.stacks import check_alike
 from unet_keras.io.writers import write_image
 
 log = logging.getLogger(__name__)
@@ -62,6 +64,10 @@ def evaluate_path(
     each at its best threshold of 0.0, 0.1, ..., 1.0 and all at the model's own threshold
     (`at_threshold`), as `challenge.ChallengeScores.summary` reports them. They score the
     thresholded probabilities as the challenge does, not the `objects`.
+
+    A model with context (`ModelRecord.context_sections` K > 0) scores each section of
+    the stack (a TIFF stack's pages, or a folder's images in name order) predicted with
+    the K sections above and below it; a lone image is refused.
     """
     if sweep and segmenter.classes != 1:
         raise ValueError("a threshold sweep needs a one-channel (sigmoid) model")
@@ -73,9 +79,16 @@ def evaluate_path(
     images, sweeps = [], []
     counts = np.zeros((len(SWEEP_THRESHOLDS), 3), np.int64)
     challenge = ChallengeScores(segmenter.threshold) if segmenter.classes == 1 else None
-    for sample in samples:
+    k = segmenter.context_sections
+    sections = [sample.image for sample in samples]
+    if k:
+        check_stack(len(samples), k, str(data))
+        for sample in samples[1:]:
+            check_alike(sample.image, sample.name, samples[0].image, samples[0].name)
+    for index, sample in enumerate(samples):
         truth = mask_to_labels(sample.mask, mask_config, sample.name)
-        probabilities = segmenter.probabilities(sample.image, sample.name, progress)
+        image = with_context(sections, index, k)
+        probabilities = segmenter.probabilities(image, sample.name, progress)
         predicted = segmenter.labels(probabilities)
         # Objects are found on what the truth labels: predictions on unlabelled pixels
         # (sparse truth) change no score; with full truth these are predict's objects.

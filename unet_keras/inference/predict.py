@@ -7,6 +7,11 @@ objects `a_labels.tif` (uint32); a stack `v.tif` gives the stacks `v.tif`,
 `v_probabilities.tif`, `v_overlay.tif` and `v_labels.tif` (numbered per section, or one
 numbering across linked sections). An input that cannot be read or predicted is reported
 by name and the others are still processed.
+
+A model with context (`ModelRecord.context_sections` K > 0) predicts each section of a
+stack with the K sections above and below it (`unet_keras.io.context`): a TIFF stack's
+pages, or a folder's images in name order as one stack (read 2K + 1 at a time, each still
+written as its own mask). A lone image has no neighbours and is refused.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -23,8 +29,10 @@ from unet_keras.inference.inference_settings import InstanceConfig
 from unet_keras.inference.instances import label_objects, link_sections
 from unet_keras.inference.overlays import boundary_overlay
 from unet_keras.inference.segmenter import Segmenter
+from unet_keras.io.context import check_stack, with_context
 from unet_keras.io.readers import IMAGE_SUFFIXES, list_images, read_pages
 from unet_keras.io.sample import DataError
+from unet_keras.io.stacks import FolderStack
 from unet_keras.io.writers import write_image, write_stack
 
 log = logging.getLogger(__name__)
@@ -70,19 +78,22 @@ def predict_path(
     files = _input_files(source)
     _refuse_overwriting(files, output)
     report = PredictionReport()
+    k = segmenter.context_sections
+    # A folder is one stack for a model with context: its files are its sections.
+    folder = FolderStack(files[0].parent, 2 * k + 1) if k and not source.is_file() else None
+    if folder is not None:
+        check_stack(len(folder), k, str(files[0].parent))
     # One bar over the files of a folder; over the tiles of a single (large) image.
     per_file = progress and len(files) > 1
-    for path in tqdm(files, disable=not per_file, unit="image"):
+    options = (output, probabilities, overlays, objects, progress and not per_file)
+    for index, path in enumerate(tqdm(files, disable=not per_file, unit="image")):
         try:
-            report.written += _predict_file(
-                segmenter,
-                path,
-                output,
-                probabilities,
-                overlays,
-                objects,
-                progress and not per_file,
-            )
+            if folder is None:
+                report.written += _predict_file(segmenter, path, *options)
+            else:
+                report.written += _predict_sections(
+                    segmenter, folder, [index], False, path, *options
+                )
         except (DataError, OSError) as error:
             log.error("%s: %s", path, error)
             report.failed.append((str(path), str(error)))
@@ -131,7 +142,44 @@ def _predict_file(
 ) -> list[Path]:
     """Segments one file (every page of a stack) and writes its outputs; returns their paths."""
     pages, is_stack = read_pages(path)
-    maps = [segmenter.probabilities(page, f"{path}", progress) for page in pages]
+    check_stack(len(pages), segmenter.context_sections, str(path))
+    indices = list(range(len(pages)))
+    return _predict_sections(
+        segmenter,
+        pages,
+        indices,
+        is_stack,
+        path,
+        output,
+        probabilities,
+        overlays,
+        objects,
+        progress,
+    )
+
+
+def _predict_sections(
+    segmenter: Segmenter,
+    stack: Sequence[np.ndarray],
+    indices: list[int],
+    is_stack: bool,
+    path: Path,
+    output: Path,
+    probabilities: str | None,
+    overlays: bool,
+    objects: InstanceConfig,
+    progress: bool,
+) -> list[Path]:
+    """Segments the sections `indices` of `stack`, each with its context, into the outputs
+    named after `path`; returns their paths."""
+    k = segmenter.context_sections
+    pages = [stack[i] for i in indices]
+    maps = [
+        segmenter.probabilities(
+            with_context(stack, i, k), f"{path}[{i}]" if k and is_stack else f"{path}", progress
+        )
+        for i in indices
+    ]
     labels = [segmenter.labels(p) for p in maps]
     masks = np.stack([segmenter.mask(label) for label in labels])
     outputs: dict[Path, np.ndarray] = {}

@@ -131,6 +131,11 @@ class Segmenter:
         """Channels of the probability maps: 1 (the foreground's) or the number of classes."""
         return self.model_config.classes
 
+    @property
+    def context_sections(self) -> int:
+        """K: the sections above and below each section that the model sees beside it."""
+        return self.record.context_sections
+
     def probabilities(
         self, image: np.ndarray, source: str = "image", progress: bool = False
     ) -> np.ndarray:
@@ -273,8 +278,16 @@ class Segmenter:
         """Raises a DataError naming `source` unless the image is like the training images."""
         channels = self.model_config.in_channels
         if image.ndim != 3 or image.shape[-1] != channels:
+            k = self.context_sections
+            context = (
+                f" (a section of {self.record.section_channels} channel(s) with the {k} "
+                "above and below it, `unet_keras.io.context.with_context`)"
+                if k
+                else ""
+            )
             raise DataError(
-                f"{source}: shape {image.shape}, but the model takes (H, W, {channels}) images"
+                f"{source}: shape {image.shape}, but the model takes (H, W, {channels}) "
+                f"images{context}"
             )
         normalize(image[:1, :1], self.normalization, source)  # checks the dtype
 

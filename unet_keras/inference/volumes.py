@@ -5,7 +5,9 @@ predicted with the whole section's own tiles and their context, read from neighb
 chunks and mirrored only at the volume's true border (`Segmenter.region_probabilities`),
 so the result equals predicting each section whole, bit for bit at one tile a call
 (with more, TensorFlow's own CPU kernels may round a few probabilities 1 ulp apart), and
-memory is bounded by the block and tile sizes, never the volume. A block's results are
+memory is bounded by the block and tile sizes, never the volume. A model with context
+(`ModelRecord.context_sections` K > 0) reads sections z-K..z+K of the region as channels,
+mirrored at the volume's first and last sections. A block's results are
 written, then the block is marked done in the store's records (`.unet_keras/progress`):
 a run that is killed and started again skips the blocks marked done and writes the others.
 
@@ -34,6 +36,7 @@ from unet_keras.inference.inference_settings import InferenceConfig, InstanceCon
 from unet_keras.inference.predict import PredictionReport
 from unet_keras.inference.segmenter import Segmenter
 from unet_keras.inference.volume_objects import ObjectsJob, TaskMap, label_pieces
+from unet_keras.io.context import context_indices
 from unet_keras.io.ome_zarr import (
     LEVEL,
     PROGRESS,
@@ -195,12 +198,17 @@ def label_volume(
 
 def _check_job(segmenter: Segmenter, job: VolumeJob) -> None:
     """A DataError naming the volume when the model cannot predict it."""
-    channels = segmenter.model_config.in_channels
+    channels, k = segmenter.record.section_channels, segmenter.context_sections
     if channels != 1:
         raise DataError(
             f"{job.source.name}: volumes hold one channel, but the model takes {channels}"
         )
-    probe = np.zeros((1, 1, 1), job.source.dtype)
+    if k and not job.source.has_sections:
+        raise DataError(
+            f"{job.source.name}: a 2D volume (no z axis), but the model sees {k} section(s) "
+            "above and below each one (context_sections); give it a volume with sections"
+        )
+    probe = np.zeros((1, 1, 2 * k + 1), job.source.dtype)
     segmenter._check_image(probe, job.source.name)  # the dtype the model was trained on
     if segmenter.tta:
         raise DataError(f"{job.source.name}: --tta is not available for volumes")
@@ -357,17 +365,23 @@ def predict_block(
     sections, rows, cols = job.sections[block[0]], job.rows[block[1]], job.cols[block[2]]
     shape = job.source.shape[1:]
     maps, pixels = [], []
+    k, count = segmenter.context_sections, job.source.shape[0]
     for section in range(*sections):
 
         def read(top: int, bottom: int, left: int, right: int, section: int = section):
-            return job.source.read(source, section, (top, bottom), (left, right))
+            # With context, sections z-K..z+K (mirrored at the volume's ends) as channels.
+            spans = (top, bottom), (left, right)
+            parts = [
+                job.source.read(source, z, *spans) for z in context_indices(count, section, k)
+            ]
+            return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=-1)
 
         maps.append(
             segmenter.region_probabilities(
                 read, shape, rows, cols, f"{job.source.name}[{section}]"
             )
         )
-        pixels.append(read(*rows, *cols)[..., 0])
+        pixels.append(job.source.read(source, section, rows, cols)[..., 0])
     probabilities, pixels = np.stack(maps), np.stack(pixels)  # (sections, h, w[, classes])
     masks = np.stack([segmenter.mask(segmenter.labels(p)) for p in probabilities])
     where = (slice(*rows), slice(*cols))
