@@ -47,8 +47,9 @@ from unet_keras.exports.savedmodel import ServingModule
 from unet_keras.geometry import ceil_div, context_margin
 from unet_keras.inference.segmenter import Segmenter
 from unet_keras.io.atomic import atomic_path
+from unet_keras.io.context import with_context
 from unet_keras.io.normalization import normalize
-from unet_keras.io.readers import read_image
+from unet_keras.io.readers import read_image, read_pages
 from unet_keras.io.synthetic import synthetic_em_images
 from unet_keras.record import ModelConfig, ModelRecord, NormalizationConfig
 from unet_keras.saving import load_model
@@ -209,7 +210,7 @@ def _test_image(record: ModelRecord, path: str | os.PathLike | None) -> np.ndarr
         sample = synthetic_em_images(1, (side, side), seed=0)[0]
         image = np.repeat(sample.image[..., :1], channels, axis=-1)
         return image.astype(dtype)
-    image = read_image(path)
+    image = _read_test_image(path, record.context_sections)
     if image.dtype != np.dtype(dtype) or image.shape[-1] != channels:
         raise ValueError(
             f"--test-image {path}: {image.shape[-1]} channel(s) of {image.dtype}; the model "
@@ -225,6 +226,21 @@ def _test_image(record: ModelRecord, path: str | os.PathLike | None) -> np.ndarr
         log.info("--test-image %s: its top left %d x %d pixels, a size the package takes",
                  path, height, width)  # fmt: skip
     return image[:height, :width]
+
+
+def _read_test_image(path: str | os.PathLike, k: int) -> np.ndarray:
+    """The test image; for a model with context, a stack's middle section with its K
+    neighbours on each side as channels."""
+    if not k:
+        return read_image(path)
+    pages, _ = read_pages(path)
+    if len(pages) < 2:
+        raise ValueError(
+            f"--test-image {path}: a lone image, but the model sees {k} section(s) above and "
+            "below each one (its context_sections); give a multi-page TIFF stack: its middle "
+            "section with its neighbours as channels is the test input"
+        )
+    return with_context(pages, len(pages) // 2, k)
 
 
 def describe(

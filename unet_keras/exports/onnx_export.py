@@ -130,6 +130,9 @@ def metadata(
         "tile": int(plan.tile_in),
         "threshold": record.threshold_value if threshold is None else threshold,
         "mask_values": list(record.mask.class_values),
+        # K > 0: the input's channels are sections -K..K of the stack, each with its own
+        # channels, mirrored at the stack's ends (`unet_keras.io.context`).
+        "context_sections": record.context_sections,
     }
     if config.padding == "valid":
         # Every output pixel needs this much context on each side, mirrored at the image's
