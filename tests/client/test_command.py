@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.client.fake_serving import FakeServing, fake_model
+from tests.client.fake_serving import FakeServing, fake_model, model_record
 from unet_keras.client import command as client_cli
 
 
@@ -82,3 +82,60 @@ def test_segment_refuses_to_overwrite_its_input(
     assert status == 2
     assert "would overwrite the input" in capsys.readouterr().err
     assert image.read_bytes() == before
+
+
+def test_cli_sends_each_section_of_a_stack_with_its_neighbours(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """A model with context_sections 1: a folder is one stack in name order (s2 before
+    s10), each request the section with the one above and below as channels, mirrored at
+    the ends; a lone image is refused before any request."""
+    import dataclasses
+
+    from unet_keras.client.tensors import make_ndarray
+    from unet_keras.io.context import stacked_normalization
+    from unet_keras.record import ModelConfig
+
+    plain = model_record()
+    record = dataclasses.replace(
+        plain,
+        normalization=stacked_normalization(plain.normalization, 1),
+        model=ModelConfig(in_channels=3, depth=2, padding="valid"),
+        context_sections=1,
+    )
+    fake = FakeServing(record=record).start()
+    try:
+        folder = tmp_path / "stack"
+        folder.mkdir()
+        rng = np.random.default_rng(2)
+        sections = {
+            name: rng.integers(0, 256, (20, 30), dtype=np.uint8) for name in ("s1", "s2", "s10")
+        }
+        for name, section in sections.items():
+            Image.fromarray(section).save(folder / f"{name}.png")
+        argv = ["segment", str(folder), "-o", str(tmp_path / "out"), "--server", fake.address]
+        assert client_cli.main(argv) == 0
+        sent = [
+            make_ndarray(request.inputs["image"])[0]
+            for method, request in fake.requests
+            if method == "Predict" and request.model_spec.signature_name in ("", "serving_default")
+        ]
+        order = [sections["s1"], sections["s2"], sections["s10"]]
+        expected = {
+            0: np.stack([order[1], order[0], order[1]], -1),
+            1: np.stack(order, -1),
+            2: np.stack([order[1], order[2], order[1]], -1),
+        }
+        assert len(sent) == 3
+        for image in sent:  # sent concurrently: in any order
+            centre = next(i for i, section in enumerate(order) if (image[..., 1] == section).all())
+            np.testing.assert_array_equal(image, expected[centre])
+        for index, name in enumerate(("s1", "s2", "s10")):
+            written = np.asarray(Image.open(tmp_path / "out" / f"{name}.png"))
+            model = fake_model(expected[index][None], 0, 1)["mask"][0]
+            np.testing.assert_array_equal(written, model)
+        lone = ["segment", str(folder / "s1.png"), "-o", str(tmp_path / "lone")]
+        assert client_cli.main([*lone, "--server", fake.address]) == 2
+        assert "s1.png: a lone image, but the model sees 1 section(s)" in capsys.readouterr().err
+    finally:
+        fake.stop()

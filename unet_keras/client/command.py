@@ -8,8 +8,11 @@
 of gRPC (8500), for networks that pass only HTTP/1.1.
 
 `segment` writes OUTPUT/<stem>.png for an image file or for each PNG/TIFF in a folder.
-An image that fails is named on stderr and the others still run (exit status 1); an
-error that stops the whole run is one line on stderr, exit status 2.
+For a model that sees neighbouring sections (its record's `context_sections` K > 0), a
+folder is one stack of sections in name order, as `unet-keras predict` reads it, and each
+request carries a section with the K above and below it as channels (`io.context`). An
+image that fails is named on stderr and the others still run (exit status 1); an error
+that stops the whole run is one line on stderr, exit status 2.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from importlib.util import find_spec
 from pathlib import Path
@@ -34,7 +37,9 @@ from unet_keras.client.sync import SegmentationClient
 from unet_keras.inference.inference_settings import InstanceConfig
 from unet_keras.inference.instances import INSTANCE_METHODS, label_objects
 from unet_keras.io.atomic import atomic_path
+from unet_keras.io.context import check_stack, context_indices
 from unet_keras.io.masks import mask_to_labels
+from unet_keras.io.sample import DataError
 
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff")
 
@@ -187,14 +192,18 @@ def _segment(args: argparse.Namespace) -> int:
         if available_version(states) is None:
             raise UsageError(f"model {args.model!r} has no AVAILABLE version: {describe(states)}")
         objects = InstanceConfig(args.instances, args.seed_height, args.min_object_size)
-        # The mask convention turns served masks back into classes; one record serves all.
-        record = client.model_record(args.version) if args.instances else None
+        # One record serves all: its mask convention turns served masks back into classes,
+        # its context_sections says what a request carries.
+        record = client.model_record(args.version)
+        read = _read
+        if record.context_sections:
+            images, read = _sections(args.input, record.context_sections)
 
         def one(path: Path) -> str | None:
             try:
-                mask = client.segment(_read(path), version=args.version).mask
+                mask = client.segment(read(path), version=args.version).mask
                 _write_png(mask, args.output / f"{path.stem}.png")
-                if record is not None:
+                if args.instances:
                     classes = mask_to_labels(mask, record.mask, str(path))
                     _write_labels(label_objects(classes, objects), args.output, path)
             except (
@@ -250,6 +259,40 @@ def _inputs(path: Path) -> list[Path]:
             )
         stems[image.stem] = image
     return images
+
+
+def _sections(path: Path, k: int) -> tuple[list[Path], Callable[[Path], np.ndarray]]:
+    """A folder's images as one stack in `unet-keras predict`'s order, and a reader of a
+    section with its K neighbours on each side as channels (mirrored at the stack's ends)."""
+    from unet_keras.io.readers import list_images  # only for models with context
+
+    try:
+        check_stack(1 if path.is_file() else 2, k, str(path))
+        stack = list(list_images(path).values())
+        check_stack(len(stack), k, str(path))
+    except DataError as error:
+        raise UsageError(str(error)) from None
+    where = {section: index for index, section in enumerate(stack)}
+
+    def read(section: Path) -> np.ndarray:
+        own = _channels(_read(section))
+        parts = []
+        for index in context_indices(len(stack), where[section], k):
+            part = own if stack[index] == section else _channels(_read(stack[index]))
+            if (part.shape, part.dtype) != (own.shape, own.dtype):
+                raise ValueError(
+                    f"its neighbour {stack[index].name} is {part.shape} {part.dtype}, "
+                    f"unlike its {own.shape} {own.dtype}: a stack's sections are alike"
+                )
+            parts.append(part)
+        return np.concatenate(parts, axis=-1)
+
+    return stack, read
+
+
+def _channels(image: np.ndarray) -> np.ndarray:
+    """[H, W] grey as [H, W, 1]; [H, W, C] as it is."""
+    return image[..., np.newaxis] if image.ndim == 2 else image
 
 
 def _read(path: Path) -> np.ndarray:

@@ -15,7 +15,6 @@ import re
 from pathlib import Path
 
 import numpy as np
-import tifffile
 from PIL import Image
 
 from unet_keras.io.sample import DataError, Sample
@@ -244,6 +243,8 @@ def _read_png(path: Path, keep_palette: bool) -> tuple[np.ndarray, bool, bool]:
 
 def _read_tiff(path: Path) -> tuple[np.ndarray, bool, bool]:
     """Reads a TIFF's first series as (pages, H, W[, C]), whether it has alpha, is a stack."""
+    import tifffile  # here: listing a folder (unet-client) needs no tifffile
+
     with tifffile.TiffFile(path) as tif:
         series = tif.series[0]
         _check_size(path, series.shape, series.axes)  # before a single pixel is decoded
