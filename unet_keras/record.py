@@ -10,6 +10,8 @@ re-derive it, so it must stay readable by each of them. TF-free.
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 from typing import Literal
 
 from unet_keras.settings import Settings, at_least, setting
@@ -187,3 +189,11 @@ class ModelRecord(Settings):
     def threshold_value(self) -> float:
         """The threshold chosen after training, else 0.5."""
         return 0.5 if self.threshold is None else self.threshold.value
+
+
+def parse_record(text: bytes | str, source: str | os.PathLike) -> ModelRecord:
+    """A record from JSON text, or a ValueError that names where it came from."""
+    try:
+        return ModelRecord.from_dict(json.loads(text))
+    except ValueError as error:
+        raise ValueError(f"{source}: not a readable unet-keras record ({error})") from None

@@ -23,7 +23,7 @@ import unet_keras.model  # noqa: F401  (registers the layers a model file needs)
 from unet_keras import contract
 from unet_keras.io.atomic import atomic_path
 from unet_keras.pretrained_models import SHIPPED, resolve
-from unet_keras.record import ModelRecord
+from unet_keras.record import ModelRecord, parse_record
 
 
 def save_model(model: keras.Model, path: str | os.PathLike, record: ModelRecord) -> None:
@@ -59,7 +59,7 @@ def read_record(path: str | os.PathLike) -> ModelRecord:
         asset = path / "assets" / contract.RECORD_FILE
         if not asset.is_file():
             raise ValueError(f"{path}: a SavedModel without a unet-keras record ({asset.name})")
-        return _parse_record(asset.read_bytes(), asset)
+        return parse_record(asset.read_bytes(), asset)
     path = model_file(path)
     try:
         with zipfile.ZipFile(path) as archive:
@@ -71,7 +71,7 @@ def read_record(path: str | os.PathLike) -> ModelRecord:
         ) from None
     except zipfile.BadZipFile as error:
         raise ValueError(f"{path}: not a readable .keras file ({error})") from None
-    return _parse_record(text, path)
+    return parse_record(text, path)
 
 
 def load_model(path: str | os.PathLike, compile: bool = False) -> tuple[keras.Model, ModelRecord]:
@@ -145,11 +145,3 @@ def model_file(path: str | os.PathLike) -> Path:
 
 def _record_text(record: ModelRecord) -> str:
     return json.dumps(record.to_dict(), indent=2, sort_keys=True)
-
-
-def _parse_record(text: bytes | str, source: Path) -> ModelRecord:
-    """A record from JSON text, or a ValueError that names the file it came from."""
-    try:
-        return ModelRecord.from_dict(json.loads(text))
-    except ValueError as error:
-        raise ValueError(f"{source}: not a readable unet-keras record ({error})") from None

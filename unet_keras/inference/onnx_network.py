@@ -3,7 +3,6 @@ without TensorFlow, on the CPU, or on a GPU when ONNX Runtime's CUDA provider is
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -11,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from unet_keras import contract
-from unet_keras.record import ModelRecord
+from unet_keras.record import ModelRecord, parse_record
 
 
 def load_onnx(
@@ -42,10 +41,7 @@ def load_onnx(
             f"{path}: an ONNX model without a unet-keras record ({contract.ONNX_RECORD} in "
             "its metadata_props); export models with `unet-keras export --format onnx`"
         )
-    try:
-        record = ModelRecord.from_dict(json.loads(properties[contract.ONNX_RECORD]))
-    except ValueError as error:
-        raise ValueError(f"{path}: not a readable unet-keras record ({error})") from None
+    record = parse_record(properties[contract.ONNX_RECORD], path)
     outputs = [contract.PROBABILITIES]
 
     def network(tiles: np.ndarray) -> np.ndarray:
