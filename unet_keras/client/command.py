@@ -18,6 +18,7 @@ that stops the whole run is one line on stderr, exit status 2.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 from collections.abc import Callable, Sequence
@@ -197,7 +198,7 @@ def _segment(args: argparse.Namespace) -> int:
         record = client.model_record(args.version)
         read = _read
         if record.context_sections:
-            images, read = _sections(args.input, record.context_sections)
+            images, read = _sections(args.input, record.context_sections, args.concurrency)
 
         def one(path: Path) -> str | None:
             try:
@@ -261,9 +262,14 @@ def _inputs(path: Path) -> list[Path]:
     return images
 
 
-def _sections(path: Path, k: int) -> tuple[list[Path], Callable[[Path], np.ndarray]]:
+def _sections(
+    path: Path, k: int, concurrency: int
+) -> tuple[list[Path], Callable[[Path], np.ndarray]]:
     """A folder's images as one stack in `unet-keras predict`'s order, and a reader of a
-    section with its K neighbours on each side as channels (mirrored at the stack's ends)."""
+    section with its K neighbours on each side as channels (mirrored at the stack's ends).
+
+    Requests go out in stack order, `concurrency` at a time: the sections of the last few
+    are kept decoded, so each file is read about once, not 2K + 1 times."""
     from unet_keras.io.readers import list_images  # only for models with context
 
     try:
@@ -273,12 +279,15 @@ def _sections(path: Path, k: int) -> tuple[list[Path], Callable[[Path], np.ndarr
     except DataError as error:
         raise UsageError(str(error)) from None
     where = {section: index for index, section in enumerate(stack)}
+    decoded = functools.lru_cache(maxsize=(2 * k + 1) * (concurrency + 1))(
+        lambda section: _channels(_read(section))
+    )
 
     def read(section: Path) -> np.ndarray:
-        own = _channels(_read(section))
+        own = decoded(section)
         parts = []
         for index in context_indices(len(stack), where[section], k):
-            part = own if stack[index] == section else _channels(_read(stack[index]))
+            part = decoded(stack[index])
             if (part.shape, part.dtype) != (own.shape, own.dtype):
                 raise ValueError(
                     f"its neighbour {stack[index].name} is {part.shape} {part.dtype}, "
