@@ -3,12 +3,15 @@ resume after a kill, and run on a Dask cluster of worker processes."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -181,20 +184,24 @@ def test_a_killed_run_rerun_writes_only_the_missing_blocks(tmp_path, tiny_model_
     )
 
 
+@contextlib.contextmanager
+def two_local_workers() -> Iterator[Any]:
+    """A local Dask cluster of two single-threaded worker processes; os.environ restored."""
+    import distributed
+
+    with environment_restored(), distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=":0"
+    ) as cluster:  # fmt: skip
+        yield cluster
+
+
 def test_a_dask_cluster_of_two_worker_processes_gives_the_same_volume(tmp_path, tiny_model_file):
     import distributed
 
     model = tiny_model_file()
     pixels = make_volume(tmp_path / "in.zarr", (4, 70, 70))
     with (
-        environment_restored(),
-        distributed.LocalCluster(
-            n_workers=2,
-            threads_per_worker=1,
-            processes=True,
-            host="127.0.0.1",
-            dashboard_address=":0",
-        ) as cluster,
+        two_local_workers() as cluster,
     ):
         settings = config(model, tmp_path / "in.zarr", tmp_path / "out.zarr")
         settings = PredictConfig.from_dict(
@@ -273,14 +280,7 @@ def test_a_worker_lost_mid_volume_and_mid_labelling_changes_nothing(tmp_path, ti
     objects = {"instances": "cc", "link_sections": True}
     plugin = _KillWorkerOnce(str(markers), ("-2-1-1-", "label_piece"))
     with (
-        environment_restored(),
-        distributed.LocalCluster(
-            n_workers=2,
-            threads_per_worker=1,
-            processes=True,
-            host="127.0.0.1",
-            dashboard_address=":0",
-        ) as cluster,
+        two_local_workers() as cluster,
         distributed.Client(cluster) as client,
     ):
         client.register_plugin(plugin)
