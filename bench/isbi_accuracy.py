@@ -14,6 +14,10 @@ is marked unlabelled (`--ignore-value`); the held-out sections are scored in ful
         [--workers N] [--append] [-- TRAIN FLAGS...]
     .venv/bin/python bench/isbi_accuracy.py --rescore RUN_DIR [--quick] [--append]
 
+With `--run-dir`, the run is rerun to resume: the split of the data is kept in
+RUN_DIR/bench, so a run killed after hours (the shipped model's, with `--patience`) goes
+on where it stopped.
+
 `--rescore` scores a run this benchmark trained earlier (`--run-dir`) again, without
 training: for scores added since, or the held-out sections' figures of an older run.
 """
@@ -49,11 +53,22 @@ def split(
     folder: Path, labelled: float = 1.0, seed: int = 0, held_out: tuple[str, ...] = HELD_OUT
 ) -> tuple[Path, Path]:
     """Links the training and held-out sections into two data folders under `folder`;
-    with `labelled` < 1, writes sparse training masks instead of linking them."""
+    with `labelled` < 1, writes sparse training masks instead of linking them. A split made
+    before (a resumed run's) is kept: the same links, the same masks again."""
     from unet_keras.io.readers import read_mask
     from unet_keras.io.writers import write_image
 
     parts = {"train": folder / "train20", "held_out": folder / "held_out4"}
+    sections = sorted(path.stem for path in (DATA / "images").glob("*.png"))
+    wanted = {
+        "train": [name for name in sections if name not in held_out],
+        "held_out": [name for name in sections if name in held_out],
+    }
+    for part, target in parts.items():
+        made = target / "images"
+        names = sorted(path.stem for path in made.iterdir()) if made.is_dir() else None
+        if names not in (None, wanted[part]):
+            raise ValueError(f"{target} holds another split ({names}); use another --run-dir")
     rng = np.random.default_rng(seed)
     for image in sorted((DATA / "images").glob("*.png")):
         target = parts["held_out" if image.stem in held_out else "train"]
@@ -67,7 +82,7 @@ def split(
                 for strip in kept:
                     rows[strip * STRIP : (strip + 1) * STRIP] = True
                 write_image(target / kind / image.name, np.where(rows[:, None], mask, UNLABELLED))
-            else:
+            elif not (target / kind / image.name).is_symlink():
                 (target / kind / image.name).symlink_to(DATA / kind / image.name)
     return parts["train"], parts["held_out"]
 
@@ -136,7 +151,9 @@ def main() -> None:
 
     from common import publish
 
-    work = Path(tempfile.mkdtemp(prefix="isbi_accuracy_"))
+    # A run kept in --run-dir keeps its data there too: a rerun resumes it.
+    kept = args.rescore or args.run_dir
+    work = Path(kept) / "bench" if kept else Path(tempfile.mkdtemp(prefix="isbi_accuracy_"))
     held_out_names = tuple(args.held_out)
     if args.ship and held_out_names != HELD_OUT:
         parser.error("--ship: the shipped model is trained on sections 00-19 only")

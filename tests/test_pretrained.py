@@ -33,7 +33,8 @@ def test_the_shipped_model_is_small_and_says_how_it_was_made():
     assert (HERE / f"{NAME}.keras").stat().st_size <= 10 * 2**20
     made = training_record(NAME)
     assert "isbi_accuracy.py" in made["training"]["remake"]
-    assert made["training"]["summary"]["budget_used"] >= 0.95
+    summary = made["training"]["summary"]
+    assert summary["budget_used"] >= 0.95 or summary.get("stopped_by_patience")
     assert "non-commercial" in made["data_terms"] and "Cardona" in made["data_terms"]
     assert any("chosen on validation" in row for row in made["scores"]["table"])
     model, record = unet_keras.pretrained(NAME)

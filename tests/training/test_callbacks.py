@@ -6,7 +6,7 @@ import types
 import pytest
 
 from unet_keras.training import distribute
-from unet_keras.training.callbacks import TrainingPlan
+from unet_keras.training.callbacks import Patience, TrainingPlan, patience_spent
 
 
 class _Rate:
@@ -58,3 +58,20 @@ def test_the_time_budget_stops_every_worker_when_one_has_spent_it(monkeypatch):
     plan.on_train_batch_end(1)
     assert plan.model.stop_training and plan.reached
     assert plan.model.optimizer.learning_rate.value == pytest.approx(0, abs=1e-12)
+
+
+def test_patience_stops_once_the_best_epoch_is_that_many_epochs_old():
+    state = {"epoch": 0, "best_epoch": None}
+    patience = Patience(state, 3)
+    patience.set_model(types.SimpleNamespace(stop_training=False))
+    # The checkpoint updates the shared state before patience reads it: best at epoch 2.
+    for epoch, best_epoch in [(1, 1), (2, 2), (3, 2), (4, 2)]:
+        state.update(epoch=epoch, best_epoch=best_epoch)
+        patience.on_epoch_end(epoch - 1)
+        assert not patience.model.stop_training, epoch
+    state.update(epoch=5)
+    patience.on_epoch_end(4)
+    assert patience.model.stop_training and patience.reached
+    # 0 never stops; nor does a run without a validation score yet.
+    assert not patience_spent({"epoch": 500, "best_epoch": 1}, 0)
+    assert not patience_spent({"epoch": 5, "best_epoch": None}, 3)

@@ -182,6 +182,33 @@ def test_a_time_budget_is_used_whole_and_the_schedule_spans_it(synthetic_data, t
         assert min(possible) - 1e-9 <= rate <= max(possible) + 1e-9, (rates, shares)
 
 
+def test_patience_stops_a_run_that_stopped_improving_and_a_rerun_with_more_resumes(
+    synthetic_data, tmp_path
+):
+    run = tmp_path / "run"
+    # A rate too small to change a weight: the validation score never improves on epoch 1's.
+    argv = ["--data", str(synthetic_data), "--run-dir", str(run), *TINY]
+    argv += ["--epochs", "40", "--learning-rate", "1e-12", "--schedule", "constant"]
+    result = _train(*argv, "--patience", "2")
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["stopped_by_patience"] and not summary["stopped_by_time_budget"]
+    assert (summary["best_epoch"], summary["epochs"]) == (1, 3)
+    # Rerun as it was, the run stays stopped; with more patience it goes on where it was.
+    assert _train(*argv, "--patience", "2").returncode == 0
+    assert json.loads((run / "summary.json").read_text())["epochs"] == 3
+    result = _train(*argv, "--patience", "4")
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["stopped_by_patience"] and (summary["best_epoch"], summary["epochs"]) == (1, 5)
+    with open(run / "log.csv") as handle:
+        assert [row["epoch"] for row in csv.DictReader(handle)] == ["1", "2", "3", "4", "5"]
+    # Patience without validation images would wait forever: refused by name.
+    refused = ["--run-dir", str(tmp_path / "refused"), "--validation", "0", "--patience", "2"]
+    result = _train("--data", str(synthetic_data), *refused)
+    assert result.returncode != 0 and "--validation" in result.stderr
+
+
 def test_sparse_annotations_train_and_the_record_keeps_the_ignore_value(tmp_path):
     """Masks with unlabelled strips (value 128) train end to end with --ignore-value; the
     model's record carries it, so evaluate skips those pixels too."""

@@ -75,6 +75,30 @@ class RunCheckpoint(keras.callbacks.Callback):
             temporary.write_text(text.getvalue())
 
 
+def patience_spent(state: dict, patience: int) -> bool:
+    """Whether the run's best validation score is `patience` epochs old (never with 0)."""
+    best_epoch = state["best_epoch"]
+    return bool(patience) and best_epoch is not None and state["epoch"] - best_epoch >= patience
+
+
+class Patience(keras.callbacks.Callback):
+    """Stops training once the best validation score is `patience` epochs old.
+
+    It reads the run's `state` that `RunCheckpoint` keeps, so it must come after it, and a
+    resumed run counts the epochs of its earlier sessions.
+    """
+
+    def __init__(self, state: dict, patience: int) -> None:
+        super().__init__()
+        self.state, self.patience = state, patience
+        self.reached = False
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        if patience_spent(self.state, self.patience):
+            self.reached = True
+            self.model.stop_training = True
+
+
 class TrainingPlan(keras.callbacks.Callback):
     """Sets the learning rate from the run's progress each step; stops at the time budget.
 

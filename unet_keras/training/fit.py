@@ -20,10 +20,12 @@ from unet_keras.saving import load_model, save_model
 from unet_keras.training import distribute, pipeline
 from unet_keras.training.callbacks import (
     EpochProgress,
+    Patience,
     RunCheckpoint,
     SharedStatistics,
     TrainingPlan,
     ValidationImages,
+    patience_spent,
 )
 from unet_keras.training.kernels import native_bf16, onednn_enabled
 from unet_keras.training.losses import CombinedLoss, DiceLoss, WeightedCrossEntropy
@@ -140,16 +142,20 @@ def fit(config: TrainConfig, data: PreparedData | None = None) -> dict[str, Any]
     run_dir.write_json("config.json", settings)
     epochs = config.epochs or (UNBOUNDED if config.max_time else DEFAULT_EPOCHS)
     stopped_by_time_budget = bool(config.max_time) and state["seconds"] >= config.max_time
-    if state["epoch"] < epochs and not stopped_by_time_budget:
+    stopped_by_patience = patience_spent(state, config.patience)
+    if state["epoch"] < epochs and not (stopped_by_time_budget or stopped_by_patience):
         plan = TrainingPlan(
             config.learning_rate, config.schedule, config.warmup, seconds=config.max_time,
             steps=None if epochs == UNBOUNDED else epochs * config.steps_per_epoch,
             spent=state["seconds"], started=started,
         )  # fmt: skip
-        # The plan first: the checkpoint logs the rate it sets.
+        # The plan first: the checkpoint logs the rate it sets. Patience after the
+        # checkpoint: it reads the best epoch the checkpoint records.
+        patience = Patience(state, config.patience)
         callbacks = [
             plan,
             RunCheckpoint(run_dir, record, state, started),
+            patience,
             EpochProgress(plan),
         ]
         if config.freeze_encoder:
@@ -168,10 +174,12 @@ def fit(config: TrainConfig, data: PreparedData | None = None) -> dict[str, Any]
             verbose=2,
         )
         stopped_by_time_budget = plan.reached
+        stopped_by_patience = patience.reached
     if state["best"] is None and state["epoch"] > 0:
         # No validation images: the last model is the best one known.
         save_model(model, run_dir.file("best.keras"), record)
     summary = _summary(state, data, run_dir, stopped_by_time_budget)
+    summary["stopped_by_patience"] = stopped_by_patience
     summary["precision"] = policy
     summary["onednn"] = onednn
     if config.max_time:

@@ -27,7 +27,7 @@ from unet_keras.training import distribute
 
 # Settings that may change between a run and its resumption: the run's length, calibration
 # (which follows training) and the CPU kernels (the same arithmetic, differently ordered).
-RESUMABLE_CHANGES = ("epochs", "max_time", "calibrate_by", "onednn")
+RESUMABLE_CHANGES = ("epochs", "max_time", "patience", "calibrate_by", "onednn")
 
 
 class RunDirectory:

@@ -146,6 +146,11 @@ class TrainConfig(Settings):
         None, help="epochs to train (default: as many as --max-time allows, else 40)"
     )
     steps_per_epoch: int = setting(50, help="training steps per epoch")
+    patience: int = setting(
+        0,
+        help="stop once the validation pixel error has not improved for this many epochs "
+        "(counted over all sessions of a resumed run), keeping the best model; 0: never",
+    )
     seed: int = setting(0, help="random seed: data split, weights, tiles")
     max_time: float | None = setting(
         None,
@@ -179,7 +184,9 @@ class TrainConfig(Settings):
 
     def check(self) -> None:
         at_least(self, 1, "batch_size", "epochs", "steps_per_epoch", "tile")
-        at_least(self, 0, "validation", "freeze_encoder", "context_sections")
+        at_least(self, 0, "validation", "freeze_encoder", "context_sections", "patience")
+        if self.patience and not self.validation:
+            raise ValueError("patience waits for the validation score: give --validation N > 0")
         if self.freeze_encoder and not self.init_from:
             raise ValueError("freeze_encoder keeps trained weights fixed: give --init-from too")
         if not 0.0 <= self.warmup < 1.0:
