@@ -140,3 +140,39 @@ def test_full_masks_choose_the_threshold_of_fewest_wrong_pixels(tmp_path: Path, 
     assert by_objects.scores["adapted_rand_error"] <= calibration.scores["adapted_rand_error"]
     assert by_objects.scores["pixel_error"] >= calibration.scores["pixel_error"]
     assert load_model(path)[1].threshold == by_objects
+
+
+def test_v_rand_closes_a_gap_in_a_membrane_that_pixel_error_leaves_open(
+    tmp_path: Path, tiny_unet, monkeypatch
+) -> None:
+    """Two cells with a membrane between them that the map leaves half open (p 0.75 in a
+    gap of 8 pixels), and a faint patch of cell (p 0.6, 60 pixels): fewest wrong pixels
+    wants the gap open (t <= 0.6), the challenge's V^Rand wants it closed (t > 0.75)."""
+    from unet_keras.evaluation.challenge import section_sweep
+    from unet_keras.evaluation.scores import SWEEP_THRESHOLDS
+
+    path = _saved_with_spread_probabilities(tiny_unet, tmp_path / "best.keras", 3, MaskConfig())
+    cells = np.ones((40, 40), bool)
+    cells[:, 19:21] = False
+    probabilities = np.where(cells, 0.95, 0.1)
+    probabilities[10:14, 19:21] = 0.75
+    probabilities[25:35, 28:34] = 0.6
+    monkeypatch.setattr(Segmenter, "probabilities", lambda self, *_: probabilities[..., None])
+    image = np.zeros((40, 40, 1), np.uint8)
+    samples = [Sample("v0", image, np.where(cells, 255, 0).astype(np.uint8))]
+
+    by_pixels = calibrate_threshold(path, samples)
+    assert by_pixels.value <= 0.6
+    by_v_rand = calibrate_threshold(path, samples, "v_rand")
+    # Predict takes p >= t as a cell: at 0.75 the gap is still open.
+    assert by_v_rand.chosen_by == "v_rand" and 0.75 < by_v_rand.value < 0.95
+    assert not (probabilities >= by_v_rand.value)[10:14, 19:21].any()
+    truth = cells.astype(np.int32)
+
+    def v_rand(threshold: float) -> float:
+        return section_sweep(probabilities, truth, [np.nextafter(threshold, 0)])[0, 0]
+
+    assert by_v_rand.scores["v_rand"] == pytest.approx(v_rand(by_v_rand.value))
+    assert by_v_rand.scores["v_rand"] > v_rand(by_pixels.value) + 0.1
+    assert max(v_rand(t) for t in SWEEP_THRESHOLDS) == pytest.approx(by_v_rand.scores["v_rand"])
+    assert load_model(path)[1].threshold == by_v_rand

@@ -31,6 +31,9 @@ import logging
 import os
 from collections.abc import Sequence
 
+import numpy as np
+
+from unet_keras.evaluation.challenge import section_sweep
 from unet_keras.evaluation.scores import (
     SWEEP_THRESHOLDS,
     best_threshold,
@@ -67,7 +70,16 @@ def calibrate_threshold(
         truth = mask_to_labels(sample.mask, segmenter.mask_config, sample.name)
         sparse |= bool((truth == IGNORED).any())
         probabilities = segmenter.probabilities(sample.image, sample.name)[..., 0]
-        sweeps.append(threshold_sweep(probabilities, truth, SWEEP_THRESHOLDS))
+        sweep = threshold_sweep(probabilities, truth, SWEEP_THRESHOLDS)
+        if metric == "v_rand":
+            # The challenge's V^Rand after border thinning, of the cells predict will output:
+            # p >= t there, p > t in the challenge, so t is moved down by one double's step.
+            below = [np.nextafter(threshold, -np.inf) for threshold in SWEEP_THRESHOLDS]
+            v_rands = section_sweep(probabilities, truth, below)[:, 0]
+            sweep = [
+                {**entry, "v_rand": float(v)} for entry, v in zip(sweep, v_rands, strict=True)
+            ]
+        sweeps.append(sweep)
     metric = metric or (SPARSE_METRIC if sparse else METRIC)
     by_threshold = [mean_scores(list(entries)) for entries in zip(*sweeps, strict=True)]
     best = best_threshold(by_threshold, metric)

@@ -28,7 +28,7 @@ from unet_keras.io.masks import IGNORED
 SWEEP_THRESHOLDS = tuple(round(0.05 * i, 2) for i in range(2, 19))
 
 # Scores where larger is better; `best_threshold` maximises these and minimises the rest.
-_HIGHER_IS_BETTER_PREFIXES = ("iou_", "dice_", "rand_precision", "rand_recall")
+_HIGHER_IS_BETTER_PREFIXES = ("iou_", "dice_", "rand_precision", "rand_recall", "v_rand", "v_info")
 
 
 def segmentation_scores(

@@ -96,11 +96,15 @@ class TrainConfig(Settings):
         "extra input channels (ordered -K..K, mirrored past the stack's ends); --data must "
         "be a stack: a multi-page TIFF or a folder of sections in name order; 0: none",
     )
-    calibrate_by: Literal["auto", "adapted_rand_error", "pixel_error", "iou_0"] = setting(
-        "auto",
-        help="what the threshold chosen on the validation images after training optimises: "
-        "auto (pixel error; membrane IoU iou_0 with sparse masks), or adapted_rand_error "
-        "(objects; noisy on a few validation images); rerun a finished run to choose again",
+    calibrate_by: Literal["auto", "adapted_rand_error", "pixel_error", "iou_0", "v_rand"] = (
+        setting(
+            "auto",
+            help="what the threshold chosen on the validation images after training "
+            "optimises: auto (pixel error; membrane IoU iou_0 with sparse masks), "
+            "adapted_rand_error (objects; noisy on a few validation images) or v_rand (the "
+            "ISBI challenge's V^Rand after border thinning); rerun a finished run to choose "
+            "again",
+        )
     )
     # 16 filters, same padding, 256 px tiles: what a 2-core CPU learns most from in a budget
     # (docs/benchmarks.md, the recipe study); --padding valid is the paper's network.
