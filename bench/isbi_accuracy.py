@@ -87,6 +87,9 @@ def split(
     return parts["train"], parts["held_out"]
 
 
+# The table's heading: the model's name, the COLUMNS, seconds per section.
+HEADER = ["model", "pixel error", "ISBI pixel error", "V^Rand", "V^Info", "membrane IoU",
+          "adapted Rand", "VI split", "VI merge", "splits", "merges", "s"]  # fmt: skip
 # The table's score columns after the model's name: the key and its format.
 COLUMNS = (
     ("pixel_error", ".4f"),
@@ -218,20 +221,7 @@ def main() -> None:
         "predict, evaluate and export); and the best on these 4 sections themselves (an "
         "optimistic figure, for reference). Watershed objects: `--instances watershed` "
         "(seed height 16) instead of connected components.",
-        [
-            "model",
-            "pixel error",
-            "ISBI pixel error",
-            "V^Rand",
-            "V^Info",
-            "membrane IoU",
-            "adapted Rand",
-            "VI split",
-            "VI merge",
-            "splits",
-            "merges",
-            "s",
-        ],
+        HEADER,
         rows,
         args.append,
     )
@@ -357,6 +347,7 @@ def ship(run_dir: Path, command: list[str], remake: str, summary: dict, rows: li
     }
     record_of_scores = {
         "held_out": "ISBI 2012 sections 20-23, never seen in training",
+        "columns": " | ".join(HEADER),  # the model card's table heading
         "table": rows,
     }
     terms = (
