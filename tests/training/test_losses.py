@@ -7,10 +7,13 @@ import numpy as np
 import pytest
 
 from unet_keras.training.losses import (
+    ClDiceLoss,
     CombinedLoss,
+    CrossEntropyClDice,
     DiceLoss,
     WeightedCrossEntropy,
     check_predictions,
+    soft_skeleton,
     split_targets,
 )
 
@@ -153,7 +156,9 @@ def test_combined_loss_is_the_sum(case, request):
     assert combined == pytest.approx(parts, rel=1e-6)
 
 
-@pytest.mark.parametrize("loss_class", [WeightedCrossEntropy, DiceLoss, CombinedLoss])
+@pytest.mark.parametrize(
+    "loss_class", [WeightedCrossEntropy, DiceLoss, CombinedLoss, ClDiceLoss, CrossEntropyClDice]
+)
 def test_float16_predictions_give_a_float32_loss(loss_class, three_class):
     probs, labels, weights = three_class
     y_true = targets(labels, weights)
@@ -168,6 +173,8 @@ def test_float16_predictions_give_a_float32_loss(loss_class, three_class):
         WeightedCrossEntropy(name="wce"),
         DiceLoss(smooth=0.25, exclude_background=True),
         CombinedLoss(smooth=3.0, exclude_background=True, reduction="sum"),
+        ClDiceLoss(iterations=3, smooth=0.5),
+        CrossEntropyClDice(weight=0.25, iterations=4, smooth=2.0),
     ],
 )
 def test_losses_serialise(loss, three_class):
@@ -192,7 +199,10 @@ def test_dice_loss_leaves_out_pixels_of_weight_zero(binary):
 
 
 @pytest.mark.parametrize("case", ["binary", "three_class"])
-@pytest.mark.parametrize("loss", [WeightedCrossEntropy(), DiceLoss(), CombinedLoss()])
+@pytest.mark.parametrize(
+    "loss",
+    [WeightedCrossEntropy(), DiceLoss(), CombinedLoss(), ClDiceLoss(), CrossEntropyClDice()],
+)
 def test_unlabelled_pixels_give_zero_gradient_and_change_no_loss_or_metric(case, loss, request):
     """Pixels of class IGNORED (-1), however weighted: no gradient flows from them, and
     whatever is predicted there leaves every loss and metric as it was."""
@@ -222,3 +232,76 @@ def test_unlabelled_pixels_give_zero_gradient_and_change_no_loss_or_metric(case,
             metric.update_state(sparse, prediction)
             scores.append(float(metric.result()))
         assert scores[0] == scores[1]
+
+
+def membrane_grid(gap: int = 0) -> np.ndarray:
+    """Cells (1) of a 32x32 image cut into four by a 3 px membrane cross (0); `gap` pixels of
+    the vertical membrane's lower arm opened into cell, joining the two lower cells."""
+    labels = np.ones((32, 32), "float32")
+    labels[15:18, :] = 0
+    labels[:, 15:18] = 0
+    if gap:
+        labels[24 : 24 + gap, 15:18] = 1
+    return labels
+
+
+def test_soft_skeleton_of_a_binary_bar_is_its_centre_line():
+    bar = np.zeros((1, 9, 20, 1), "float32")
+    bar[0, 3:6, 2:18] = 1  # 3 px wide
+    skeleton = numpy(soft_skeleton(keras.ops.convert_to_tensor(bar), 5))[0, ..., 0]
+    assert set(np.unique(skeleton)) <= {0.0, 1.0}
+    assert skeleton[4, 4:16].all()  # the centre row, away from the ends
+    assert not skeleton[3].any() and not skeleton[5].any()
+    assert not skeleton[bar[0, ..., 0] == 0].any()
+
+
+def test_cldice_is_zero_for_the_truth_and_one_for_no_membrane():
+    labels = membrane_grid()[None]
+    cells = labels[..., None]
+    assert float(ClDiceLoss(smooth=0.0)(labels, cells)) == pytest.approx(0.0, abs=1e-6)
+    # All cell: no predicted skeleton (precision 0/0 -> smooth), no true skeleton covered.
+    assert float(ClDiceLoss(smooth=1e-6)(labels, np.ones_like(cells))) > 0.99
+    # Three classes: class 0 is the boundary; the perfect one-hot prediction scores 0 too.
+    one_hot = np.eye(3, dtype="float32")[labels.astype(int)]
+    assert float(ClDiceLoss(smooth=0.0)(labels, one_hot)) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_cldice_charges_a_membrane_gap_not_a_thinner_membrane():
+    """Two predictions 9 pixels wrong each, which cross-entropy charges alike: a membrane
+    thinner along one arm (the cells stay apart) and a 3 px gap through it (two cells
+    joined). clDice charges only the gap: the true centre line it leaves uncovered."""
+    truth = membrane_grid()[None]
+    thinner = truth.copy()
+    thinner[0, 15, 0:9] = 1  # 9 px of the horizontal membrane's edge row become cell
+    gap = membrane_grid(gap=3)[None]
+    assert (thinner != truth).sum() == (gap != truth).sum() == 9
+    soft = [np.clip(p, 0.01, 0.99)[..., None] for p in (thinner, gap)]
+    cross_entropy = [float(WeightedCrossEntropy()(truth, p)) for p in soft]
+    assert cross_entropy[0] == pytest.approx(cross_entropy[1], rel=1e-6)
+    cldice = [float(ClDiceLoss(smooth=0.0)(truth, p[..., None])) for p in (thinner, gap)]
+    assert cldice[0] == pytest.approx(0.0, abs=1e-6)
+    # 3 of the true skeleton's ~120 pixels uncovered: sensitivity ~0.975, clDice ~0.987.
+    assert 0.01 < cldice[1] < 0.05
+
+
+def test_cross_entropy_cldice_is_the_weighted_sum(binary):
+    probs, labels, weights = binary
+    y_true = targets(labels, weights)
+    got = float(CrossEntropyClDice(weight=0.3, iterations=2)(y_true, probs))
+    parts = float(WeightedCrossEntropy()(y_true, probs)) + 0.3 * float(
+        ClDiceLoss(iterations=2)(y_true, probs)
+    )
+    assert got == pytest.approx(parts, rel=1e-6)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: ClDiceLoss(iterations=0),
+        lambda: ClDiceLoss(smooth=-1),
+        lambda: CrossEntropyClDice(weight=-0.1),
+    ],
+)
+def test_cldice_refuses_bad_arguments(make):
+    with pytest.raises(ValueError, match=r"(ClDiceLoss|CrossEntropyClDice) \w+ must be"):
+        make()

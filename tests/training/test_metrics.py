@@ -9,7 +9,12 @@ import tensorflow as tf
 
 from unet_keras.geometry import output_size
 from unet_keras.model import build_unet
-from unet_keras.training.losses import CombinedLoss, DiceLoss, WeightedCrossEntropy
+from unet_keras.training.losses import (
+    CombinedLoss,
+    CrossEntropyClDice,
+    DiceLoss,
+    WeightedCrossEntropy,
+)
 from unet_keras.training.metrics import Dice, IoU, PixelError
 
 
@@ -130,8 +135,9 @@ def compiled_tiny_model(classes: int, padding: str, loss, run_eagerly: bool) -> 
 
 
 @pytest.mark.slow
-def test_tiny_model_fits_in_graph_mode_and_reloads(tmp_path):
-    model = compiled_tiny_model(1, "valid", CombinedLoss(), run_eagerly=False)
+@pytest.mark.parametrize("loss_class", [CombinedLoss, CrossEntropyClDice])
+def test_tiny_model_fits_in_graph_mode_and_reloads(loss_class, tmp_path):
+    model = compiled_tiny_model(1, "valid", loss_class(), run_eagerly=False)
     data = tiny_dataset(44, 1, "valid")
     history = model.fit(data, epochs=1, steps_per_epoch=2, verbose=0).history
     assert np.isfinite(history["loss"]).all()
@@ -139,7 +145,7 @@ def test_tiny_model_fits_in_graph_mode_and_reloads(tmp_path):
 
     model.save(tmp_path / "model.keras")
     loaded = keras.saving.load_model(tmp_path / "model.keras")
-    assert isinstance(loaded.loss, CombinedLoss)
+    assert isinstance(loaded.loss, loss_class)
     images = next(iter(data))[0]
     np.testing.assert_array_equal(loaded(images), model(images))
 

@@ -28,7 +28,12 @@ from unet_keras.training.callbacks import (
     patience_spent,
 )
 from unet_keras.training.kernels import native_bf16, onednn_enabled
-from unet_keras.training.losses import CombinedLoss, DiceLoss, WeightedCrossEntropy
+from unet_keras.training.losses import (
+    CombinedLoss,
+    CrossEntropyClDice,
+    DiceLoss,
+    WeightedCrossEntropy,
+)
 from unet_keras.training.metrics import Dice, IoU, PixelError
 from unet_keras.training.prepare import PreparedData, prepare_data
 from unet_keras.training.run_directory import RunDirectory
@@ -45,6 +50,7 @@ LOSSES = {
     "cross_entropy": WeightedCrossEntropy,
     "dice": DiceLoss,
     "cross_entropy+dice": CombinedLoss,
+    "cross_entropy+cldice": CrossEntropyClDice,
 }
 
 
