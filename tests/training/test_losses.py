@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 
 from unet_keras.training.losses import (
-    ClDiceLoss,
     CombinedLoss,
-    CrossEntropyClDice,
+    CrossEntropySkeletonRecall,
     DiceLoss,
+    SkeletonRecallLoss,
     WeightedCrossEntropy,
     check_predictions,
     soft_skeleton,
@@ -157,7 +157,8 @@ def test_combined_loss_is_the_sum(case, request):
 
 
 @pytest.mark.parametrize(
-    "loss_class", [WeightedCrossEntropy, DiceLoss, CombinedLoss, ClDiceLoss, CrossEntropyClDice]
+    "loss_class",
+    [WeightedCrossEntropy, DiceLoss, CombinedLoss, SkeletonRecallLoss, CrossEntropySkeletonRecall],
 )
 def test_float16_predictions_give_a_float32_loss(loss_class, three_class):
     probs, labels, weights = three_class
@@ -173,8 +174,8 @@ def test_float16_predictions_give_a_float32_loss(loss_class, three_class):
         WeightedCrossEntropy(name="wce"),
         DiceLoss(smooth=0.25, exclude_background=True),
         CombinedLoss(smooth=3.0, exclude_background=True, reduction="sum"),
-        ClDiceLoss(iterations=3, smooth=0.5),
-        CrossEntropyClDice(weight=0.25, iterations=4, smooth=2.0),
+        SkeletonRecallLoss(iterations=3, smooth=0.5),
+        CrossEntropySkeletonRecall(weight=0.25, iterations=4, smooth=2.0),
     ],
 )
 def test_losses_serialise(loss, three_class):
@@ -201,7 +202,13 @@ def test_dice_loss_leaves_out_pixels_of_weight_zero(binary):
 @pytest.mark.parametrize("case", ["binary", "three_class"])
 @pytest.mark.parametrize(
     "loss",
-    [WeightedCrossEntropy(), DiceLoss(), CombinedLoss(), ClDiceLoss(), CrossEntropyClDice()],
+    [
+        WeightedCrossEntropy(),
+        DiceLoss(),
+        CombinedLoss(),
+        SkeletonRecallLoss(),
+        CrossEntropySkeletonRecall(),
+    ],
 )
 def test_unlabelled_pixels_give_zero_gradient_and_change_no_loss_or_metric(case, loss, request):
     """Pixels of class IGNORED (-1), however weighted: no gradient flows from them, and
@@ -255,21 +262,20 @@ def test_soft_skeleton_of_a_binary_bar_is_its_centre_line():
     assert not skeleton[bar[0, ..., 0] == 0].any()
 
 
-def test_cldice_is_zero_for_the_truth_and_one_for_no_membrane():
+def test_skeleton_recall_is_zero_for_the_truth_and_one_for_no_membrane():
     labels = membrane_grid()[None]
     cells = labels[..., None]
-    assert float(ClDiceLoss(smooth=0.0)(labels, cells)) == pytest.approx(0.0, abs=1e-6)
-    # All cell: no predicted skeleton (precision 0/0 -> smooth), no true skeleton covered.
-    assert float(ClDiceLoss(smooth=1e-6)(labels, np.ones_like(cells))) > 0.99
+    assert float(SkeletonRecallLoss(smooth=0.0)(labels, cells)) == pytest.approx(0.0, abs=1e-6)
+    assert float(SkeletonRecallLoss(smooth=0.0)(labels, np.ones_like(cells))) == pytest.approx(1.0)
     # Three classes: class 0 is the boundary; the perfect one-hot prediction scores 0 too.
     one_hot = np.eye(3, dtype="float32")[labels.astype(int)]
-    assert float(ClDiceLoss(smooth=0.0)(labels, one_hot)) == pytest.approx(0.0, abs=1e-6)
+    assert float(SkeletonRecallLoss(smooth=0.0)(labels, one_hot)) == pytest.approx(0.0, abs=1e-6)
 
 
-def test_cldice_charges_a_membrane_gap_not_a_thinner_membrane():
+def test_skeleton_recall_charges_a_membrane_gap_not_a_thinner_membrane():
     """Two predictions 9 pixels wrong each, which cross-entropy charges alike: a membrane
     thinner along one arm (the cells stay apart) and a 3 px gap through it (two cells
-    joined). clDice charges only the gap: the true centre line it leaves uncovered."""
+    joined). Skeleton recall charges only the gap: the true centre line it leaves open."""
     truth = membrane_grid()[None]
     thinner = truth.copy()
     thinner[0, 15, 0:9] = 1  # 9 px of the horizontal membrane's edge row become cell
@@ -278,18 +284,20 @@ def test_cldice_charges_a_membrane_gap_not_a_thinner_membrane():
     soft = [np.clip(p, 0.01, 0.99)[..., None] for p in (thinner, gap)]
     cross_entropy = [float(WeightedCrossEntropy()(truth, p)) for p in soft]
     assert cross_entropy[0] == pytest.approx(cross_entropy[1], rel=1e-6)
-    cldice = [float(ClDiceLoss(smooth=0.0)(truth, p[..., None])) for p in (thinner, gap)]
-    assert cldice[0] == pytest.approx(0.0, abs=1e-6)
-    # 3 of the true skeleton's ~120 pixels uncovered: sensitivity ~0.975, clDice ~0.987.
-    assert 0.01 < cldice[1] < 0.05
+    recall = [float(SkeletonRecallLoss(smooth=0.0)(truth, p[..., None])) for p in (thinner, gap)]
+    skeleton = numpy(soft_skeleton(keras.ops.convert_to_tensor(1 - truth[..., None]), 10))[0]
+    # The centre lines, but where the arms cross (the soft skeleton has holes there).
+    assert skeleton[16, :14, 0].all() and skeleton[16, 19:, 0].all() and skeleton[19:, 16, 0].all()
+    assert recall[0] == pytest.approx(0.0, abs=1e-6)
+    assert recall[1] == pytest.approx(3 / skeleton.sum(), rel=1e-6)  # 3 of its pixels open
 
 
-def test_cross_entropy_cldice_is_the_weighted_sum(binary):
+def test_cross_entropy_skeleton_recall_is_the_weighted_sum(binary):
     probs, labels, weights = binary
     y_true = targets(labels, weights)
-    got = float(CrossEntropyClDice(weight=0.3, iterations=2)(y_true, probs))
+    got = float(CrossEntropySkeletonRecall(weight=0.3, iterations=2)(y_true, probs))
     parts = float(WeightedCrossEntropy()(y_true, probs)) + 0.3 * float(
-        ClDiceLoss(iterations=2)(y_true, probs)
+        SkeletonRecallLoss(iterations=2)(y_true, probs)
     )
     assert got == pytest.approx(parts, rel=1e-6)
 
@@ -297,11 +305,13 @@ def test_cross_entropy_cldice_is_the_weighted_sum(binary):
 @pytest.mark.parametrize(
     "make",
     [
-        lambda: ClDiceLoss(iterations=0),
-        lambda: ClDiceLoss(smooth=-1),
-        lambda: CrossEntropyClDice(weight=-0.1),
+        lambda: SkeletonRecallLoss(iterations=0),
+        lambda: SkeletonRecallLoss(smooth=-1),
+        lambda: CrossEntropySkeletonRecall(weight=-0.1),
     ],
 )
-def test_cldice_refuses_bad_arguments(make):
-    with pytest.raises(ValueError, match=r"(ClDiceLoss|CrossEntropyClDice) \w+ must be"):
+def test_skeleton_recall_refuses_bad_arguments(make):
+    with pytest.raises(
+        ValueError, match=r"(SkeletonRecallLoss|CrossEntropySkeletonRecall) \w+ must be"
+    ):
         make()

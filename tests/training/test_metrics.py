@@ -11,7 +11,7 @@ from unet_keras.geometry import output_size
 from unet_keras.model import build_unet
 from unet_keras.training.losses import (
     CombinedLoss,
-    CrossEntropyClDice,
+    CrossEntropySkeletonRecall,
     DiceLoss,
     WeightedCrossEntropy,
 )
@@ -135,7 +135,7 @@ def compiled_tiny_model(classes: int, padding: str, loss, run_eagerly: bool) -> 
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("loss_class", [CombinedLoss, CrossEntropyClDice])
+@pytest.mark.parametrize("loss_class", [CombinedLoss, CrossEntropySkeletonRecall])
 def test_tiny_model_fits_in_graph_mode_and_reloads(loss_class, tmp_path):
     model = compiled_tiny_model(1, "valid", loss_class(), run_eagerly=False)
     data = tiny_dataset(44, 1, "valid")

@@ -30,7 +30,7 @@ from unet_keras.training.callbacks import (
 from unet_keras.training.kernels import native_bf16, onednn_enabled
 from unet_keras.training.losses import (
     CombinedLoss,
-    CrossEntropyClDice,
+    CrossEntropySkeletonRecall,
     DiceLoss,
     WeightedCrossEntropy,
 )
@@ -50,7 +50,7 @@ LOSSES = {
     "cross_entropy": WeightedCrossEntropy,
     "dice": DiceLoss,
     "cross_entropy+dice": CombinedLoss,
-    "cross_entropy+cldice": CrossEntropyClDice,
+    "cross_entropy+skeleton_recall": CrossEntropySkeletonRecall,
 }
 
 

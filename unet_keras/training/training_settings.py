@@ -120,10 +120,12 @@ class TrainConfig(Settings):
         3.0, help="border weight map: weight of the gaps between cells (paper: 10)"
     )
     sigma: float = setting(5.0, help="border weight map: width of the gaps in pixels")
-    loss: Literal["cross_entropy", "dice", "cross_entropy+dice", "cross_entropy+cldice"] = setting(
+    loss: Literal[
+        "cross_entropy", "dice", "cross_entropy+dice", "cross_entropy+skeleton_recall"
+    ] = setting(
         "cross_entropy",
-        help="cross_entropy is weighted by the border map; cldice keeps the membranes' "
-        "skeleton whole (clDice, half weight)",
+        help="cross_entropy is weighted by the border map; skeleton_recall adds "
+        "the fraction of the membranes' centre lines left uncovered",
     )
     optimizer: Literal["adam", "sgd"] = setting(
         "adam", help="adam, or sgd (the paper's, with --momentum)"
