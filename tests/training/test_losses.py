@@ -175,7 +175,7 @@ def test_float16_predictions_give_a_float32_loss(loss_class, three_class):
         DiceLoss(smooth=0.25, exclude_background=True),
         CombinedLoss(smooth=3.0, exclude_background=True, reduction="sum"),
         SkeletonRecallLoss(iterations=3, smooth=0.5),
-        CrossEntropySkeletonRecall(weight=0.25, iterations=4, smooth=2.0),
+        CrossEntropySkeletonRecall(weight=0.25, iterations=4, smooth=2.0, boundary_class=2),
     ],
 )
 def test_losses_serialise(loss, three_class):
@@ -270,6 +270,16 @@ def test_skeleton_recall_is_zero_for_the_truth_and_one_for_no_membrane():
     # Three classes: class 0 is the boundary; the perfect one-hot prediction scores 0 too.
     one_hot = np.eye(3, dtype="float32")[labels.astype(int)]
     assert float(SkeletonRecallLoss(smooth=0.0)(labels, one_hot)) == pytest.approx(0.0, abs=1e-6)
+    # The boundary may be another class: here class 2 is where class 0 was.
+    relabelled = np.where(labels == 0, 2, labels)
+    assert float(
+        SkeletonRecallLoss(smooth=0.0, boundary_class=2)(relabelled, one_hot[..., ::-1])
+    ) == pytest.approx(0.0, abs=1e-6)
+    assert float(
+        SkeletonRecallLoss(smooth=0.0, boundary_class=2)(relabelled, one_hot)
+    ) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="boundary_class 2 is not one of the 2 classes"):
+        SkeletonRecallLoss(boundary_class=2)(labels, cells)
 
 
 def test_skeleton_recall_charges_a_membrane_gap_not_a_thinner_membrane():
@@ -307,6 +317,7 @@ def test_cross_entropy_skeleton_recall_is_the_weighted_sum(binary):
     [
         lambda: SkeletonRecallLoss(iterations=0),
         lambda: SkeletonRecallLoss(smooth=-1),
+        lambda: SkeletonRecallLoss(boundary_class=-1),
         lambda: CrossEntropySkeletonRecall(weight=-0.1),
     ],
 )

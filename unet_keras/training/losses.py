@@ -186,8 +186,9 @@ def soft_skeleton(masks: Any, iterations: int) -> Any:
 
 @keras.saving.register_keras_serializable(package="unet_keras")
 class SkeletonRecallLoss(keras.losses.Loss):
-    """One minus the fraction of the true boundary's skeleton (class 0: ISBI's membranes)
-    that the predicted boundary covers, per image (Kirchhoff et al., ECCV 2024).
+    """One minus the fraction of the true boundary's skeleton that the predicted boundary
+    covers, per image (Kirchhoff et al., ECCV 2024). The boundary is `boundary_class`:
+    class 0 by default, ISBI's membranes.
 
     A gap in a predicted membrane costs in proportion to its length along the membrane, not
     to its few pixels, which is how one gap merges two cells. Only the truth is
@@ -199,32 +200,51 @@ class SkeletonRecallLoss(keras.losses.Loss):
         self,
         iterations: int = 10,
         smooth: float = 1.0,
+        boundary_class: int = 0,
         name: str = "skeleton_recall",
         **kwargs: Any,
     ) -> None:
         super().__init__(name=name, **kwargs)
+        if boundary_class < 0:
+            raise ValueError(
+                f"SkeletonRecallLoss boundary_class must be >= 0, got {boundary_class}"
+            )
         if iterations < 1:
             raise ValueError(f"SkeletonRecallLoss iterations must be >= 1, got {iterations}")
         if smooth < 0:
             raise ValueError(f"SkeletonRecallLoss smooth must be >= 0, got {smooth}")
         self.iterations = int(iterations)
         self.smooth = float(smooth)
+        self.boundary_class = int(boundary_class)
 
     def call(self, y_true: Any, y_pred: Any) -> Any:
         """Returns one minus the soft recall of the true boundary's skeleton, shape `[B]`."""
         labels, weights = split_targets(y_true)
         y_pred = check_predictions(labels, y_pred)
         counted = ops.expand_dims(ops.cast(weights > 0, "float32"), -1)
-        # One sigmoid channel is the cells' probability; the boundary is its complement.
-        boundary = 1.0 - y_pred if y_pred.shape[-1] == 1 else y_pred[..., :1]
-        truth = ops.expand_dims(ops.cast(ops.equal(labels, 0), "float32"), -1) * counted
+        channels, index = y_pred.shape[-1], self.boundary_class
+        if index >= max(channels, 2):
+            raise ValueError(
+                f"SkeletonRecallLoss boundary_class {index} is not one of the {max(channels, 2)} "
+                f"classes of predictions {tuple(y_pred.shape)}"
+            )
+        # One sigmoid channel is class 1's probability; class 0's is its complement.
+        boundary = y_pred[..., index : index + 1]
+        if channels == 1 and index == 0:
+            boundary = 1.0 - y_pred
+        truth = ops.expand_dims(ops.cast(ops.equal(labels, index), "float32"), -1) * counted
         skeleton = ops.stop_gradient(soft_skeleton(truth, self.iterations))
         covered = ops.sum(skeleton * boundary, axis=(1, 2, 3)) + self.smooth
         return 1.0 - covered / (ops.sum(skeleton, axis=(1, 2, 3)) + self.smooth)
 
     def get_config(self) -> dict[str, Any]:
         """Returns the constructor arguments."""
-        return {**super().get_config(), "iterations": self.iterations, "smooth": self.smooth}
+        return {
+            **super().get_config(),
+            "iterations": self.iterations,
+            "smooth": self.smooth,
+            "boundary_class": self.boundary_class,
+        }
 
 
 @keras.saving.register_keras_serializable(package="unet_keras")
@@ -236,6 +256,7 @@ class CrossEntropySkeletonRecall(keras.losses.Loss):
         weight: float = 1.0,
         iterations: int = 10,
         smooth: float = 1.0,
+        boundary_class: int = 0,
         name: str = "ce_skeleton_recall",
         **kwargs: Any,
     ) -> None:
@@ -244,7 +265,7 @@ class CrossEntropySkeletonRecall(keras.losses.Loss):
             raise ValueError(f"CrossEntropySkeletonRecall weight must be >= 0, got {weight}")
         self.weight = float(weight)
         self.cross_entropy = WeightedCrossEntropy()
-        self.skeleton_recall = SkeletonRecallLoss(iterations=iterations, smooth=smooth)
+        self.skeleton_recall = SkeletonRecallLoss(iterations, smooth, boundary_class)
 
     def call(self, y_true: Any, y_pred: Any) -> Any:
         """Returns cross-entropy plus the weighted skeleton recall loss of each image, `[B]`."""
@@ -258,4 +279,5 @@ class CrossEntropySkeletonRecall(keras.losses.Loss):
             "weight": self.weight,
             "iterations": self.skeleton_recall.iterations,
             "smooth": self.skeleton_recall.smooth,
+            "boundary_class": self.skeleton_recall.boundary_class,
         }
