@@ -11,7 +11,7 @@ floor division).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 from unet_keras.geometry import (
     context_margin,
@@ -123,6 +123,17 @@ def mirrored_valid(graph: Any, image: str, depth: int) -> tuple[str, OnnxInt, On
     return graph.node("Pad", [image, pads], mode="reflect"), height, width
 
 
+class SameAxis(NamedTuple):
+    """One axis's same-padding plan as graph values: the mirrored image pixel each tile
+    pixel reads [count, side]; for each image pixel, the tile pixels that see it [size, K]
+    (flat, tile * side + offset; K the most tiles that see any pixel) and their float32
+    weights (each one's Gaussian over their sum there; 0 where fewer than K tiles see it)."""
+
+    read: str
+    seen_by: str
+    weights: str
+
+
 def blended_same(
     graph: Any,
     image: str,
@@ -134,58 +145,63 @@ def blended_same(
 ) -> str:
     """Probabilities [N, H, W, classes] of an NHWC image through a same-padding network,
     tiled and blended as `Segmenter` does (`geometry._plan_same`): every tile in one batch,
-    each weighted by its Gaussian over the sum of the Gaussians at each pixel."""
-    (height, row_index, row_placed, row_w), (width, col_index, col_placed, col_w) = (
+    each image pixel the Gaussian-weighted mean of the tile pixels that see it.
+
+    Each image pixel gathers those values, the rows first, then the columns. Adding the
+    tiles into the image with ScatterND would take fewer operators, but ONNX Runtime adds
+    a ScatterND's repeated indices from several threads without locks, and loses some
+    when the threads interleave (microsoft/onnxruntime#18048; measured in docs/interop.md).
+    """
+    rows, cols = (
         _same_axis(graph, side_of(graph, image, axis), depth, tile, overlap) for axis in (1, 2)
     )
-    windows = graph.node("Gather", [image, row_index.name], axis=1)  # [N, r, h, W, C]
-    windows = graph.node("Gather", [windows, col_index.name], axis=3)  # [N, r, h, c, w, C]
+    windows = graph.node("Gather", [image, rows.read], axis=1)  # [N, r, h, W, C]
+    windows = graph.node("Gather", [windows, cols.read], axis=3)  # [N, r, h, c, w, C]
     windows = graph.node("Transpose", [windows], perm=[0, 1, 3, 2, 4, 5])
     shape = graph.node("Shape", [windows])
     flat = graph.node("Concat", [graph.integer([-1]).name, _part(graph, shape, 3, 6)], axis=0)
     outputs = network(graph.node("Reshape", [windows, flat]))  # [N r c, h, w, classes]
     grid = graph.node("Concat", [_part(graph, shape, 0, 5), graph.integer([classes]).name], axis=0)
     outputs = graph.node("Reshape", [outputs, grid])  # [N, r, c, h, w, classes]
-    # As predict: the row and column weights' product first, then times the output.
-    weight = graph.node(
-        "Mul",
-        [
-            graph.node("Unsqueeze", [row_w, graph.axes(1, 3)]),  # [r, 1, h, 1]
-            graph.node("Unsqueeze", [col_w, graph.axes(0, 2)]),  # [1, c, 1, w]
-        ],
+    outputs = graph.node("Transpose", [outputs], perm=[0, 1, 3, 2, 4, 5])  # [N, r, h, c, w, k]
+    columns = graph.node("Mul", [_part(graph, shape, 2, 3), _part(graph, shape, 4, 5)])
+    side_by_side = graph.node(
+        "Concat", [graph.integer([0, -1]).name, columns, graph.integer([classes]).name], axis=0
     )
-    weighted = graph.node("Mul", [outputs, graph.node("Unsqueeze", [weight, graph.axes(0, 5)])])
-    indices = _scatter_indices(graph, shape, row_placed, col_placed)
-    # One more row and column, where the pixels beyond the image are added, then cut off.
-    batch = _part(graph, graph.node("Shape", [image]), 0, 1)
-    beyond = graph.scalars(height + 1, width + 1)
-    total = graph.node("Concat", [batch, beyond, graph.integer([classes]).name], axis=0)
-    zero = graph.onnx.helper.make_tensor("zero", graph.onnx.TensorProto.FLOAT, [1], [0.0])
-    zeros = graph.node("ConstantOfShape", [total], value=zero)
-    summed = graph.node("ScatterND", [zeros, indices, weighted], reduction="add")
-    starts, axes = graph.integer([0, 0]).name, graph.integer([1, 2]).name
-    return graph.node("Slice", [summed, starts, graph.scalars(height, width), axes])
+    outputs = graph.node("Reshape", [outputs, side_by_side])  # [N, r h, c w, classes]
+    # Rows: [N, H, K, c w, classes] weighted and summed over K; then the columns likewise.
+    gathered = graph.node("Gather", [outputs, rows.seen_by], axis=1)
+    weights = graph.node("Unsqueeze", [rows.weights, graph.axes(2, 3)])
+    summed = _sum(graph, graph.node("Mul", [gathered, weights]), 2)  # [N, H, c w, classes]
+    gathered = graph.node("Gather", [summed, cols.seen_by], axis=2)  # [N, H, W, K, classes]
+    weights = graph.node("Unsqueeze", [cols.weights, graph.axes(2)])
+    return _sum(graph, graph.node("Mul", [gathered, weights]), 3)
 
 
-def _same_axis(
-    graph: Any, size: OnnxInt, depth: int, tile: int, overlap: int
-) -> tuple[OnnxInt, OnnxInt, OnnxInt, str]:
-    """One axis's plan: its size; for each tile's pixels [count, side], the mirrored image
-    pixel each reads, the pixel it is added to (`size`, one past the image, where it falls
-    outside), and its float32 weight (its Gaussian over their sum there)."""
+def _same_axis(graph: Any, size: OnnxInt, depth: int, tile: int, overlap: int) -> SameAxis:
+    """One axis's plan (`SameAxis`) for `size` pixels, from `geometry`'s plan functions."""
     xp = OnnxMath(graph)
     count, side, first, last = same_tiling(size, depth, tile, overlap, xp)
     starts = same_starts(count, first, last, xp)
-    offsets = OnnxInt(graph, graph.node("Unsqueeze", [xp.range(side).name, graph.axes(0)]))
-    targets = OnnxInt(graph, graph.node("Unsqueeze", [starts.name, graph.axes(1)])) + offsets
-    inside = OnnxInt(graph, graph.node("And", [(targets >= 0).name, (targets < size).name]))
-    placed = xp.where(inside, targets, size)
-    # same_blend_kernel(side) in float64: exp(-0.5 ((i - (side - 1) / 2) / (side / 8))**2).
+    offsets = _unsqueezed(graph, xp.range(side), 0)
+    read = mirror_index(_unsqueezed(graph, starts, 1) + offsets, size, xp)
+    # The tiles are equally long and in order, so the ones that see pixel y are
+    # ended <= i < begun: ended of them stop at or before y, begun start at or before it.
+    pixel, starts_row = _unsqueezed(graph, xp.range(size), 1), _unsqueezed(graph, starts, 0)
+    ended = _count(graph, starts_row + side <= pixel)  # [size, 1]
+    begun = _count(graph, starts_row <= pixel)
+    most = OnnxInt(graph, graph.node("ReduceMax", [(begun - ended).name], keepdims=0))
+    seen = ended + _unsqueezed(graph, xp.range(most), 0)  # [size, K]
+    inside = seen < begun
+    seen = xp.where(inside, seen, 0)
+    start_of_seen = OnnxInt(graph, graph.node("Gather", [starts.name, seen.name]))
+    offset = xp.where(inside, pixel - start_of_seen, 0)
+    # same_blend_kernel(side)[offset] in float64: exp(-0.5 ((o - (side - 1) / 2) / (side / 8))**2).
     double = graph.onnx.TensorProto.DOUBLE
     centred = graph.node(
         "Sub",
         [
-            graph.node("Cast", [xp.range(side).name], to=double),
+            graph.node("Cast", [offset.name], to=double),
             graph.node("Div", [graph.node("Cast", [(side - 1).name], to=double), graph.real(2.0)]),
         ],
     )
@@ -199,44 +215,30 @@ def _same_axis(
     kernel = graph.node(
         "Exp", [graph.node("Mul", [graph.node("Mul", [scaled, scaled]), graph.real(-0.5)])]
     )
-    spread = graph.scalars(count, side)
-    updates = graph.node("Expand", [graph.node("Unsqueeze", [kernel, graph.axes(0)]), spread])
-    zero = graph.onnx.helper.make_tensor("zero", double, [1], [0.0])
-    slots = graph.node("ConstantOfShape", [graph.scalars(size + 1)], value=zero)
-    coverage = graph.node(
-        "ScatterND",
-        [slots, graph.node("Unsqueeze", [placed.name, graph.axes(2)]), updates],
-        reduction="add",
-    )
-    weights = graph.node("Div", [updates, graph.node("Gather", [coverage, placed.name])])
+    zero = graph.node("Cast", [graph.integer(0).name], to=double)
+    kernel = graph.node("Where", [inside.name, kernel, zero])
+    coverage = graph.node("ReduceSum", [kernel, graph.axes(1)], keepdims=1)
+    weights = graph.node("Div", [kernel, coverage])
     weights = graph.node("Cast", [weights], to=graph.onnx.TensorProto.FLOAT)
-    return size, mirror_index(targets, size, xp), placed, weights
+    return SameAxis(read.name, (seen * side + offset).name, weights)
+
+
+def _unsqueezed(graph: Any, value: OnnxInt, axis: int) -> OnnxInt:
+    """`value` with a new axis of length 1 at `axis`."""
+    return OnnxInt(graph, graph.node("Unsqueeze", [value.name, graph.axes(axis)]))
+
+
+def _count(graph: Any, condition: OnnxInt) -> OnnxInt:
+    """How many of each row of a [rows, n] condition hold, as [rows, 1]."""
+    ones = graph.node("Cast", [condition.name], to=graph.onnx.TensorProto.INT64)
+    return OnnxInt(graph, graph.node("ReduceSum", [ones, graph.axes(1)], keepdims=1))
+
+
+def _sum(graph: Any, value: str, axis: int) -> str:
+    """`value` summed over `axis`, which goes."""
+    return graph.node("ReduceSum", [value, graph.axes(axis)], keepdims=0)
 
 
 def _part(graph: Any, shape: str, start: int, stop: int) -> str:
     """shape[start:stop]."""
     return graph.node("Slice", [shape, graph.integer([start]).name, graph.integer([stop]).name])
-
-
-def _scatter_indices(graph: Any, shape: str, rows: OnnxInt, cols: OnnxInt) -> str:
-    """[N, r, c, h, w, 3]: the (image, row, column) each tile pixel is added to, for tiles
-    [N, r, c, h, w] whose pixels fall on `rows` [r, h] and `cols` [c, w]."""
-    grid = _part(graph, shape, 0, 5)
-    batch = graph.node(
-        "Range",
-        [
-            graph.integer(0).name,
-            graph.node("Gather", [shape, graph.integer(0).name]),
-            graph.integer(1).name,
-        ],
-    )
-    parts = [
-        graph.node("Unsqueeze", [batch, graph.axes(1, 2, 3, 4)]),
-        graph.node("Unsqueeze", [rows.name, graph.axes(0, 2, 4)]),
-        graph.node("Unsqueeze", [cols.name, graph.axes(0, 1, 3)]),
-    ]
-    parts = [
-        graph.node("Unsqueeze", [graph.node("Expand", [part, grid]), graph.axes(5)])
-        for part in parts
-    ]
-    return graph.node("Concat", parts, axis=5)
