@@ -278,6 +278,10 @@ def test_skeleton_recall_is_zero_for_the_truth_and_one_for_no_membrane():
     assert float(
         SkeletonRecallLoss(smooth=0.0, boundary_class=2)(relabelled, one_hot)
     ) == pytest.approx(1.0)
+    # One sigmoid channel with the boundary drawn as class 1: the channel itself is it.
+    membrane_as_one = SkeletonRecallLoss(smooth=0.0, boundary_class=1)
+    assert float(membrane_as_one(1 - labels, 1 - cells)) == pytest.approx(0.0, abs=1e-6)
+    assert float(membrane_as_one(1 - labels, cells)) == pytest.approx(1.0)
     with pytest.raises(ValueError, match="boundary_class 2 is not one of the 2 classes"):
         SkeletonRecallLoss(boundary_class=2)(labels, cells)
 

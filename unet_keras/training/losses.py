@@ -228,10 +228,11 @@ class SkeletonRecallLoss(keras.losses.Loss):
                 f"SkeletonRecallLoss boundary_class {index} is not one of the {max(channels, 2)} "
                 f"classes of predictions {tuple(y_pred.shape)}"
             )
-        # One sigmoid channel is class 1's probability; class 0's is its complement.
-        boundary = y_pred[..., index : index + 1]
-        if channels == 1 and index == 0:
-            boundary = 1.0 - y_pred
+        if channels == 1:
+            # One sigmoid channel is class 1's probability; class 0's is its complement.
+            boundary = y_pred if index == 1 else 1.0 - y_pred
+        else:
+            boundary = y_pred[..., index : index + 1]
         truth = ops.expand_dims(ops.cast(ops.equal(labels, index), "float32"), -1) * counted
         skeleton = ops.stop_gradient(soft_skeleton(truth, self.iterations))
         covered = ops.sum(skeleton * boundary, axis=(1, 2, 3)) + self.smooth
