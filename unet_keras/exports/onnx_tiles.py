@@ -215,8 +215,7 @@ def _same_axis(graph: Any, size: OnnxInt, depth: int, tile: int, overlap: int) -
     kernel = graph.node(
         "Exp", [graph.node("Mul", [graph.node("Mul", [scaled, scaled]), graph.real(-0.5)])]
     )
-    zero = graph.node("Cast", [graph.integer(0).name], to=double)
-    kernel = graph.node("Where", [inside.name, kernel, zero])
+    kernel = graph.node("Where", [inside.name, kernel, graph.real(0.0)])
     coverage = graph.node("ReduceSum", [kernel, graph.axes(1)], keepdims=1)
     weights = graph.node("Div", [kernel, coverage])
     weights = graph.node("Cast", [weights], to=graph.onnx.TensorProto.FLOAT)
