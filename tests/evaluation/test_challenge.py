@@ -41,6 +41,11 @@ def scores_at(probabilities: np.ndarray, truth: np.ndarray, threshold: float = 0
     return v_rand, v_info
 
 
+def reference_threshold(reported: float) -> float:
+    """The reference's double that a report names rounded (0.3: 0.1 + 0.1 + 0.1)."""
+    return min(CHALLENGE_THRESHOLDS, key=lambda threshold: abs(threshold - reported))
+
+
 def same_partition(first: np.ndarray, second: np.ndarray) -> bool:
     """Whether two label images hold the same zeros and the same objects, ids aside."""
     pairs = set(zip(first.ravel().tolist(), second.ravel().tolist(), strict=True))
@@ -239,6 +244,35 @@ def test_a_stack_scores_the_mean_of_its_sections_and_the_best_thresholds():
     assert summary["sections"] == 2
 
 
+def test_each_section_is_scored_at_the_stacks_best_thresholds():
+    truth = cell_grid()
+    merged = truth.astype(np.float32)
+    merged[3, 4:9] = 0.95  # a gap in one membrane, closed only at 1.0
+    blurred = np.where(truth == 1, 0.8, 0.2).astype(np.float32)  # cells only below 0.8
+    scorer = ChallengeScores()
+    for probabilities in (truth.astype(np.float32), merged, blurred):
+        scorer.add(probabilities, truth)
+    summary, sections = scorer.summary(), scorer.section_scores()
+    # The stack's best V^Rand needs the gap closed and the blur's cells open: no threshold
+    # does both, so one section pays at the threshold chosen, and the stack is their mean.
+    best = reference_threshold(summary["v_rand"]["threshold"])
+    assert best < 0.8
+    at_best = [scores_at(p, truth, best) for p in (truth, merged, blurred)]
+    assert [section["v_rand"] for section in sections] == pytest.approx([v for v, _ in at_best])
+    assert [section["v_rand"] for section in sections][1] < 1.0 == sections[2]["v_rand"]
+    assert np.mean([section["v_rand"] for section in sections]) == pytest.approx(
+        summary["v_rand"]["value"]
+    )
+    assert np.mean([section["v_info"] for section in sections]) == pytest.approx(
+        summary["v_info"]["value"]
+    )
+    # The pixel error pools the pixels: a section's own is at the stack's threshold.
+    lowest = summary["isbi_pixel_error"]["threshold"]
+    counts = pixel_counts(merged, truth, [reference_threshold(lowest)], strict=True)
+    assert sections[1]["isbi_pixel_error"] == pytest.approx(isbi_pixel_errors(counts)[0])
+    assert sections[1]["isbi_pixel_error"] > 0 == sections[0]["isbi_pixel_error"]
+
+
 def test_bad_input_is_refused():
     with pytest.raises(ValueError, match="differ"):
         section_sweep(np.zeros((3, 3)), np.zeros((3, 4), np.int32))
@@ -277,6 +311,12 @@ def test_evaluate_reports_the_challenges_scores(
     assert challenge["at_threshold"] == pytest.approx(expected["at_threshold"])
     for entry, expected_entry in zip(challenge["sweep"], expected["sweep"], strict=True):
         assert entry == pytest.approx(expected_entry)
+    # Each image's own, at the stack's best thresholds: the stack's are their means.
+    best = reference_threshold(challenge["v_rand"]["threshold"])
+    for image, p, truth in zip(report["images"], probabilities, truths, strict=True):
+        assert image["challenge"]["v_rand"] == pytest.approx(scores_at(p, truth, best)[0])
+    v_rand = [image["challenge"]["v_rand"] for image in report["images"]]
+    assert np.mean(v_rand) == pytest.approx(challenge["v_rand"]["value"])
     printed = capsys.readouterr().out
     shown = json.loads(printed[: printed.rindex("}") + 1])["challenge"]
     assert "sweep" not in shown and shown["v_rand"] == pytest.approx(expected["v_rand"])

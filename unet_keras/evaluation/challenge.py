@@ -263,15 +263,19 @@ class ChallengeScores:
     def __init__(self, threshold: float | None = None) -> None:
         self.threshold = threshold
         self._thresholds = CHALLENGE_THRESHOLDS + (() if threshold is None else (threshold,))
-        self._score_sums = np.zeros((len(self._thresholds), len(METRICS)))
-        self._pixel_counts = np.zeros((len(self._thresholds), 3), np.int64)
-        self.sections = 0
+        # Per section, at each threshold: V^Rand and V^Info, and the pixel counts.
+        self._scores: list[np.ndarray] = []
+        self._counts: list[np.ndarray] = []
+
+    @property
+    def sections(self) -> int:
+        """How many sections have been added."""
+        return len(self._scores)
 
     def add(self, probabilities: np.ndarray, truth: np.ndarray) -> None:
         """Scores one more section: its cell probabilities (H, W) and class-index truth."""
-        self._score_sums += section_sweep(probabilities, truth, self._thresholds)
-        self._pixel_counts += pixel_counts(probabilities, truth, self._thresholds, strict=True)
-        self.sections += 1
+        self._scores.append(section_sweep(probabilities, truth, self._thresholds))
+        self._counts.append(pixel_counts(probabilities, truth, self._thresholds, strict=True))
 
     def summary(self) -> dict[str, Any]:
         """The stack's scores: best of each metric over the challenge's thresholds, and more.
@@ -283,8 +287,8 @@ class ChallengeScores:
         """
         if not self.sections:
             raise ValueError("ChallengeScores.summary needs at least one section (add)")
-        means = self._score_sums / self.sections
-        errors = isbi_pixel_errors(self._pixel_counts)
+        means = np.mean(self._scores, axis=0)
+        errors = isbi_pixel_errors(np.sum(self._counts, axis=0))
         rows = [
             {
                 "threshold": round(float(threshold), 10),
@@ -301,6 +305,23 @@ class ChallengeScores:
         summary["sweep"] = sweep
         summary["sections"] = self.sections
         return summary
+
+    def section_scores(self) -> list[dict[str, float]]:
+        """Each section's V^Rand, V^Info and pixel error at the stack's best thresholds.
+
+        The stack's V^Rand and V^Info are the means of these; its pixel error pools the
+        sections' pixels, so it is not their mean. Where a stack loses its score shows here.
+        """
+        summary = self.summary()
+        rows = {round(float(t), 10): row for row, t in enumerate(CHALLENGE_THRESHOLDS)}
+        at = {key: rows[summary[key]["threshold"]] for key in (*METRICS, "isbi_pixel_error")}
+        return [
+            {
+                **{key: float(scores[at[key], column]) for column, key in enumerate(METRICS)},
+                "isbi_pixel_error": float(isbi_pixel_errors(counts[at["isbi_pixel_error"]])),
+            }
+            for scores, counts in zip(self._scores, self._counts, strict=True)
+        ]
 
 
 def challenge_scores(

@@ -62,8 +62,10 @@ def evaluate_path(
     One-channel models also get `challenge`: the scores the ISBI 2012 challenge ranked by,
     V^Rand and V^Info after border thinning (means over the images) and its pixel error,
     each at its best threshold of 0.0, 0.1, ..., 1.0 and all at the model's own threshold
-    (`at_threshold`), as `challenge.ChallengeScores.summary` reports them. They score the
-    thresholded probabilities as the challenge does, not the `objects`.
+    (`at_threshold`), as `challenge.ChallengeScores.summary` reports them, and each image
+    its own at the stack's best thresholds (`images[i]["challenge"]`: which sections lose
+    the stack's V^Rand). They score the thresholded probabilities as the challenge does,
+    not the `objects`.
 
     A model with context (`ModelRecord.context_sections` K > 0) scores each section of
     the stack (a TIFF stack's pages, or a folder's images in name order) predicted with
@@ -129,6 +131,8 @@ def evaluate_path(
         }
     if challenge is not None:
         report["challenge"] = challenge.summary()
+        for image, scores in zip(images, challenge.section_scores(), strict=True):
+            image["challenge"] = scores
     if output is not None:
         with atomic_path(Path(output) / "evaluation.json") as temporary:
             temporary.write_text(json.dumps(report, indent=2))
