@@ -311,18 +311,23 @@ def score_rows(
         lowest = {**lowest, **challenge_at(challenge, lowest["threshold"])}
         label = f"{name}, threshold {lowest['threshold']:.2f} (lowest ISBI pixel error here)"
         rows.append(score_row(label, lowest))
-        rows.append(challenge_row(name, challenge))
+        sections = [image["challenge"]["v_rand"] for image in report["images"]]
+        rows.append(challenge_row(name, challenge, sections))
         if figure and not tta and names == HELD_OUT:
             write_figure(segmenter, held_out)
     return rows
 
 
-def challenge_row(name: str, challenge: dict) -> str:
-    """The row of the challenge's scores, each at its own best threshold of 0.0, ..., 1.0."""
+def challenge_row(name: str, challenge: dict, sections: list[float]) -> str:
+    """The row of the challenge's scores, each at its own best threshold of 0.0, ..., 1.0,
+    naming each section's V^Rand at that threshold (their mean is the stack's)."""
     names = {"v_rand": "V^Rand", "v_info": "V^Info", "isbi_pixel_error": "pixel error"}
     where = ", ".join(f"{names[key]} at {challenge[key]['threshold']:.1f}" for key in names)
+    each = ", ".join(f"{v_rand:.3f}" for v_rand in sections)
     scores = {key: challenge[key]["value"] for key in names}
-    return score_row(f"{name}, challenge's best thresholds ({where})", scores)
+    return score_row(
+        f"{name}, challenge's best thresholds ({where}; V^Rand by section {each})", scores
+    )
 
 
 def ship(run_dir: Path, command: list[str], remake: str, summary: dict, rows: list[str]) -> None:
