@@ -259,7 +259,7 @@ def test_each_section_is_scored_at_the_stacks_best_thresholds():
     assert best < 0.8
     at_best = [scores_at(p, truth, best) for p in (truth, merged, blurred)]
     assert [section["v_rand"] for section in sections] == pytest.approx([v for v, _ in at_best])
-    assert [section["v_rand"] for section in sections][1] < 1.0 == sections[2]["v_rand"]
+    assert sections[1]["v_rand"] < 1.0 == sections[2]["v_rand"]
     assert np.mean([section["v_rand"] for section in sections]) == pytest.approx(
         summary["v_rand"]["value"]
     )

@@ -313,8 +313,11 @@ class ChallengeScores:
         sections' pixels, so it is not their mean. Where a stack loses its score shows here.
         """
         summary = self.summary()
-        rows = {round(float(t), 10): row for row, t in enumerate(CHALLENGE_THRESHOLDS)}
-        at = {key: rows[summary[key]["threshold"]] for key in (*METRICS, "isbi_pixel_error")}
+        thresholds = [entry["threshold"] for entry in summary["sweep"]]
+        at = {
+            key: thresholds.index(summary[key]["threshold"])
+            for key in (*METRICS, "isbi_pixel_error")
+        }
         return [
             {
                 **{key: float(scores[at[key], column]) for column, key in enumerate(METRICS)},
