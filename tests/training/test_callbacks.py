@@ -75,3 +75,72 @@ def test_patience_stops_once_the_best_epoch_is_that_many_epochs_old():
     # 0 never stops; nor does a run without a validation score yet.
     assert not patience_spent({"epoch": 500, "best_epoch": 1}, 0)
     assert not patience_spent({"epoch": 5, "best_epoch": None}, 3)
+
+
+def _dense_model():
+    import keras
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+    model.compile(keras.optimizers.SGD(0.1), loss="mse")
+    return model
+
+
+def test_the_weight_average_warms_up_its_momentum_and_is_what_validation_scores(tmp_path):
+    import keras
+    import numpy as np
+
+    from unet_keras.training.callbacks import WeightAverage
+    from unet_keras.training.run_directory import RunDirectory
+
+    model = _dense_model()
+    x = np.random.default_rng(0).random((8, 3), dtype="float32")
+    y = x.sum(axis=1, keepdims=True)
+    start = [w.numpy().copy() for w in model.trainable_variables]
+    after_each_step = []
+    seen = keras.callbacks.LambdaCallback(
+        on_train_batch_end=lambda batch, logs: after_each_step.append(
+            [w.numpy().copy() for w in model.trainable_variables]
+        )
+    )
+    average = WeightAverage(0.45, RunDirectory(tmp_path), resumed=False)
+    history = model.fit(
+        x, y, batch_size=2, epochs=2, validation_data=(x, y), shuffle=False, verbose=0,
+        callbacks=[average, seen],
+    )  # fmt: skip
+
+    expected = start
+    for step, weights in enumerate(after_each_step, 1):
+        # (1 + t) / (10 + t) rises past 0.45 at the 7th of the 8 steps.
+        momentum = min(0.45, (1 + step) / (10 + step))
+        pairs = zip(expected, weights, strict=True)
+        expected = [momentum * a + (1 - momentum) * w for a, w in pairs]
+    for averaged, wanted in zip(average.average, expected, strict=True):
+        np.testing.assert_allclose(averaged.numpy(), wanted, rtol=1e-5)
+    # Training goes on with its own weights; validation scored the average.
+    for weight, last in zip(model.trainable_variables, after_each_step[-1], strict=True):
+        np.testing.assert_array_equal(weight.numpy(), last)
+    raw_loss = model.evaluate(x, y, verbose=0)
+    with average.swapped_in():
+        averaged_loss = model.evaluate(x, y, verbose=0)
+    assert history.history["val_loss"][-1] == pytest.approx(averaged_loss, rel=1e-5)
+    assert averaged_loss != pytest.approx(raw_loss, rel=1e-5)
+    assert model.evaluate(x, y, verbose=0) == raw_loss  # swapped back out
+
+
+def test_a_resumed_run_takes_up_its_saved_average_and_goes_on_from_its_own_weights(tmp_path):
+    import numpy as np
+
+    from unet_keras.training.callbacks import WeightAverage
+    from unet_keras.training.run_directory import RunDirectory
+
+    model = _dense_model()
+    kernel = model.trainable_variables[0]
+    kernel.assign(np.full((3, 1), 2.0, "float32"))
+    model.save(tmp_path / WeightAverage.FILE)
+    kernel.assign(np.full((3, 1), -1.0, "float32"))
+    average = WeightAverage(0.9, RunDirectory(tmp_path), resumed=True)
+    average.set_model(model)
+    average.on_train_begin()
+    np.testing.assert_array_equal(kernel.numpy(), -1.0)
+    np.testing.assert_array_equal(average.average[0].numpy(), 2.0)

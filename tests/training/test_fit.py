@@ -209,6 +209,31 @@ def test_patience_stops_a_run_that_stopped_improving_and_a_rerun_with_more_resum
     assert result.returncode != 0 and "--validation" in result.stderr
 
 
+def test_a_weight_averaged_run_keeps_its_average_as_the_best_model_and_resumes_it(
+    synthetic_data, tmp_path
+):
+    from unet_keras.saving import load_model
+
+    def weights(name):
+        return load_model(run / name)[0].get_weights()
+
+    run = tmp_path / "run"
+    argv = ["--data", str(synthetic_data), "--run-dir", str(run), *TINY]
+    argv += ["--validation", "0", "--weight-average", "0.9"]
+    for epochs in ("2", "3"):
+        result = _train(*argv, "--epochs", epochs)
+        assert result.returncode == 0, result.stderr[-3000:]
+        # No validation images: the average is the best model known; training resumes
+        # from the weights themselves.
+        best, average = weights("best.keras"), weights("average.keras")
+        assert all(np.array_equal(a, b) for a, b in zip(best, average, strict=True))
+        assert not all(
+            np.array_equal(a, b) for a, b in zip(best, weights("last.keras"), strict=True)
+        )
+    assert f"resuming {run} after epoch 2" in result.stderr
+    assert not [p for p in run.iterdir() if ".partial" in p.name]
+
+
 def test_sparse_annotations_train_and_the_record_keeps_the_ignore_value(tmp_path):
     """Masks with unlabelled strips (value 128) train end to end with --ignore-value; the
     model's record carries it, so evaluate skips those pixels too."""

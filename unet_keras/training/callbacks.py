@@ -3,10 +3,13 @@ the workers' shared statistics, image summaries."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
+import logging
 import math
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import keras
@@ -19,18 +22,85 @@ from unet_keras.saving import save_model
 from unet_keras.training import distribute
 from unet_keras.training.run_directory import RunDirectory
 
+log = logging.getLogger(__name__)
+
 # The validation score that picks best.keras (lower is better).
 MONITOR = "val_pixel_error"
 
 
+class WeightAverage(keras.callbacks.Callback):
+    """An exponential moving average of the weights, swapped in for validation and for
+    the checkpoint's best.keras; training goes on with the weights themselves.
+
+    The momentum is at most (1 + t) / (10 + t) after t steps (timm's warm-up): a run of a
+    thousand steps averages about its last hundred, not its first. Unlike Keras's
+    optimizer EMA, the average survives a resumed run: the checkpoint saves it as
+    average.keras.
+    """
+
+    FILE = "average.keras"
+
+    def __init__(self, momentum: float, run: RunDirectory, resumed: bool) -> None:
+        super().__init__()
+        self.momentum, self.run, self.resumed = momentum, run, resumed
+        self.average: list[tf.Variable] = []
+        self.kept: list[tf.Variable] = []
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        weights = self.model.trainable_variables
+        self.kept = [tf.Variable(w, trainable=False) for w in weights]
+        saved = self.run.file(self.FILE)
+        if self.resumed and saved.is_file():
+            self.model.load_weights(saved)
+        elif self.resumed:  # a run begun before averaging was its default
+            log.warning("%s is missing: the weight average starts again here", saved)
+        self.average = [tf.Variable(w, trainable=False) for w in weights]
+        _assign(weights, self.kept)  # a resumed run goes on from last.keras's weights
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        self._update(tf.cast(self.model.optimizer.iterations, tf.float32))
+
+    @tf.function
+    def _update(self, steps: tf.Tensor) -> None:
+        momentum = tf.minimum(self.momentum, (1.0 + steps) / (10.0 + steps))
+        for average, weight in zip(self.average, self.model.trainable_variables, strict=True):
+            average.assign(momentum * average + (1.0 - momentum) * weight)
+
+    @contextlib.contextmanager
+    def swapped_in(self) -> Iterator[None]:
+        """The model holds the averaged weights inside the block."""
+        self.on_test_begin()
+        try:
+            yield
+        finally:
+            self.on_test_end()
+
+    def on_test_begin(self, logs: dict | None = None) -> None:
+        _assign(self.kept, self.model.trainable_variables)
+        _assign(self.model.trainable_variables, self.average)
+
+    def on_test_end(self, logs: dict | None = None) -> None:
+        _assign(self.model.trainable_variables, self.kept)
+
+
 class RunCheckpoint(keras.callbacks.Callback):
-    """Saves last.keras, best.keras, log.csv and state.json after every epoch."""
+    """Saves last.keras, best.keras, log.csv and state.json after every epoch.
+
+    With a `WeightAverage`, best.keras holds the averaged weights (which validation scored)
+    and last.keras the weights training resumes from.
+    """
 
     def __init__(
-        self, run: RunDirectory, record: ModelRecord, state: dict, started: float
+        self,
+        run: RunDirectory,
+        record: ModelRecord,
+        state: dict,
+        started: float,
+        average: WeightAverage | None = None,
     ) -> None:
         super().__init__()
         self.run, self.record, self.state, self.started = run, record, state, started
+        self.average = average
         self.rows = self._previous_rows(state["epoch"])
         self.batches = 0
 
@@ -50,8 +120,12 @@ class RunCheckpoint(keras.callbacks.Callback):
         score = logs.get(MONITOR)
         save_model(self.model, self.run.file("last.keras"), self.record)
         improved = score is not None and (self.state["best"] is None or score < self.state["best"])
+        with self.average.swapped_in() if self.average else contextlib.nullcontext():
+            if self.average:
+                save_model(self.model, self.run.file(self.average.FILE), self.record)
+            if improved:
+                save_model(self.model, self.run.file("best.keras"), self.record)
         if improved:
-            save_model(self.model, self.run.file("best.keras"), self.record)
             self.state.update(best=float(score), best_epoch=epoch + 1, best_logs=_floats(logs))
         now = time.monotonic()
         row = {"epoch": str(epoch + 1), "seconds": f"{now - self.started:.2f}"}
@@ -253,6 +327,11 @@ class ValidationImages(keras.callbacks.Callback):
         with self.writer.as_default():
             tf.summary.image("input | truth | prediction", np.stack(panels), step=epoch + 1)
         self.writer.flush()
+
+
+def _assign(targets: list, sources: list) -> None:
+    for target, source in zip(targets, sources, strict=True):
+        target.assign(source)
 
 
 def _floats(logs: dict) -> dict[str, float]:

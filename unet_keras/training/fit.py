@@ -25,6 +25,7 @@ from unet_keras.training.callbacks import (
     SharedStatistics,
     TrainingPlan,
     ValidationImages,
+    WeightAverage,
     patience_spent,
 )
 from unet_keras.training.kernels import native_bf16, onednn_enabled
@@ -158,12 +159,17 @@ def fit(config: TrainConfig, data: PreparedData | None = None) -> dict[str, Any]
         # The plan first: the checkpoint logs the rate it sets. Patience after the
         # checkpoint: it reads the best epoch the checkpoint records.
         patience = Patience(state, config.patience)
+        average = config.weight_average and WeightAverage(
+            config.weight_average, chief_run, resumed=state["epoch"] > 0
+        )
         callbacks = [
             plan,
-            RunCheckpoint(run_dir, record, state, started),
+            RunCheckpoint(run_dir, record, state, started, average or None),
             patience,
             EpochProgress(plan),
         ]
+        if average:
+            callbacks.insert(0, average)
         if config.freeze_encoder:
             callbacks.insert(0, FreezeEncoder(config.freeze_encoder))
         if config.strategy == "multiworker":
@@ -182,7 +188,9 @@ def fit(config: TrainConfig, data: PreparedData | None = None) -> dict[str, Any]
         stopped_by_time_budget = plan.reached
         stopped_by_patience = patience.reached
     if state["best"] is None and state["epoch"] > 0:
-        # No validation images: the last model is the best one known.
+        # No validation images: the last model (or its average) is the best one known.
+        if config.weight_average:
+            model.load_weights(chief_run.file(WeightAverage.FILE))
         save_model(model, run_dir.file("best.keras"), record)
     summary = _summary(state, data, run_dir, stopped_by_time_budget)
     summary["stopped_by_patience"] = stopped_by_patience

@@ -149,6 +149,12 @@ class TrainConfig(Settings):
     warmup: float = setting(
         0.03, help="cosine schedule: fraction of the run over which the rate rises from 0"
     )
+    weight_average: float = setting(
+        0.0,
+        help="momentum of a moving average of the weights, which validation and best.keras "
+        "use (warmed up: at most (1 + t) / (10 + t) after t steps, so a short run averages "
+        "its later tenth); 0: off",
+    )
     batch_size: int = setting(2, help="tiles per step (global, over all replicas)")
     epochs: int | None = setting(
         None, help="epochs to train (default: as many as --max-time allows, else 40)"
@@ -199,6 +205,8 @@ class TrainConfig(Settings):
             raise ValueError("freeze_encoder keeps trained weights fixed: give --init-from too")
         if not 0.0 <= self.warmup < 1.0:
             raise ValueError(f"warmup must be a fraction in [0, 1), got {self.warmup}")
+        if not 0.0 <= self.weight_average < 1.0:
+            raise ValueError(f"weight_average is a momentum in [0, 1), got {self.weight_average}")
         if self.learning_rate <= 0:
             raise ValueError(f"learning_rate must be positive, got {self.learning_rate}")
         if self.max_time is not None and self.max_time <= 0:
