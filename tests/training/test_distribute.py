@@ -53,6 +53,8 @@ def test_a_bad_tf_config_stops_before_connecting(
 
 @pytest.mark.slow
 def test_mirrored_strategy_trains_over_two_logical_cpus(synthetic_data, tmp_path):
+    from unet_keras.saving import load_model
+
     run = tmp_path / "run"
     script = (
         "import sys, tensorflow as tf\n"
@@ -64,6 +66,7 @@ def test_mirrored_strategy_trains_over_two_logical_cpus(synthetic_data, tmp_path
         "sys.exit(main(['train', *sys.argv[1:]]))\n"
     )  # fmt: skip
     argv = ["--data", str(synthetic_data), "--run-dir", str(run), "--epochs", "2", *TINY]
+    argv += ["--weight-average", "0.9"]  # its variables beside mirrored ones
     result = subprocess.run(
         [sys.executable, "-c", script, *argv, "--strategy", "mirrored"],
         capture_output=True,
@@ -75,6 +78,10 @@ def test_mirrored_strategy_trains_over_two_logical_cpus(synthetic_data, tmp_path
     assert "--batch-size 3 cannot be split evenly over 2 replicas" in result.stderr
     summary = json.loads((run / "summary.json").read_text())
     assert summary["epochs"] == 2 and np.isfinite(summary["best_validation"]["val_loss"])
+    average, _ = load_model(run / "average.keras")
+    last, _ = load_model(run / "last.keras")
+    differ = [not np.array_equal(a, b) for a, b in zip(average.weights, last.weights, strict=True)]
+    assert any(differ) and all(np.isfinite(w).all() for w in average.get_weights())
 
 
 def _run_workers(*argvs: list[str]) -> list[tuple[int, str]]:
@@ -113,7 +120,7 @@ def test_multiworker_trains_two_local_workers_to_identical_weights(synthetic_dat
     # unless the workers average them; the weights compared below include them.
     argv = ["--data", str(synthetic_data), "--run-dir", str(run), *TINY, "--batch-norm"]
     # Summed in bfloat16, the gradients must still leave every worker the same weights.
-    argv += ["--gradient-exchange", "bfloat16"]
+    argv += ["--gradient-exchange", "bfloat16", "--weight-average", "0.9"]
     # Far more epochs than the budget allows: after every step the workers ask each other
     # whether it is spent, and must all stop after the same one.
     budget = [*argv, "--epochs", "500", "--max-time", "8"]
@@ -129,6 +136,11 @@ def test_multiworker_trains_two_local_workers_to_identical_weights(synthetic_dat
     trained_steps = int(chief.optimizer.iterations.numpy())
     assert trained_steps >= 1 and int(other.optimizer.iterations.numpy()) == trained_steps
     assert any("moving_mean" in weight.path for weight in chief.weights)
+    for mine, theirs in zip(chief.weights, other.weights, strict=True):
+        np.testing.assert_array_equal(mine.numpy(), theirs.numpy(), err_msg=mine.path)
+    # So are their weight averages, which validation scored.
+    chief, _ = load_model(run / "average.keras", compile=True)
+    other, _ = load_model(run / "worker-1" / "average.keras")
     for mine, theirs in zip(chief.weights, other.weights, strict=True):
         np.testing.assert_array_equal(mine.numpy(), theirs.numpy(), err_msg=mine.path)
 

@@ -43,11 +43,13 @@ class WeightAverage(keras.callbacks.Callback):
     def __init__(self, momentum: float, run: RunDirectory, resumed: bool) -> None:
         super().__init__()
         self.momentum, self.run, self.resumed = momentum, run, resumed
+        self.weights: list = []
         self.average: list[tf.Variable] = []
         self.kept: list[tf.Variable] = []
 
     def on_train_begin(self, logs: dict | None = None) -> None:
-        weights = self.model.trainable_variables
+        self.weights = _averaged_weights(self.model)
+        weights = self.weights
         self.kept = [tf.Variable(w, trainable=False) for w in weights]
         saved = self.run.file(self.FILE)
         if self.resumed and saved.is_file():
@@ -63,7 +65,7 @@ class WeightAverage(keras.callbacks.Callback):
     @tf.function
     def _update(self, steps: tf.Tensor) -> None:
         momentum = tf.minimum(self.momentum, (1.0 + steps) / (10.0 + steps))
-        for average, weight in zip(self.average, self.model.trainable_variables, strict=True):
+        for average, weight in zip(self.average, self.weights, strict=True):
             average.assign(momentum * average + (1.0 - momentum) * weight)
 
     @contextlib.contextmanager
@@ -76,11 +78,11 @@ class WeightAverage(keras.callbacks.Callback):
             self.on_test_end()
 
     def on_test_begin(self, logs: dict | None = None) -> None:
-        _assign(self.kept, self.model.trainable_variables)
-        _assign(self.model.trainable_variables, self.average)
+        _assign(self.kept, self.weights)
+        _assign(self.weights, self.average)
 
     def on_test_end(self, logs: dict | None = None) -> None:
-        _assign(self.model.trainable_variables, self.kept)
+        _assign(self.weights, self.kept)
 
 
 class RunCheckpoint(keras.callbacks.Callback):
@@ -327,6 +329,18 @@ class ValidationImages(keras.callbacks.Callback):
         with self.writer.as_default():
             tf.summary.image("input | truth | prediction", np.stack(panels), step=epoch + 1)
         self.writer.flush()
+
+
+def _averaged_weights(model: keras.Model) -> list:
+    """The weights `WeightAverage` averages: all, frozen ones too, but the moving
+    statistics of batch normalisation (each worker's own until `SharedStatistics`)."""
+    statistics = {
+        id(variable)
+        for layer in model.layers
+        if isinstance(layer, keras.layers.BatchNormalization)
+        for variable in (layer.moving_mean, layer.moving_variance)
+    }
+    return [weight for weight in model.weights if id(weight) not in statistics]
 
 
 def _assign(targets: list, sources: list) -> None:

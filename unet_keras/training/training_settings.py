@@ -150,7 +150,7 @@ class TrainConfig(Settings):
         0.03, help="cosine schedule: fraction of the run over which the rate rises from 0"
     )
     weight_average: float = setting(
-        0.0,
+        0.999,
         help="momentum of a moving average of the weights, which validation and best.keras "
         "use (warmed up: at most (1 + t) / (10 + t) after t steps, so a short run averages "
         "its later tenth); 0: off",
