@@ -147,12 +147,16 @@ def test_multiworker_trains_two_local_workers_to_identical_weights(synthetic_dat
     # Validation was split over the workers; its metrics must be those of one process.
     data = prepare_data(cli.settings_from(cli.build_parser().parse_args(["train", *argv])))
     tile = data.record.tile
-    validation = pipeline.validation_dataset(data.validation, tile.input, tile.output, 2)
+    # Batches of one, as each worker scored them (a batch of 2 may round a bf16
+    # convolution differently and flip a pixel at p = 0.5).
+    validation = pipeline.validation_dataset(data.validation, tile.input, tile.output, 1)
     scores = chief.evaluate(validation, verbose=0, return_dict=True)
     with open(run / "log.csv", newline="") as handle:
         last = list(csv.DictReader(handle))[-1]
+    # Split wrongly, a metric would be off by whole tiles (2 % of the pixels each); a
+    # pixel or two is 1e-4 of them.
     for name in ("pixel_error", "iou", "dice"):
-        assert float(last[f"val_{name}"]) == pytest.approx(scores[name], rel=1e-4), name
+        assert float(last[f"val_{name}"]) == pytest.approx(scores[name], rel=1e-3), name
 
 
 @pytest.mark.parametrize(
