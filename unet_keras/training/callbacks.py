@@ -49,15 +49,14 @@ class WeightAverage(keras.callbacks.Callback):
 
     def on_train_begin(self, logs: dict | None = None) -> None:
         self.weights = _averaged_weights(self.model)
-        weights = self.weights
-        self.kept = [tf.Variable(w, trainable=False) for w in weights]
+        self.kept = [tf.Variable(w, trainable=False) for w in self.weights]
         saved = self.run.file(self.FILE)
         if self.resumed and saved.is_file():
             self.model.load_weights(saved)
         elif self.resumed:  # a run begun before averaging was its default
             log.warning("%s is missing: the weight average starts again here", saved)
-        self.average = [tf.Variable(w, trainable=False) for w in weights]
-        _assign(weights, self.kept)  # a resumed run goes on from last.keras's weights
+        self.average = [tf.Variable(w, trainable=False) for w in self.weights]
+        _assign(self.weights, self.kept)  # a resumed run goes on from last.keras's weights
 
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
         self._update(tf.cast(self.model.optimizer.iterations, tf.float32))
@@ -254,12 +253,7 @@ class SharedStatistics(keras.callbacks.Callback):
     """
 
     def _average(self) -> None:
-        variables = [
-            variable
-            for layer in self.model.layers
-            if isinstance(layer, keras.layers.BatchNormalization)
-            for variable in (layer.moving_mean, layer.moving_variance)
-        ]
+        variables = _moving_statistics(self.model)
         if not variables:
             return
         local = np.concatenate([keras.ops.convert_to_numpy(v).ravel() for v in variables])
@@ -334,13 +328,18 @@ class ValidationImages(keras.callbacks.Callback):
 def _averaged_weights(model: keras.Model) -> list:
     """The weights `WeightAverage` averages: all, frozen ones too, but the moving
     statistics of batch normalisation (each worker's own until `SharedStatistics`)."""
-    statistics = {
-        id(variable)
+    statistics = {id(variable) for variable in _moving_statistics(model)}
+    return [weight for weight in model.weights if id(weight) not in statistics]
+
+
+def _moving_statistics(model: keras.Model) -> list:
+    """The moving means and variances of the model's batch normalisation layers."""
+    return [
+        variable
         for layer in model.layers
         if isinstance(layer, keras.layers.BatchNormalization)
         for variable in (layer.moving_mean, layer.moving_variance)
-    }
-    return [weight for weight in model.weights if id(weight) not in statistics]
+    ]
 
 
 def _assign(targets: list, sources: list) -> None:
