@@ -206,7 +206,7 @@ class TrainConfig(Settings):
         if not 0.0 <= self.warmup < 1.0:
             raise ValueError(f"warmup must be a fraction in [0, 1), got {self.warmup}")
         if not 0.0 <= self.weight_average < 1.0:
-            raise ValueError(f"weight_average is a momentum in [0, 1), got {self.weight_average}")
+            raise ValueError(f"--weight-average must be in [0, 1), got {self.weight_average}")
         if self.learning_rate <= 0:
             raise ValueError(f"learning_rate must be positive, got {self.learning_rate}")
         if self.max_time is not None and self.max_time <= 0:
