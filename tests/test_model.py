@@ -9,7 +9,7 @@ import pytest
 from unet_keras.geometry import (
     output_size,
 )
-from unet_keras.model import build_unet
+from unet_keras.model import FusedBatchNormalization, build_unet
 from unet_keras.record import ModelConfig
 
 
@@ -102,6 +102,43 @@ def test_keras_file_round_trip_gives_identical_outputs(tmp_path, padding, size):
     loaded = keras.saving.load_model(path)
     np.testing.assert_array_equal(run(loaded, images), run(model, images))
     assert loaded.get_layer("up1_concat").name == "up1_concat"
+    assert type(loaded.get_layer("down1_bn1")) is FusedBatchNormalization
+
+
+@pytest.mark.parametrize("policy", ["float32", "mixed_bfloat16"])
+def test_fused_batch_normalisation_computes_what_keras_does(policy):
+    """Outputs, gradients and moving statistics of a training step, and inference after,
+    as keras.layers.BatchNormalization's (its float32 arithmetic, differently ordered)."""
+    import tensorflow as tf
+
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(policy)
+    try:
+        rng = np.random.default_rng(0)
+        images = tf.constant(rng.normal(1.0, 3.0, (2, 6, 5, 4)), "float32")
+        weights = tf.constant(rng.normal(size=(2, 6, 5, 4)), "float32")
+        gamma, beta = rng.normal(size=4), rng.normal(size=4)
+        results = []
+        for layer_class in (keras.layers.BatchNormalization, FusedBatchNormalization):
+            layer = layer_class(momentum=0.5)
+            layer.build(images.shape)
+            layer.gamma.assign(gamma)
+            layer.beta.assign(beta)
+            with tf.GradientTape() as tape:
+                tape.watch(images)
+                outputs = tf.cast(layer(images, training=True), "float32")
+                objective = tf.reduce_sum(outputs * weights)
+            gradients = tape.gradient(objective, [images, layer.gamma, layer.beta])
+            inference = layer(images, training=False)
+            arrays = [outputs, *gradients, layer.moving_mean, layer.moving_variance, inference]
+            results.append([keras.ops.convert_to_numpy(a).astype("float32") for a in arrays])
+        assert keras.backend.standardize_dtype(inference.dtype) == layer.compute_dtype
+        tolerance = 1e-5 if policy == "float32" else 2e-2  # bf16 outputs: 8 bits of mantissa
+        for keras_result, fused_result in zip(*results, strict=True):
+            np.testing.assert_allclose(fused_result, keras_result, rtol=tolerance, atol=tolerance)
+        assert not np.allclose(results[1][4], 0.0)  # the moving mean moved
+    finally:
+        keras.config.set_dtype_policy(previous)
 
 
 @pytest.mark.parametrize(

@@ -351,6 +351,7 @@ _LAYERS = {
     "Conv2D": _convolution("Conv"),
     "Conv2DTranspose": _convolution("ConvTranspose"),
     "BatchNormalization": _batch_norm,
+    "FusedBatchNormalization": _batch_norm,
     "ReLU": lambda graph, layer, names: graph.node("Relu", names),
     "MaxPooling2D": _max_pool,
     "Dropout": lambda graph, layer, names: names[0],  # inference: the identity
