@@ -35,14 +35,17 @@ def _worker(policy: str, steps: int) -> None:
 
     keras.mixed_precision.set_global_policy(policy)
     config = TrainConfig()
+    plain = dataclasses.replace(config.model, batch_norm=False)
+    normalised = dataclasses.replace(config.model, batch_norm=True)
     fused = unet_keras.model.FusedBatchNormalization
-    models = {
-        VARIANTS[0]: compiled_model(config, dataclasses.replace(config.model, batch_norm=False))
-    }
+    models = {VARIANTS[0]: compiled_model(config, plain)}
     unet_keras.model.FusedBatchNormalization = keras.layers.BatchNormalization
-    models[VARIANTS[1]] = compiled_model(config, config.model)
+    models[VARIANTS[1]] = compiled_model(config, normalised)
     unet_keras.model.FusedBatchNormalization = fused
-    models[VARIANTS[2]] = compiled_model(config, config.model)
+    models[VARIANTS[2]] = compiled_model(config, normalised)
+    for name, model in models.items():  # each variant holds the layer its name says
+        kinds = {type(layer).__name__ for layer in model.layers if "_bn" in layer.name}
+        assert kinds == ({name.split()[-1]} if "Normalization" in name else set()), name
     rng = np.random.default_rng(0)
     shape = (config.batch_size, config.tile, config.tile)
     images = rng.normal(size=(*shape, 1)).astype(np.float32)
