@@ -177,12 +177,22 @@ def main() -> None:
         else:
             subprocess.run(command, check=True)
     summary = json.loads((run_dir / "summary.json").read_text())
-
+    # `-- --validation 0` trains on all 20 and keeps the last (averaged) weights, unchosen.
+    validation = json.loads((run_dir / "config.json").read_text())["validation"]
+    if summary["threshold"] is None:
+        held = "none held for validation, so the last weights (averaged) are kept"
+        chosen = "none chosen (no validation sections), so 0.5 again"
+    else:
+        held = f"{validation} of them, drawn by the seed, select the best epoch and threshold"
+        chosen = (
+            f"the one chosen after training on the {validation} validation sections by "
+            f"{SCORE_NAMES[summary['threshold']['chosen_by']]}"
+        )
     rows = score_rows(run_dir, held_out, work, args.figure, args.quick, held_out_names)
     if args.ship:
         remake = f"python bench/isbi_accuracy.py --max-time {args.max_time:g} --ship"
         remake += " -- " + " ".join(args.train_flags) if args.train_flags else ""
-        ship(run_dir, command, remake, summary, rows)
+        ship(run_dir, command, remake, summary, rows, held)
     flags = " ".join(sparse + args.train_flags) or "defaults"
     if args.rescore:
         seed = json.loads((run_dir / "config.json").read_text())["seed"]
@@ -200,7 +210,7 @@ def main() -> None:
             if args.rescore
             else ""
         )
-        + f"Trained on the other 20 sections (2 of them select the best epoch), scored on "
+        + f"Trained on the other 20 sections ({held}), scored on "
         f"{', '.join(held_out_names)}; "
         f"{summary['epochs']} epochs in {summary['wall_seconds']} s "
         f"({summary.get('budget_used', 0):.1%} of the budget), {summary['precision']}, "
@@ -216,8 +226,7 @@ def main() -> None:
         "Fiji's); they score the thresholded probabilities, not the objects. The challenge "
         "took each at its best of 0.0, 0.1, ..., 1.0: the row \"challenge's best "
         'thresholds", whose ISBI pixel error is its best of these, p > t as the challenge '
-        "counts. Thresholds: 0.5; the one chosen after training on the 2 validation "
-        f"sections by {SCORE_NAMES[summary['threshold']['chosen_by']]} (the default for "
+        f"counts. Thresholds: 0.5; {chosen} (the default for "
         "predict, evaluate and export); and the best on these 4 sections themselves (an "
         "optimistic figure, for reference). Watershed objects: `--instances watershed` "
         "(seed height 16) instead of connected components.",
@@ -297,7 +306,8 @@ def score_rows(
         at_stored = by_threshold.get(round(stored, 2), {})
         isbi = {"isbi_pixel_error": at_stored.get("isbi_pixel_error", float("nan"))}
         at_own = {key: challenge["at_threshold"][key] for key in ("v_rand", "v_info")}
-        chosen = f"{name}, threshold {stored:.2f} (chosen on validation)"
+        how = "chosen on validation" if record.threshold else "none chosen: the default"
+        chosen = f"{name}, threshold {stored:.2f} ({how})"
         rows.append(score_row(chosen, {**report["mean"], **isbi, **at_own}, seconds))
         watershed = InstanceConfig(instances="watershed")
         objects = evaluate_path(segmenter, held_out, objects=watershed)["mean"]
@@ -330,8 +340,10 @@ def challenge_row(name: str, challenge: dict, sections: list[float]) -> str:
     )
 
 
-def ship(run_dir: Path, command: list[str], remake: str, summary: dict, rows: list[str]) -> None:
-    """Writes the run's best model, without optimizer state, as the shipped model, and
+def ship(
+    run_dir: Path, command: list[str], remake: str, summary: dict, rows: list[str], held: str
+) -> None:
+    """Writes the run's kept model, without optimizer state, as the shipped model, and
     beside it how it was made and scored, and the data's terms."""
     from common import machine_description
 
@@ -342,8 +354,7 @@ def ship(run_dir: Path, command: list[str], remake: str, summary: dict, rows: li
     model, record = load_model(run_dir)
     save_model(model, HERE / f"{SHIPPED}.keras", record)
     training = {
-        "data": "ISBI 2012 training sections 00-19 (../shared/data/isbi2012/train); two of "
-        "them, chosen by the seed, selected the best epoch and the threshold",
+        "data": f"ISBI 2012 training sections 00-19 (../shared/data/isbi2012/train); {held}",
         "command": " ".join(Path(part).name if "/" in part else part for part in command),
         "remake": remake,
         "summary": {k: v for k, v in summary.items() if k not in ("run_dir",)},
