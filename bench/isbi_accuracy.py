@@ -178,12 +178,15 @@ def main() -> None:
             subprocess.run(command, check=True)
     summary = json.loads((run_dir / "summary.json").read_text())
     # `-- --validation 0` trains on all 20 and keeps the last (averaged) weights, unchosen.
-    validation = json.loads((run_dir / "config.json").read_text())["validation"]
+    config = json.loads((run_dir / "config.json").read_text())
+    validation, keep = config["validation"], config.get("keep", "best")
+    kept = "the last weights (averaged) are kept"
     if summary["threshold"] is None:
-        held = "none held for validation, so the last weights (averaged) are kept"
+        held = f"none held for validation, so {kept}"
         chosen = "none chosen (no validation sections), so 0.5 again"
     else:
-        held = f"{validation} of them, drawn by the seed, select the best epoch and threshold"
+        held = f"{validation} of them, drawn by the seed, choose the threshold"
+        held += f"; {kept}" if keep == "last" else " and the epoch kept"
         chosen = (
             f"the one chosen after training on the {validation} validation sections by "
             f"{SCORE_NAMES[summary['threshold']['chosen_by']]}"
@@ -195,8 +198,7 @@ def main() -> None:
         ship(run_dir, command, remake, summary, rows, held)
     flags = " ".join(sparse + args.train_flags) or "defaults"
     if args.rescore:
-        seed = json.loads((run_dir / "config.json").read_text())["seed"]
-        flags = f"run {run_dir.name}, seed {seed}, rescored"
+        flags = f"run {run_dir.name}, seed {config['seed']}, rescored"
     if args.workers > 1:
         flags += f"; {args.workers} single-core workers joined over loopback"
     if args.labelled < 1:
@@ -214,13 +216,14 @@ def main() -> None:
         f"{', '.join(held_out_names)}; "
         f"{summary['epochs']} epochs in {summary['wall_seconds']} s "
         f"({summary.get('budget_used', 0):.1%} of the budget), {summary['precision']}, "
-        f"{summary['training_images_per_second']} training tiles/s, best epoch "
-        f"{summary['best_epoch']}. Membrane IoU is class 0's. Splits and merges: cells cut "
-        "or joined per section (connected components). Seconds: evaluation time per "
-        "512x512 section (prediction and scoring). Pixel error: the fraction of pixels "
-        "misclassified; ISBI pixel error: the challenge's, 1 - F-score of the cell pixels "
-        "pooled over the 4 sections, p >= t (its lowest over 0.10, 0.15, ..., 0.90 is the "
-        'row "lowest ISBI pixel error here"). V^Rand and V^Info: the challenge\'s ranking '
+        f"{summary['training_images_per_second']} training tiles/s, kept epoch "
+        f"{summary.get('kept_epoch', summary['best_epoch'])}. Membrane IoU is class 0's. "
+        "Splits and merges: cells cut or joined per section (connected components). "
+        "Seconds: evaluation time per 512x512 section (prediction and scoring). "
+        "Pixel error: the fraction of pixels misclassified; ISBI pixel error: the "
+        "challenge's, 1 - F-score of the cell pixels pooled over the 4 sections, p >= t "
+        '(its lowest over 0.10, 0.15, ..., 0.90 is the row "lowest ISBI pixel error here"). '
+        "V^Rand and V^Info: the challenge's ranking "
         "scores, foreground-restricted Rand and information theoretic scores after border "
         "thinning, means over the sections (`unet_keras.evaluation.challenge`, a port of "
         "Fiji's); they score the thresholded probabilities, not the objects. The challenge "

@@ -186,8 +186,9 @@ def test_patience_stops_a_run_that_stopped_improving_and_a_rerun_with_more_resum
     synthetic_data, tmp_path
 ):
     run = tmp_path / "run"
-    # A rate too small to change a weight: the validation score never improves on epoch 1's.
-    argv = ["--data", str(synthetic_data), "--run-dir", str(run), *TINY]
+    # A rate too small to change a weight: the validation score never improves on epoch 1's
+    # (without batch normalisation, whose moving statistics move at any rate).
+    argv = ["--data", str(synthetic_data), "--run-dir", str(run), *TINY, "--no-batch-norm"]
     argv += ["--epochs", "40", "--learning-rate", "1e-12", "--schedule", "constant"]
     result = _train(*argv, "--patience", "2")
     assert result.returncode == 0, result.stderr[-3000:]
@@ -232,6 +233,40 @@ def test_a_weight_averaged_run_keeps_its_average_as_the_best_model_and_resumes_i
         )
     assert f"resuming {run} after epoch 2" in result.stderr
     assert not [p for p in run.iterdir() if ".partial" in p.name]
+
+
+def test_a_run_keeps_its_last_average_unless_told_to_keep_the_best_epoch(synthetic_data, tmp_path):
+    from unet_keras.saving import load_model
+
+    def weights(run, name):
+        return load_model(run / name)[0].get_weights()
+
+    argv = ["--data", str(synthetic_data), *TINY, "--epochs", "2"]  # 2 validation images
+    last = tmp_path / "last"
+    result = _train(*argv, "--run-dir", str(last), "--weight-average", "0.9")
+    assert result.returncode == 0, result.stderr[-3000:]
+    kept, average = weights(last, "best.keras"), weights(last, "average.keras")
+    assert all(np.array_equal(a, b) for a, b in zip(kept, average, strict=True))
+    assert json.loads((last / "summary.json").read_text())["kept_epoch"] == 2
+    # --keep best: a rate too small to move a weight never improves on epoch 1's score, so
+    # epoch 1's model is kept: 3 steps into training, where last.keras is 6.
+    import unet_keras.training.losses  # noqa: F401  (the compiled loss, to load the optimizer)
+
+    def steps(path):
+        return int(load_model(path, compile=True)[0].optimizer.iterations.numpy())
+
+    best = tmp_path / "best"
+    argv += ["--learning-rate", "1e-12", "--schedule", "constant", "--weight-average", "0"]
+    argv += ["--no-batch-norm"]  # whose moving statistics move at any rate
+    result = _train(*argv, "--run-dir", str(best), "--keep", "best")
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((best / "summary.json").read_text())
+    assert (summary["kept_epoch"], summary["best_epoch"], summary["epochs"]) == (1, 1, 2)
+    assert (steps(best / "best.keras"), steps(best / "last.keras")) == (3, 6)
+    # Told nothing, the same run keeps its last epoch.
+    result = _train(*argv, "--run-dir", str(tmp_path / "default"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert steps(tmp_path / "default" / "best.keras") == 6
 
 
 def test_sparse_annotations_train_and_the_record_keeps_the_ignore_value(tmp_path):

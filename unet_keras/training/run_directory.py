@@ -2,7 +2,8 @@
 
     config.json     the resolved settings (what the defaults and the data decided)
     last.keras      the model after the last completed epoch, with its optimizer state
-    best.keras      the model with the best validation pixel error so far
+    best.keras      the model the run keeps (--keep): at the end, the last weights (their
+                    average); with --keep best, the best validation pixel error so far
     state.json      the last completed epoch, the best score, time spent (for resume)
     log.csv         one row of losses and metrics per epoch
     tensorboard/    TensorBoard scalars and, each epoch, input | truth | prediction images
