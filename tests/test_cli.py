@@ -61,6 +61,22 @@ def test_nested_flags_keep_the_rest_of_their_sections_default():
     assert config.model == ModelConfig(filters=16, padding="same", depth=3)
 
 
+def test_init_from_brings_its_networks_shape_unless_flags_say_otherwise(tmp_path):
+    from tests.serving_fixtures import TINY as SOURCE
+    from tests.serving_fixtures import save_unet
+
+    source = str(save_unet(tmp_path / "source.keras"))  # depth 2, 4 filters, valid padding
+    shape = ("depth", "filters", "padding", "batch_norm")
+    config = _config(["--init-from", source])
+    assert [getattr(config.model, name) for name in shape] == [2, 4, "valid", False]
+    assert [getattr(SOURCE, name) for name in shape] == [2, 4, "valid", False]
+    assert config.model.dropout == TrainConfig().model.dropout  # not the network's shape
+    config = _config(["--init-from", source, "--filters", "8", "--batch-norm"])
+    assert (config.model.depth, config.model.filters, config.model.batch_norm) == (2, 8, True)
+    with pytest.raises(ValueError, match=r"^--init-from .*missing.keras: .*no such model file"):
+        _config(["--init-from", str(tmp_path / "missing.keras")])
+
+
 def test_flags_override_the_config_file_which_overrides_defaults(tmp_path):
     settings = tmp_path / "settings.yaml"
     settings.write_text("epochs: 7\nmodel:\n  filters: 8\n  depth: 3\naugment:\n  gamma: 0.3\n")

@@ -285,7 +285,25 @@ def settings_from(args: argparse.Namespace) -> Settings:
     values = _settings_values(args)
     if getattr(args, "config", None):
         values = _merge(_read_config_file(Path(args.config)), values)
+    if command.settings is TrainConfig and values.get("init_from"):
+        values = _merge({"model": _network_of(values["init_from"])}, values)
     return command.settings.from_dict(values)
+
+
+# What --init-from carries over unless given: the network's shape (the data decides its
+# channels and classes), so that fine-tuning a model needs no flags that restate it.
+NETWORK_SHAPE = ("depth", "filters", "padding", "batch_norm")
+
+
+def _network_of(source: str) -> dict[str, Any]:
+    """The shape settings of the network that `--init-from source` names."""
+    from unet_keras.saving import read_record
+
+    try:
+        model = read_record(source).model
+    except (OSError, ValueError) as error:
+        raise ValueError(f"--init-from {source}: {error}") from None
+    return {name: getattr(model, name) for name in NETWORK_SHAPE}
 
 
 def _read_config_file(path: Path) -> dict[str, Any]:

@@ -133,7 +133,8 @@ class TrainConfig(Settings):
     init_from: str | None = setting(
         None,
         help="start from trained weights: a .keras file, run directory, exported SavedModel "
-        "version or shipped model (isbi2012-membranes); its network must have this run's shape",
+        "version or shipped model (isbi2012-membranes); its network's shape (--depth, "
+        "--filters, --padding, --batch-norm) is this run's unless given",
     )
     freeze_encoder: int = setting(
         0,
