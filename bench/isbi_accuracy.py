@@ -180,7 +180,7 @@ def main() -> None:
     # `-- --validation 0` trains on all 20 and keeps the last (averaged) weights, unchosen.
     config = json.loads((run_dir / "config.json").read_text())
     validation, keep = config["validation"], config.get("keep", "best")
-    kept = "the last weights (averaged) are kept"
+    kept = "the last weights" + (" (averaged)" if config["weight_average"] else "") + " are kept"
     if summary["threshold"] is None:
         held = f"none held for validation, so {kept}"
         chosen = "none chosen (no validation sections), so 0.5 again"

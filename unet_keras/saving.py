@@ -75,7 +75,7 @@ def read_record(path: str | os.PathLike) -> ModelRecord:
 
 
 def load_model(path: str | os.PathLike, compile: bool = False) -> tuple[keras.Model, ModelRecord]:
-    """Loads a model file, or a run directory's best model, with its record.
+    """Loads a model file, or the model a run directory kept, with its record.
 
     Uncompiled (for prediction and export), a model trained in mixed precision comes back
     in float32: its weights are float32 already, and every way of running it (predict,

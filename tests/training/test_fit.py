@@ -210,14 +210,16 @@ def test_patience_stops_a_run_that_stopped_improving_and_a_rerun_with_more_resum
     assert result.returncode != 0 and "--validation" in result.stderr
 
 
+def _same_weights(one: Path, other: Path) -> bool:
+    from unet_keras.saving import load_model
+
+    weights = [load_model(path)[0].get_weights() for path in (one, other)]
+    return all(np.array_equal(a, b) for a, b in zip(*weights, strict=True))
+
+
 def test_a_weight_averaged_run_keeps_its_average_as_the_best_model_and_resumes_it(
     synthetic_data, tmp_path
 ):
-    from unet_keras.saving import load_model
-
-    def weights(name):
-        return load_model(run / name)[0].get_weights()
-
     run = tmp_path / "run"
     argv = ["--data", str(synthetic_data), "--run-dir", str(run), *TINY]
     argv += ["--validation", "0", "--weight-average", "0.9"]
@@ -226,11 +228,8 @@ def test_a_weight_averaged_run_keeps_its_average_as_the_best_model_and_resumes_i
         assert result.returncode == 0, result.stderr[-3000:]
         # No validation images: the average is the best model known; training resumes
         # from the weights themselves.
-        best, average = weights("best.keras"), weights("average.keras")
-        assert all(np.array_equal(a, b) for a, b in zip(best, average, strict=True))
-        assert not all(
-            np.array_equal(a, b) for a, b in zip(best, weights("last.keras"), strict=True)
-        )
+        assert _same_weights(run / "best.keras", run / "average.keras")
+        assert not _same_weights(run / "best.keras", run / "last.keras")
     assert f"resuming {run} after epoch 2" in result.stderr
     assert not [p for p in run.iterdir() if ".partial" in p.name]
 
@@ -238,15 +237,11 @@ def test_a_weight_averaged_run_keeps_its_average_as_the_best_model_and_resumes_i
 def test_a_run_keeps_its_last_average_unless_told_to_keep_the_best_epoch(synthetic_data, tmp_path):
     from unet_keras.saving import load_model
 
-    def weights(run, name):
-        return load_model(run / name)[0].get_weights()
-
     argv = ["--data", str(synthetic_data), *TINY, "--epochs", "2"]  # 2 validation images
     last = tmp_path / "last"
     result = _train(*argv, "--run-dir", str(last), "--weight-average", "0.9")
     assert result.returncode == 0, result.stderr[-3000:]
-    kept, average = weights(last, "best.keras"), weights(last, "average.keras")
-    assert all(np.array_equal(a, b) for a, b in zip(kept, average, strict=True))
+    assert _same_weights(last / "best.keras", last / "average.keras")
     assert json.loads((last / "summary.json").read_text())["kept_epoch"] == 2
     # --keep best: a rate too small to move a weight never improves on epoch 1's score, so
     # epoch 1's model is kept: 3 steps into training, where last.keras is 6.

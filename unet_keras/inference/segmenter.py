@@ -108,7 +108,7 @@ class Segmenter:
 
     @classmethod
     def from_path(cls, path: str | os.PathLike, **options: object) -> Segmenter:
-        """Loads a `.keras` file, a run directory's best model, an exported version or an
+        """Loads a `.keras` file, the model a run directory kept, an exported version or an
         ONNX export (run by ONNX Runtime, without TensorFlow); `options` are the keyword
         arguments of `Segmenter` (tile, batch_size, overlap, tta, threshold)."""
         if Path(path).suffix == ".onnx":
