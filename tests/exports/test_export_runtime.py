@@ -175,4 +175,11 @@ def test_every_export_kind_runs_under_a_supported_servers_tensorflow(
         with np.load(tmp_path / f"{name}-out.npz", allow_pickle=True) as there:
             assert sorted(there.files) == sorted(outputs)
             for alias, value in outputs.items():
-                assert there[alias].tolist() == value.tolist(), f"{name}/{alias}"
+                if value.dtype.kind == "f":
+                    # Another TensorFlow's softmax may round differently on AVX2 (1 ulp,
+                    # 6e-8, seen on an AMD EPYC; bit-equal on AVX-512): close, not equal.
+                    np.testing.assert_allclose(
+                        there[alias], value, rtol=0, atol=1e-6, err_msg=f"{name}/{alias}"
+                    )
+                else:
+                    assert there[alias].tolist() == value.tolist(), f"{name}/{alias}"
