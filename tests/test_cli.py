@@ -58,7 +58,10 @@ def test_every_setting_has_its_flag_help_and_choices(name):
 def test_nested_flags_keep_the_rest_of_their_sections_default():
     # --depth alone must not reset the default filters (16 for training) to ModelConfig's.
     config = _config(["--depth", "3"])
-    assert config.model == ModelConfig(filters=16, padding="same", batch_norm=True, depth=3)
+    expected = ModelConfig(filters=16, padding="same", batch_norm=True, dropout=0.0, depth=3)
+    assert config.model == expected
+    # --gamma alone must not reset the default contrast to AugmentConfig's 0.
+    assert _config(["--gamma", "0.1"]).augment.contrast == TrainConfig().augment.contrast > 0
 
 
 def test_init_from_brings_its_networks_shape_unless_flags_say_otherwise(tmp_path):

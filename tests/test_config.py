@@ -121,7 +121,8 @@ def test_a_section_given_in_part_keeps_the_rest_of_its_default():
     config = TrainConfig.from_dict({"model": {"depth": 3}, "augment": {"gamma": 0.2}})
     assert config.model == dataclasses.replace(TrainConfig().model, depth=3)
     assert config.model.filters == 16  # the training default, not ModelConfig's 64
-    assert config.augment == AugmentConfig(gamma=0.2)
+    assert config.augment == dataclasses.replace(TrainConfig().augment, gamma=0.2)
+    assert config.augment.contrast == 0.25  # the training default, not AugmentConfig's 0
 
 
 def test_records_from_elsewhere_are_checked():

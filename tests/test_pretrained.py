@@ -28,6 +28,18 @@ def test_a_name_resolves_to_the_shipped_file_unless_a_path_of_that_name_exists(
         unet_keras.pretrained("other")
 
 
+def test_its_remake_command_asks_for_its_network_under_todays_defaults():
+    """Defaults move (batch norm, dropout, gamma): the remake command must name what it had."""
+    from unet_keras import cli
+
+    remake = training_record(NAME)["training"]["remake"]
+    flags = remake.split(" -- ", 1)[1].split()
+    config = cli.settings_from(cli.build_parser().parse_args(["train", *flags]))
+    _, record = unet_keras.pretrained(NAME)
+    assert config.model == record.model
+    assert (config.augment.gamma, config.augment.contrast) == (0.0, 0.0)  # none then
+
+
 def test_the_shipped_model_is_small_and_says_how_it_was_made():
     assert set(SHIPPED) == {NAME}
     assert (HERE / f"{NAME}.keras").stat().st_size <= 10 * 2**20

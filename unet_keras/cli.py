@@ -290,20 +290,21 @@ def settings_from(args: argparse.Namespace) -> Settings:
     return command.settings.from_dict(values)
 
 
-# What --init-from carries over unless given: the network's shape (the data decides its
-# channels and classes), so that fine-tuning a model needs no flags that restate it.
-NETWORK_SHAPE = ("depth", "filters", "padding", "batch_norm")
+# What --init-from carries over unless given: the network's layers (the data decides its
+# channels and classes), so that fine-tuning a model needs no flags that restate it, and
+# a model trained with dropout goes on with it whatever today's default.
+NETWORK = ("depth", "filters", "padding", "batch_norm", "dropout")
 
 
 def _network_of(source: str) -> dict[str, Any]:
-    """The shape settings of the network that `--init-from source` names."""
+    """The settings of the network that `--init-from source` names."""
     from unet_keras.saving import read_record
 
     try:
         model = read_record(source).model
     except (OSError, ValueError) as error:
         raise ValueError(f"--init-from {source}: {error}") from None
-    return {name: getattr(model, name) for name in NETWORK_SHAPE}
+    return {name: getattr(model, name) for name in NETWORK}
 
 
 def _read_config_file(path: Path) -> dict[str, Any]:

@@ -69,7 +69,7 @@ def test_a_setting_added_since_a_run_began_resumes_at_its_default(tmp_path):
     run.check_resumable(defaults, defaults)  # what the old version did, under new names
     for changed, named in (
         ({"gradient_exchange": "float32"}, 'gradient_exchange: "auto" there, "float32" here'),
-        ({"augment": {**old["augment"], "gamma": 0.2}}, "augment.gamma: 0.0 there, 0.2 here"),
+        ({"augment": {**old["augment"], "gamma": 0.2}}, "augment.gamma: 0.3 there, 0.2 here"),
     ):
         with pytest.raises(ValueError, match=f"other settings \\({named}\\)"):
             run.check_resumable({**defaults, **changed}, defaults)

@@ -108,15 +108,23 @@ class TrainConfig(Settings):
     )
     # 16 filters, same padding, 256 px tiles: what a 2-core CPU learns most from in a budget
     # (docs/benchmarks.md, the recipe study); batch normalisation, with --keep last: the
-    # best V^Rand at 900 s; --padding valid --no-batch-norm is the paper's network.
+    # best V^Rand at 900 s; no dropout (in front of batch-normalised convolutions it shifts
+    # their statistics between training and inference): with gamma and contrast below, a
+    # higher V^Rand, V^Info and 1 - F on both seeds measured (docs/benchmarks.md, 2026-12-07).
+    # --padding valid --no-batch-norm --dropout 0.5 is the paper's network.
     model: ModelConfig = setting(
-        ModelConfig(filters=16, padding="same", batch_norm=True), help="the network's shape"
+        ModelConfig(filters=16, padding="same", batch_norm=True, dropout=0.0),
+        help="the network's shape",
     )
     tile: int = setting(
         256,
         help="input tile side in pixels (valid padding: the output is 184 px smaller at depth 4)",
     )
-    augment: AugmentConfig = setting(AugmentConfig(), help="the augmentations")
+    # Random gamma and contrast: faint, low-contrast membranes (ISBI section 20) are where
+    # cells merge; AugmentConfig's own defaults leave them off for library use.
+    augment: AugmentConfig = setting(
+        AugmentConfig(gamma=0.3, contrast=0.25), help="the augmentations"
+    )
     w0: float = setting(
         3.0, help="border weight map: weight of the gaps between cells (paper: 10)"
     )
@@ -134,8 +142,8 @@ class TrainConfig(Settings):
     init_from: str | None = setting(
         None,
         help="start from trained weights: a .keras file, run directory, exported SavedModel "
-        "version or shipped model (isbi2012-membranes); its network's shape (--depth, "
-        "--filters, --padding, --batch-norm) is this run's unless given",
+        "version or shipped model (isbi2012-membranes); its network (--depth, --filters, "
+        "--padding, --batch-norm, --dropout) is this run's unless given",
     )
     freeze_encoder: int = setting(
         0,
