@@ -42,7 +42,8 @@ def main() -> None:
     groups.append(tuple(maps))
     rows = []
     for group in groups:
-        averaged = [np.mean([maps[name][i] for name in group], axis=0) for i in range(4)]
+        members = zip(*(maps[name] for name in group), strict=True)
+        averaged = [np.mean(sections, axis=0) for sections in members]
         scores = challenge_scores(averaged, truths)
         cells = [
             f"{scores[key]['value']:.4f} (at {scores[key]['threshold']:.1f})"
