@@ -106,6 +106,17 @@ def synthetic_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return synthetic(SyntheticConfig(str(tmp_path_factory.mktemp("data")), count=6, size=96))
 
 
+@pytest.fixture
+def core_here(tmp_path, monkeypatch):
+    """bioimageio.core unzips TensorFlow weights into the working directory, and sets
+    TF_ENABLE_ONEDNN_OPTS=0 for good (which would slow the TensorFlow processes that later
+    tests start). monkeypatch undoes both; the value set here is read by no one, as
+    TensorFlow in this process has started already."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", os.environ.get("TF_ENABLE_ONEDNN_OPTS", "1"))
+    return tmp_path
+
+
 # The skips CI accepts, by a phrase of their reason: what CI machines cannot have. With
 # UNET_KERAS_REVIEWED_SKIPS_ONLY=1 (.ci/run sets it) any other skip fails the run, so an
 # extra that fails to install or a fixture that stops finding its data cannot turn tests

@@ -81,6 +81,8 @@ STAGES = {
     "unet_keras.pretrained_models": 1,
     "unet_keras.model": 2,
     "unet_keras.saving": 2,
+    "unet_keras.ensemble_settings": 2,
+    "unet_keras.ensemble": 2,
     "unet_keras.training": 3,
     "unet_keras.inference": 4,
     "unet_keras.evaluation": 5,

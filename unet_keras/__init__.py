@@ -14,6 +14,7 @@ __version__ = "0.1.0"
 # export, jobs.
 _EXPORTS = {
     "AugmentConfig": "unet_keras.training.training_settings",
+    "EnsembleConfig": "unet_keras.ensemble_settings",
     "EvaluateConfig": "unet_keras.evaluation.evaluation_settings",
     "ExportConfig": "unet_keras.exports.export_settings",
     "InferenceConfig": "unet_keras.inference.inference_settings",
@@ -50,6 +51,8 @@ _EXPORTS = {
     "read_record": "unet_keras.saving",
     "save_model": "unet_keras.saving",
     "pretrained": "unet_keras.saving",
+    "build_ensemble": "unet_keras.ensemble",
+    "make_ensemble": "unet_keras.ensemble",
     "border_weight_map": "unet_keras.training.weights",
     "elastic_deform": "unet_keras.training.augment",
     "prepare_data": "unet_keras.training.prepare",

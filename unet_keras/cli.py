@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from unet_keras import workflows
+from unet_keras.ensemble_settings import EnsembleConfig
 from unet_keras.evaluation.evaluation_settings import EvaluateConfig
 from unet_keras.exports.export_settings import ExportConfig
 from unet_keras.inference.inference_settings import PredictConfig
@@ -73,6 +74,15 @@ def _show_evaluation(config: EvaluateConfig, report: dict[str, Any]) -> int:
     return 0
 
 
+def _show_ensemble(config: EnsembleConfig, record: dict[str, Any]) -> int:
+    threshold = record["threshold"]
+    print(
+        f"wrote the ensemble of {record['members']} models to {config.output} (threshold "
+        f"{threshold['value']}: {threshold['chosen_by']})"
+    )
+    return 0
+
+
 def _show_export(config: ExportConfig, version: Path) -> int:
     if config.format != "savedmodel":
         kind = {"bioimageio": "a BioImage.IO model package", "onnx": "an ONNX model"}
@@ -114,6 +124,12 @@ COMMANDS = {
         _show_evaluation,
         "score a model on labelled images: pixel error, IoU, Dice, adapted Rand, VI, and the "
         "ISBI 2012 challenge's V^Rand, V^Info and pixel error",
+    ),
+    "ensemble": Command(
+        EnsembleConfig,
+        workflows.ensemble,
+        _show_ensemble,
+        "join trained models into one model file that averages their probability maps",
     ),
     "export": Command(
         ExportConfig,
@@ -251,7 +267,8 @@ def _argument_options(flag: Flag) -> dict[str, Any]:
     if typing.get_origin(kind) is tuple:
         items = typing.get_args(kind)
         nargs = "+" if items[-1] is Ellipsis else len(items)
-        return {**options, "nargs": nargs, "type": items[0], "metavar": "N"}
+        metavar = flag.field.metadata.get("metavar", "N")
+        return {**options, "nargs": nargs, "type": items[0], "metavar": metavar}
     return {**options, "type": kind, "metavar": flag.field.name.upper()}
 
 

@@ -136,6 +136,12 @@ class TileSizes(Settings):
     output: int = setting(help="output tile side (smaller with valid padding)")
 
 
+def check_threshold(threshold: float | None) -> None:
+    """Raises a ValueError naming --threshold unless it is None or a probability in (0, 1)."""
+    if threshold is not None and not 0.0 < threshold < 1.0:
+        raise ValueError(f"--threshold must be in (0, 1), got {threshold}")
+
+
 @dataclasses.dataclass(frozen=True)
 class Calibration(Settings):
     """The threshold chosen on a run's validation images after training."""
@@ -171,9 +177,15 @@ class ModelRecord(Settings):
         help="the sections above and below each section that the model sees beside it, as "
         "extra input channels in the order -K..K (`unet_keras.io.context`); 0: none",
     )
+    members: int = setting(
+        1,
+        help="the trained U-Nets whose probabilities the network averages (`unet-keras "
+        "ensemble`), each of the shape `model` gives; 1: one U-Net",
+    )
 
     def check(self) -> None:
         at_least(self, 0, "context_sections")
+        at_least(self, 1, "members")
         if self.model.in_channels % (2 * self.context_sections + 1):
             raise ValueError(
                 f"in_channels {self.model.in_channels} is not 2 * context_sections + 1 = "

@@ -12,6 +12,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from unet_keras.ensemble_settings import EnsembleConfig
 from unet_keras.evaluation.evaluation_settings import EvaluateConfig
 from unet_keras.exports.export_settings import ExportConfig
 from unet_keras.inference.inference_settings import InferenceConfig, PredictConfig
@@ -49,6 +50,13 @@ def train(config: TrainConfig) -> dict[str, Any]:
     summary["threshold"] = None if calibration is None else calibration.to_dict()
     run_dir.write_json("summary.json", summary)
     return summary
+
+
+def ensemble(config: EnsembleConfig) -> dict[str, Any]:
+    """Writes the ensemble of `config.models` to `config.output`; returns its record."""
+    from unet_keras.ensemble import make_ensemble
+
+    return make_ensemble(config.models, config.output, config.threshold).to_dict()
 
 
 def segmenter(model: str, inference: InferenceConfig) -> Any:

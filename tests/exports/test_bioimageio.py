@@ -5,7 +5,6 @@ carries the zoo's metadata, and bioimageio.core predicts whole images with it as
 from __future__ import annotations
 
 import io
-import os
 import zipfile
 
 import numpy as np
@@ -22,17 +21,6 @@ from unet_keras.record import ModelConfig
 # Measured: at most 1.3e-6 (tiny model, depth 3) and 8.9e-7 (the shipped model) over a
 # whole ISBI section, blocked or not; TensorFlow's kernels differ between machines a little.
 TOLERANCE = 1e-5
-
-
-@pytest.fixture
-def core_here(tmp_path, monkeypatch):
-    """bioimageio.core unzips TensorFlow weights into the working directory, and sets
-    TF_ENABLE_ONEDNN_OPTS=0 for good (which would slow the TensorFlow processes that later
-    tests start). monkeypatch undoes both; the value set here is read by no one, as
-    TensorFlow in this process has started already."""
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", os.environ.get("TF_ENABLE_ONEDNN_OPTS", "1"))
-    return tmp_path
 
 
 def _rdf(package):

@@ -365,10 +365,13 @@ def _with_parents(weights: dict[str, Any]) -> dict[str, Any]:
 def _description(record: ModelRecord, source: card.Provenance | None) -> str:
     """The package's one-paragraph description (the zoo warns past 512 characters)."""
     model = record.model
-    text = (
-        "U-Net (Ronneberger et al. 2015) trained with unet-keras: "
-        f"{model.filters} filters, depth {model.depth}, {model.padding} padding."
-    )
+    shape = f"{model.filters} filters, depth {model.depth}, {model.padding} padding"
+    text = f"U-Net (Ronneberger et al. 2015) trained with unet-keras: {shape}."
+    if record.members > 1:
+        text = (
+            f"The mean of {record.members} U-Nets (Ronneberger et al. 2015) trained with "
+            f"unet-keras, each of {shape}."
+        )
     if source is None:
         return text
     text = f"{source.summary}. {text}"

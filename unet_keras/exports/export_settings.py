@@ -5,7 +5,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
-from unet_keras.inference.inference_settings import Tiling, check_threshold, threshold_setting
+from unet_keras.inference.inference_settings import Tiling, threshold_setting
+from unet_keras.record import check_threshold
 from unet_keras.settings import Settings, at_least, setting
 
 # A 16384 x 16384 image: larger requests are refused (INVALID_ARGUMENT) before any work,

@@ -182,6 +182,7 @@ class _Graph:
         self.nodes: list[Any] = []
         self.weights: list[Any] = []
         self.names: dict[int, str] = {}  # id(KerasTensor) -> its value's name, NCHW
+        self.prefix = ""  # of the weights' names: an ensemble's members share layer names
         self.count = 0
 
     def convert(self, model: Any) -> None:
@@ -204,7 +205,27 @@ class _Graph:
         self.node("Identity", [output], output=self.io_names[1])
 
     def _network(self, model: Any, image: str) -> str:
-        """The layers of `model` on an NHWC value (NCHW inside, as ONNX's operators are)."""
+        """`model` (a U-Net, or an ensemble of them) on an NHWC value."""
+        if self.record.members == 1:
+            return self._unet(model, image)
+        from unet_keras.ensemble import ensemble_members
+
+        outputs = []
+        for renormalization, member in ensemble_members(model):
+            x = image
+            if renormalization is not None:
+                name = renormalization.name
+                scale = np.asarray(renormalization.scale, np.float32)
+                offset = np.asarray(renormalization.offset, np.float32)
+                x = self.node("Mul", [x, self.constant(f"{name}_scale", scale)])
+                x = self.node("Add", [x, self.constant(f"{name}_offset", offset)])
+            self.prefix = f"{member.name}_"
+            outputs.append(self._unet(member, x))
+        self.prefix = ""
+        return self.node("Mean", outputs)
+
+    def _unet(self, model: Any, image: str) -> str:
+        """The layers of a U-Net on an NHWC value (NCHW inside, as ONNX's operators are)."""
         self.names = {id(model.inputs[0]): self.node("Transpose", [image], perm=[0, 3, 1, 2])}
         for layer in model.layers[1:]:
             convert = _LAYERS.get(type(layer).__name__)
@@ -282,7 +303,7 @@ class _Graph:
 def _named(graph: _Graph, layer: Any, weights: list[np.ndarray], parts: tuple[str, ...]) -> list:
     """A layer's weights added to the graph, each named after the layer and its part."""
     return [
-        graph.constant(f"{layer.name}_{part}", np.asarray(weight, np.float32))
+        graph.constant(f"{graph.prefix}{layer.name}_{part}", np.asarray(weight, np.float32))
         for part, weight in zip(parts, weights, strict=True)
     ]
 
@@ -337,10 +358,10 @@ def _max_pool(graph: _Graph, layer: Any, names: list[str]) -> str:
 def _center_crop(graph: _Graph, layer: Any, names: list[str]) -> str:
     """`CenterCrop2D`: the skip cropped, centred, to the other input's height and width."""
     skip, reference = names
-    axes = graph.constant(f"{layer.name}_axes", np.array([2, 3], np.int64))
-    first = graph.constant(f"{layer.name}_first", np.array([2], np.int64))
-    last = graph.constant(f"{layer.name}_last", np.array([4], np.int64))
-    two = graph.constant(f"{layer.name}_two", np.array([2], np.int64))
+    axes = graph.constant(f"{graph.prefix}{layer.name}_axes", np.array([2, 3], np.int64))
+    first = graph.constant(f"{graph.prefix}{layer.name}_first", np.array([2], np.int64))
+    last = graph.constant(f"{graph.prefix}{layer.name}_last", np.array([4], np.int64))
+    two = graph.constant(f"{graph.prefix}{layer.name}_two", np.array([2], np.int64))
     skip_size = graph.node("Slice", [graph.node("Shape", [skip]), first, last])
     size = graph.node("Slice", [graph.node("Shape", [reference]), first, last])
     start = graph.node("Div", [graph.node("Sub", [skip_size, size]), two])

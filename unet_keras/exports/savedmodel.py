@@ -47,9 +47,8 @@ from unet_keras.exports.export_settings import DEFAULT_MAX_PIXELS
 from unet_keras.exports.graph_tiles import GraphAxis, gather_windows
 from unet_keras.exports.warmup import write_warmup_requests
 from unet_keras.geometry import DEFAULT_SAME_TILE, largest_output_tile, plan_tiles, same_overlap
-from unet_keras.inference.inference_settings import check_threshold
 from unet_keras.io.atomic import sync_directory, sync_tree
-from unet_keras.record import Calibration, ModelRecord
+from unet_keras.record import Calibration, ModelRecord, check_threshold
 from unet_keras.saving import load_model
 
 log = logging.getLogger(__name__)
@@ -83,7 +82,7 @@ class ServingModule(tf.Module):
         # functions read. TF2's loader links them through the object graph; TF Serving's
         # session loader only runs the restore op, so its functions read uninitialised
         # variables. The model stays out of the module (the functions close over it).
-        self.weights = {variable.path: variable.value for variable in model.weights}
+        self.weights = _weights_by_name(model)
         check_threshold(threshold)
         if threshold is not None:
             chosen = Calibration(threshold, "set at export", (), {}, {})
@@ -373,6 +372,17 @@ def _warn_if_newer_than_the_server(version: Path) -> None:
         version, tf.__version__, serving, serving, contract.OLDEST_TF_SERVING_VERSION,
         minor, minor,
     )  # fmt: skip
+
+
+def _weights_by_name(model: keras.Model) -> dict[str, Any]:
+    """The network's variables by layer path; an ensemble's under their member's name, as
+    its members' layers share names."""
+    from unet_keras.ensemble import ensemble_members
+
+    members = [member for _, member in ensemble_members(model)]
+    if not members:
+        return {variable.path: variable.value for variable in model.weights}
+    return {f"{m.name}/{variable.path}": variable.value for m in members for variable in m.weights}
 
 
 def _publish(saved: Path, base_path: Path, version: int | None) -> Path:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Literal
 
+from unet_keras.record import check_threshold
 from unet_keras.settings import Settings, at_least, setting
 
 
@@ -38,12 +39,6 @@ def threshold_setting() -> Any:
         help="one-channel models: probability at or above which a pixel is foreground "
         "(default: the one chosen on the validation images after training, else 0.5)",
     )
-
-
-def check_threshold(threshold: float | None) -> None:
-    """Raises a ValueError naming --threshold unless it is None or a probability in (0, 1)."""
-    if threshold is not None and not 0.0 < threshold < 1.0:
-        raise ValueError(f"--threshold must be in (0, 1), got {threshold}")
 
 
 @dataclasses.dataclass(frozen=True)

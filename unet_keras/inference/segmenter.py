@@ -29,11 +29,10 @@ from unet_keras.geometry import (
     tile_input_index,
     tiles_within,
 )
-from unet_keras.inference.inference_settings import check_threshold
 from unet_keras.io.masks import labels_to_mask
 from unet_keras.io.normalization import normalize
 from unet_keras.io.sample import DataError
-from unet_keras.record import SYMMETRIES, ModelRecord
+from unet_keras.record import SYMMETRIES, ModelRecord, check_threshold
 
 # The 8 symmetries of the square: (quarter turns, flip left-right).
 DIHEDRAL = tuple((turns, flip) for flip in (False, True) for turns in range(4))

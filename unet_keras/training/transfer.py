@@ -62,6 +62,11 @@ def initialize(
     in what their input channels hold.
     """
     weights, record = source_weights(source)
+    if record.members > 1:
+        raise ValueError(
+            f"--init-from {source}: an ensemble of {record.members} models, which training "
+            "cannot go on from; start from one of the models it was made from"
+        )
     there = _channels(record.model.in_channels, record.context_sections)
     here = _channels(config.in_channels, context_sections)
     # Checked apart from the shapes: 3 channels of colour and 3 sections fit but differ.
