@@ -18,6 +18,11 @@ from unet_keras.model import build_unet
 from unet_keras.record import ModelConfig
 from unet_keras.saving import load_model, save_model
 from unet_keras.training import distribute, pipeline
+from unet_keras.training.batch_statistics import (
+    STATISTICS_STEPS,
+    refit_batch_statistics,
+    statistics_batches,
+)
 from unet_keras.training.callbacks import (
     EpochProgress,
     Patience,
@@ -193,6 +198,10 @@ def fit(config: TrainConfig, data: PreparedData | None = None) -> dict[str, Any]
         # epoch of lowest validation pixel error in every run measured (docs/training.md).
         if config.weight_average:
             model.load_weights(chief_run.file(WeightAverage.FILE))
+            # No more batches than training took: a short run's average is of few steps.
+            steps = min(STATISTICS_STEPS, state["epoch"] * config.steps_per_epoch)
+            if refit_batch_statistics(model, statistics_batches(config, data), steps):
+                log.info("batch normalisation statistics of %d batches for the average", steps)
         save_model(model, run_dir.file("best.keras"), record)
     summary = _summary(state, data, run_dir, stopped_by_time_budget)
     summary["kept_epoch"] = state["epoch"] if keeps_last else state["best_epoch"]
