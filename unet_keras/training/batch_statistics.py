@@ -5,7 +5,7 @@ The moving means and variances that training leaves belong to the weights it tra
 their last few steps (momentum 0.9). With `--weight-average` the model kept holds other
 weights, the mean of roughly the last thousand steps, whose layers see other activations:
 kept with the trained weights' statistics, the defaults' four 900 s runs on ISBI 2012 scored
-V^Rand 0.931 on average, with statistics of their own 0.955 (docs/benchmarks.md).
+V^Rand 0.931 on average, with statistics of their own 0.956 (docs/benchmarks.md).
 """
 
 from __future__ import annotations
