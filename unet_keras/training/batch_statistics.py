@@ -43,15 +43,21 @@ def refit_batch_statistics(
     if not layers:
         return 0
     momenta = [layer.momentum for layer in layers]
+    sums = [
+        [np.zeros(layer.moving_mean.shape), np.zeros(layer.moving_variance.shape)]
+        for layer in layers
+    ]
     for layer in layers:
-        layer.moving_mean.assign(np.zeros(layer.moving_mean.shape, np.float32))
-        layer.moving_variance.assign(np.zeros(layer.moving_variance.shape, np.float32))
+        layer.momentum = 0.0  # each call leaves its batch's own statistics, summed below
+    # Traced once: called eagerly, the network took as long per batch as a training step.
+    gather = tf.function(lambda tiles: model(tiles, training=True), reduce_retracing=True)
     seen = 0
     try:
         for tiles, _ in batches:
-            for layer in layers:
-                layer.momentum = seen / (seen + 1.0)  # the running mean of the batches'
-            model(tiles, training=True)
+            gather(tiles)
+            for layer, (means, variances) in zip(layers, sums, strict=True):
+                means += layer.moving_mean.numpy()
+                variances += layer.moving_variance.numpy()
             seen += 1
             if seen == steps:
                 break
@@ -60,6 +66,9 @@ def refit_batch_statistics(
             layer.momentum = momentum
     if seen == 0:
         raise ValueError("refit_batch_statistics: no batches to gather statistics from")
+    for layer, (means, variances) in zip(layers, sums, strict=True):
+        layer.moving_mean.assign((means / seen).astype(np.float32))
+        layer.moving_variance.assign((variances / seen).astype(np.float32))
     return len(layers)
 
 
