@@ -106,10 +106,10 @@ class FakeServing:
     @property
     def address(self) -> str:
         """HOST:PORT to connect to."""
-        return f"localhost:{self.port}"
+        return f"127.0.0.1:{self.port}"
 
-    def start(self, credentials: grpc.ServerCredentials | None = None) -> FakeServing:
-        """Serves on a free local port, plaintext unless `credentials` are given."""
+    def start(self) -> FakeServing:
+        """Serves plaintext on a free port of 127.0.0.1."""
         options = [
             ("grpc.max_receive_message_length", self.max_receive_bytes),
             ("grpc.max_send_message_length", self.max_receive_bytes),
@@ -130,10 +130,10 @@ class FakeServing:
                 ),
             ]
         )
-        if credentials is None:
-            self.port = server.add_insecure_port("localhost:0")
-        else:
-            self.port = server.add_secure_port("localhost:0", credentials)
+        # Not "localhost": gRPC binds its port on ::1 first and keeps going when 127.0.0.1's
+        # is taken, so a client that resolves localhost to 127.0.0.1 only (as Python does
+        # here) was refused now and then.
+        self.port = server.add_insecure_port("127.0.0.1:0")
         server.start()
         self._server = server
         return self
