@@ -1,7 +1,10 @@
 """Training runs: the files a run leaves, resume after SIGKILL, mixed precision with XLA."""
 
+import contextlib
 import csv
+import io
 import json
+import logging
 import os
 import platform
 import re
@@ -40,13 +43,35 @@ def _train(*argv) -> subprocess.CompletedProcess:
     return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
 
 
+def _train_here(*argv) -> subprocess.CompletedProcess:
+    """`_train` in this process, printing and logging as `unet-keras train` does: a new
+    process's TensorFlow import is half of a tiny run's 17 s on AVX2. What needs a process
+    of its own (a kill, TensorFlow's kernels chosen as it loads) runs `_train`."""
+    from unet_keras import cli
+
+    stdout, stderr = io.StringIO(), io.StringIO()
+    root, handler = logging.getLogger(), logging.StreamHandler(stderr)
+    level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)  # pytest's handlers make `main`'s basicConfig a no-op
+    try:
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+            status = cli.main(["train", *argv])
+    except SystemExit as exit:  # a flag argparse refuses
+        status = exit.code
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
+    return subprocess.CompletedProcess(argv, status, stdout.getvalue(), stderr.getvalue())
+
+
 def test_a_run_leaves_its_files_and_a_loadable_best_model(synthetic_data, tmp_path):
     from unet_keras.saving import load_model
 
     run = tmp_path / "run"
     argv = ["--data", str(synthetic_data), "--run-dir", str(run), "--epochs", "2", *TINY]
     # Given --max-time too, the run ends at whichever comes first: here the epochs.
-    result = _train(*argv, "--max-time", "600")
+    result = _train_here(*argv, "--max-time", "600")
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip().splitlines()[-1] == f"best model: {run / 'best.keras'}"
     assert re.search(r"^Epoch 2/2 \(\d+% of the 600 s budget used\)$", result.stdout, re.M)
@@ -61,8 +86,6 @@ def test_a_run_leaves_its_files_and_a_loadable_best_model(synthetic_data, tmp_pa
     assert summary["epochs"] == 2 and summary["training_images_per_second"] > 0
     assert not summary["stopped_by_time_budget"]
     assert 0 <= summary["best_validation"]["val_pixel_error"] <= 1
-    if platform.machine() == "x86_64" and "TF_ENABLE_ONEDNN_OPTS" not in os.environ:
-        assert summary["onednn"] is True  # --onednn auto, for a narrow model
     config = json.loads((run / "config.json").read_text())
     assert config["class_values"] == [0, 255] and config["model"]["classes"] == 1
     assert list((run / "tensorboard").rglob("events.out.tfevents.*"))
@@ -77,7 +100,7 @@ def test_a_run_leaves_its_files_and_a_loadable_best_model(synthetic_data, tmp_pa
     assert model.predict(np.zeros((1, 60, 60, 1)), verbose=0).shape == (1, 20, 20, 1)
 
     # Rerun with another criterion, the finished run chooses its threshold again, untrained;
-    # the CPU kernels may change too.
+    # the CPU kernels may change too (in a new process: TensorFlow reads them as it loads).
     log = (run / "log.csv").read_text()
     objects = "adapted_rand_error"
     again = _train(*argv, "--max-time", "600", "--calibrate-by", objects, "--onednn", "off")
@@ -109,7 +132,7 @@ def test_sigkill_then_rerun_resumes_from_the_last_completed_epoch(synthetic_data
     killed_at = json.loads(state.read_text())["epoch"]
     assert 1 <= killed_at < 4
 
-    result = subprocess.run(argv, env=env, capture_output=True, text=True)
+    result = _train_here(*argv[2:])
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"resuming {run} after epoch {killed_at}" in result.stderr
     with open(run / "log.csv") as handle:
@@ -133,14 +156,19 @@ def test_sigkill_then_rerun_resumes_from_the_last_completed_epoch(synthetic_data
 
 @pytest.mark.slow
 def test_bfloat16_with_xla_trains_to_a_finite_loss(synthetic_data, tmp_path):
+    import keras
+
     from unet_keras.saving import load_model
 
     run = tmp_path / "run"
-    result = _train(
+    before = keras.mixed_precision.global_policy().name
+    result = _train_here(
         "--data", str(synthetic_data), "--run-dir", str(run), "--epochs", "1", *TINY,
         "--precision", "mixed_bfloat16", "--jit-compile",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
+    # Keras's global policy is as it was: models built after the run are not bfloat16.
+    assert keras.mixed_precision.global_policy().name == before
     summary = json.loads((run / "summary.json").read_text())
     assert np.isfinite(summary["best_validation"]["val_loss"])
     # Both took effect: the layers compute in bfloat16, the step was compiled with XLA.
@@ -160,6 +188,8 @@ def test_a_time_budget_is_used_whole_and_the_schedule_spans_it(synthetic_data, t
     summary = json.loads((run / "summary.json").read_text())
     assert summary["stopped_by_time_budget"] and summary["epochs"] >= 2
     assert summary["budget_used"] >= 0.95
+    if platform.machine() == "x86_64" and "TF_ENABLE_ONEDNN_OPTS" not in os.environ:
+        assert summary["onednn"] is True  # --onednn auto, for a narrow model, in a new process
     # Each epoch is headed by the budget's share used, not "Epoch 2/1000000".
     headings = re.findall(r"^Epoch \S+ .*$", result.stdout, re.MULTILINE)
     assert re.fullmatch(r"Epoch 1 \(\d+% of the 15 s budget used\)", headings[0]), headings
@@ -190,15 +220,15 @@ def test_patience_stops_a_run_that_stopped_improving_and_a_rerun_with_more_resum
     # (without batch normalisation, whose moving statistics move at any rate).
     argv = ["--data", str(synthetic_data), "--run-dir", str(run), *TINY, "--no-batch-norm"]
     argv += ["--epochs", "40", "--learning-rate", "1e-12", "--schedule", "constant"]
-    result = _train(*argv, "--patience", "2")
+    result = _train_here(*argv, "--patience", "2")
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((run / "summary.json").read_text())
     assert summary["stopped_by_patience"] and not summary["stopped_by_time_budget"]
     assert (summary["best_epoch"], summary["epochs"]) == (1, 3)
     # Rerun as it was, the run stays stopped; with more patience it goes on where it was.
-    assert _train(*argv, "--patience", "2").returncode == 0
+    assert _train_here(*argv, "--patience", "2").returncode == 0
     assert json.loads((run / "summary.json").read_text())["epochs"] == 3
-    result = _train(*argv, "--patience", "4")
+    result = _train_here(*argv, "--patience", "4")
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((run / "summary.json").read_text())
     assert summary["stopped_by_patience"] and (summary["best_epoch"], summary["epochs"]) == (1, 5)
@@ -206,7 +236,7 @@ def test_patience_stops_a_run_that_stopped_improving_and_a_rerun_with_more_resum
         assert [row["epoch"] for row in csv.DictReader(handle)] == ["1", "2", "3", "4", "5"]
     # Patience without validation images would wait forever: refused by name.
     refused = ["--run-dir", str(tmp_path / "refused"), "--validation", "0", "--patience", "2"]
-    result = _train("--data", str(synthetic_data), *refused)
+    result = _train_here("--data", str(synthetic_data), *refused)
     assert result.returncode != 0 and "--validation" in result.stderr
 
 
@@ -230,7 +260,7 @@ def test_a_weight_averaged_run_keeps_its_average_as_the_best_model_and_resumes_i
     argv = ["--data", str(synthetic_data), "--run-dir", str(run), *TINY]
     argv += ["--validation", "0", "--weight-average", "0.9"]
     for epochs in ("2", "3"):
-        result = _train(*argv, "--epochs", epochs)
+        result = _train_here(*argv, "--epochs", epochs)
         assert result.returncode == 0, result.stderr[-3000:]
         # No validation images: the average is the best model known; training resumes
         # from the weights themselves.
@@ -245,7 +275,7 @@ def test_a_run_keeps_its_last_average_unless_told_to_keep_the_best_epoch(synthet
 
     argv = ["--data", str(synthetic_data), *TINY, "--epochs", "2"]  # 2 validation images
     last = tmp_path / "last"
-    result = _train(*argv, "--run-dir", str(last), "--weight-average", "0.9")
+    result = _train_here(*argv, "--run-dir", str(last), "--weight-average", "0.9")
     assert result.returncode == 0, result.stderr[-3000:]
     assert _same_weights(last / "best.keras", last / "average.keras")
     assert json.loads((last / "summary.json").read_text())["kept_epoch"] == 2
@@ -259,13 +289,13 @@ def test_a_run_keeps_its_last_average_unless_told_to_keep_the_best_epoch(synthet
     best = tmp_path / "best"
     argv += ["--learning-rate", "1e-12", "--schedule", "constant", "--weight-average", "0"]
     argv += ["--no-batch-norm"]  # whose moving statistics move at any rate
-    result = _train(*argv, "--run-dir", str(best), "--keep", "best")
+    result = _train_here(*argv, "--run-dir", str(best), "--keep", "best")
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((best / "summary.json").read_text())
     assert (summary["kept_epoch"], summary["best_epoch"], summary["epochs"]) == (1, 1, 2)
     assert (steps(best / "best.keras"), steps(best / "last.keras")) == (3, 6)
     # Told nothing, the same run keeps its last epoch.
-    result = _train(*argv, "--run-dir", str(tmp_path / "default"))
+    result = _train_here(*argv, "--run-dir", str(tmp_path / "default"))
     assert result.returncode == 0, result.stderr[-3000:]
     assert steps(tmp_path / "default" / "best.keras") == 6
 
@@ -283,12 +313,14 @@ def test_sparse_annotations_train_and_the_record_keeps_the_ignore_value(tmp_path
         write_image(tmp_path / "data" / "masks" / f"{sample.name}.png", sample.mask)
     run = tmp_path / "run"
     argv = ["--data", str(tmp_path / "data"), "--run-dir", str(run), "--epochs", "1", *TINY]
-    result = _train(*argv, "--ignore-value", "128")
+    result = _train_here(*argv, "--ignore-value", "128")
     assert result.returncode == 0, result.stderr[-3000:]
     record = read_record(run / "best.keras")
     assert record.mask.ignore_value == 128 and record.mask.class_values == (0, 255)
     # Forgetting the flag with the classes named: the unlabelled value is an error.
-    refused = _train(*argv, "--run-dir", str(tmp_path / "other"), "--class-values", "0", "255")
+    refused = _train_here(
+        *argv, "--run-dir", str(tmp_path / "other"), "--class-values", "0", "255"
+    )
     assert refused.returncode != 0 and "mask values 128" in refused.stderr
 
 
@@ -296,13 +328,13 @@ def test_a_run_starts_from_another_with_its_encoder_fixed_at_first(synthetic_dat
     from unet_keras.saving import load_model
 
     data = ["--data", str(synthetic_data), *TINY, "--epochs", "1"]
-    first = _train(*data, "--run-dir", str(tmp_path / "first"))
+    first = _train_here(*data, "--run-dir", str(tmp_path / "first"))
     assert first.returncode == 0, first.stderr[-3000:]
     # Another shape fails before any training, saying which flag differs (run meanwhile).
     other = _start(*data, "--run-dir", str(tmp_path / "other"), "--filters", "8",
                    "--init-from", str(tmp_path / "first"))  # fmt: skip
     second = tmp_path / "second"
-    result = _train(*data, "--run-dir", str(second), "--init-from", str(tmp_path / "first"),
+    result = _train_here(*data, "--run-dir", str(second), "--init-from", str(tmp_path / "first"),
                     "--freeze-encoder", "1")  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"weights from {tmp_path / 'first'}" in result.stderr

@@ -121,7 +121,24 @@ def fit(config: TrainConfig, data: PreparedData | None = None) -> dict[str, Any]
         "on" if onednn else "off",
         config.onednn,
     )
+    # Keras's policy is global: put back, it is not left to models built later in this
+    # process (a notebook's, a test's); the run's models keep theirs in their files.
+    before = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy(policy)
+    try:
+        return _fit(config, data, strategy, policy, started)
+    finally:
+        keras.mixed_precision.set_global_policy(before)
+
+
+def _fit(
+    config: TrainConfig,
+    data: PreparedData | None,
+    strategy: tf.distribute.Strategy,
+    policy: str,
+    started: float,
+) -> dict[str, Any]:
+    """`fit` once Keras's global policy is `policy`."""
     keras.utils.set_random_seed(config.seed)
     data = data or prepare_data(config)
     record = data.record
@@ -207,7 +224,7 @@ def fit(config: TrainConfig, data: PreparedData | None = None) -> dict[str, Any]
     summary["kept_epoch"] = state["epoch"] if keeps_last else state["best_epoch"]
     summary["stopped_by_patience"] = stopped_by_patience
     summary["precision"] = policy
-    summary["onednn"] = onednn
+    summary["onednn"] = onednn_enabled()
     if config.max_time:
         # Data preparation and every session of a resumed run count.
         summary["budget_used"] = round(state["seconds"] / config.max_time, 4)
