@@ -8,7 +8,8 @@ connections cropped to the expanding path's size before they are concatenated. W
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import keras
@@ -182,3 +183,15 @@ def build_unet(
         name="output",
     )(x)
     return keras.Model(inputs, outputs, name="unet")
+
+
+@contextlib.contextmanager
+def dtype_policy(name: str) -> Iterator[None]:
+    """Keras's global dtype policy is `name` inside the block and as it was after it, so
+    that models built elsewhere in the process keep theirs."""
+    before = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(name)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(before)

@@ -86,14 +86,10 @@ def load_model(path: str | os.PathLike, compile: bool = False) -> tuple[keras.Mo
     model = keras.models.load_model(path, compile=compile)
     if compile or all(layer.dtype_policy.name == "float32" for layer in model.layers):
         return model, record
-    from unet_keras.model import build_unet
+    from unet_keras.model import build_unet, dtype_policy
 
-    policy = keras.config.dtype_policy()
-    keras.config.set_dtype_policy("float32")
-    try:
+    with dtype_policy("float32"):
         exact = build_unet(**record.model.to_dict())
-    finally:
-        keras.config.set_dtype_policy(policy)
     exact.set_weights(model.get_weights())
     return exact, record
 

@@ -14,7 +14,7 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from unet_keras.model import build_unet
+from unet_keras.model import build_unet, dtype_policy
 from unet_keras.record import ModelConfig
 from unet_keras.saving import load_model, save_model
 from unet_keras.training import distribute, pipeline
@@ -121,14 +121,10 @@ def fit(config: TrainConfig, data: PreparedData | None = None) -> dict[str, Any]
         "on" if onednn else "off",
         config.onednn,
     )
-    # Keras's policy is global: put back, it is not left to models built later in this
-    # process (a notebook's, a test's); the run's models keep theirs in their files.
-    before = keras.mixed_precision.global_policy()
-    keras.mixed_precision.set_global_policy(policy)
-    try:
+    # Not left to models built later in this process (a notebook's, a test's); the run's
+    # models keep theirs in their files.
+    with dtype_policy(policy):
         return _fit(config, data, strategy, policy, started)
-    finally:
-        keras.mixed_precision.set_global_policy(before)
 
 
 def _fit(
